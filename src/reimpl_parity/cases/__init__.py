@@ -1,0 +1,7 @@
+"""Parity tables, one module per family. ``ALL`` is what ``reimpl check`` runs."""
+
+from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
+
+ALL = {"losses": LOSS_CASES, "loss-errors": LOSS_ERROR_CASES}
+
+__all__ = ["ALL", "LOSS_CASES", "LOSS_ERROR_CASES"]

@@ -1,0 +1,173 @@
+"""Run one case on reimpl and on torch, compare everything, report the worst error.
+
+A :class:`Case` is a row of a parity table. :func:`check_call` compares one drawn call;
+:func:`check_case` drives hypothesis over a case for one dtype and device. The tests and
+``reimpl check`` both go through here, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reimpl_parity.compare import Diff, ParityError, compare, tolerance
+from reimpl_parity.strategies import FLOAT_DTYPES, Call
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: a reimpl callable, its torch oracle, and how to draw calls for a dtype."""
+
+    name: str
+    ours: Callable[..., Any]
+    theirs: Callable[..., Any]
+    inputs: Callable[[torch.dtype], st.SearchStrategy[Call]]
+    family: str = ""
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    tol: Mapping[torch.dtype, tuple[float, float]] = field(default_factory=dict)
+    why: str = ""  # the reason for any tolerance override
+    backward: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+
+@dataclass
+class Outcome:
+    value: Any = None
+    error: BaseException | None = None
+    warnings: tuple[type[Warning], ...] = ()
+    grads: dict[str, Any] = field(default_factory=dict)
+    grad_error: BaseException | None = None
+
+
+def _upstream(out: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
+
+
+def run_side(fn: Callable[..., Any], call: Call, device: str, *, backward: bool) -> Outcome:
+    """Call ``fn`` on freshly made tensors; record result, exception, warnings and gradients."""
+    args, kwargs, leaves = call.make(device)
+    res = Outcome()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res.value = fn(*args, **kwargs)
+        except Exception as e:  # the exception is the result we compare
+            res.error = e
+    res.warnings = tuple(sorted({w.category for w in caught}, key=lambda c: c.__name__))
+    out = res.value
+    if backward and res.error is None and isinstance(out, torch.Tensor) and out.requires_grad:
+        names = list(leaves)
+        try:
+            grads = torch.autograd.grad(
+                out, [leaves[n] for n in names], _upstream(out, call.seed), allow_unused=True
+            )
+            res.grads = dict(zip(names, grads, strict=True))
+        except Exception as e:
+            res.grad_error = e
+    return res
+
+
+def _same_error(ours: BaseException | None, theirs: BaseException | None, where: str) -> None:
+    if theirs is None and ours is None:
+        return
+    if theirs is None:
+        raise ParityError(f"{where}: reimpl raised {type(ours).__name__}: {ours}; torch did not")
+    if ours is None:
+        raise ParityError(
+            f"{where}: torch raised {type(theirs).__name__}: {theirs}; reimpl did not"
+        )
+    if not isinstance(ours, type(theirs)):
+        raise ParityError(
+            f"{where}: reimpl raised {type(ours).__name__}: {ours}; "
+            f"torch raised {type(theirs).__name__}: {theirs}"
+        )
+    if not str(ours).strip():
+        raise ParityError(f"{where}: reimpl raised {type(ours).__name__} with an empty message")
+
+
+def check_call(case: Case, call: Call, dtype: torch.dtype, device: str) -> Diff:
+    """Compare value, exception type, warning categories and gradients; raise ParityError."""
+    where = f"{case.name}{call!r} on {device}"
+    theirs = run_side(case.theirs, call, device, backward=case.backward)
+    ours = run_side(case.ours, call, device, backward=case.backward)
+    _same_error(ours.error, theirs.error, where)
+    if theirs.error is not None:
+        return Diff()
+    if ours.warnings != theirs.warnings:
+        raise ParityError(
+            f"{where}: warnings {[w.__name__ for w in ours.warnings]}, "
+            f"torch {[w.__name__ for w in theirs.warnings]}"
+        )
+    rtol, atol = tolerance(dtype, case.tol)
+    diff = compare(ours.value, theirs.value, rtol=rtol, atol=atol, what=f"{where}: output")
+    _same_error(ours.grad_error, theirs.grad_error, f"{where}: backward")
+    for name, g in theirs.grads.items():
+        diff.update(
+            compare(ours.grads.get(name), g, rtol=rtol, atol=atol, what=f"{where}: grad of {name}")
+        )
+    return diff
+
+
+@dataclass
+class CaseReport:
+    case: str
+    dtype: torch.dtype
+    device: str
+    examples: int = 0
+    diff: Diff = field(default_factory=Diff)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def check_case(
+    case: Case,
+    dtype: torch.dtype,
+    device: str,
+    *,
+    max_examples: int | None = None,
+    derandomize: bool | None = None,
+    raise_on_failure: bool = True,
+) -> CaseReport:
+    """Run hypothesis over ``case`` at ``dtype`` on ``device`` (profile settings unless given)."""
+    report = CaseReport(case.name, dtype, device)
+    overrides: dict[str, Any] = {
+        "deadline": None,
+        "suppress_health_check": [
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
+        "database": None,
+    }
+    if max_examples is not None:
+        overrides["max_examples"] = max_examples
+    if derandomize is not None:
+        overrides["derandomize"] = derandomize
+
+    @settings(**overrides)
+    @given(call=case.inputs(dtype))
+    def run(call: Call) -> None:
+        report.examples += 1
+        report.diff.update(check_call(case, call, dtype, device))
+
+    try:
+        run()
+    except ParityError as e:
+        report.failure = str(e)
+        if raise_on_failure:
+            raise
+    return report
+
+
+def cases_for(table: Sequence[Case], device: str) -> list[tuple[Case, torch.dtype]]:
+    return [(c, dt) for c in table if device.split(":")[0] in c.devices for dt in c.dtypes]

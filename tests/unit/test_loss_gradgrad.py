@@ -1,0 +1,102 @@
+"""Double backward (float64 gradgradcheck) of the losses, and a few exact edge values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch.autograd import gradcheck, gradgradcheck
+
+import reimpl.nn.functional as F
+
+g = torch.Generator().manual_seed(0)
+X = torch.randn(4, 5, generator=g, dtype=torch.float64)
+T = torch.randn(4, 5, generator=g, dtype=torch.float64)
+IDX = torch.tensor([0, 3, 4, 1])
+P = torch.softmax(torch.randn(4, 5, generator=g, dtype=torch.float64), 1)
+U = torch.rand(4, 5, generator=g, dtype=torch.float64) * 0.8 + 0.1
+
+CASES: dict[str, tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] = {
+    "mse": (lambda x, t: F.mse_loss(x, t), (X, T)),
+    "l1": (lambda x, t: F.l1_loss(x, t, reduction="sum"), (X, T)),
+    "smooth_l1": (lambda x, t: F.smooth_l1_loss(x, t, beta=0.7), (X, T)),
+    "huber": (lambda x, t: F.huber_loss(x, t, delta=0.7), (X, T)),
+    "cross_entropy": (lambda x: F.cross_entropy(x, IDX, label_smoothing=0.1), (X,)),
+    "cross_entropy_probs": (lambda x, p: F.cross_entropy(x, p), (X, P)),
+    "nll": (lambda x: F.nll_loss(F.log_softmax(x, 1), IDX, weight=U[0]), (X,)),
+    "bce": (lambda x, t: F.binary_cross_entropy(x, t), (U, P)),
+    "bce_logits": (lambda x, t: F.binary_cross_entropy_with_logits(x, t, pos_weight=U[0]), (X, P)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradcheck_and_gradgradcheck(name: str) -> None:
+    fn, args = CASES[name]
+    leaves = tuple(a.clone().requires_grad_() for a in args)
+    assert gradcheck(fn, leaves)
+    assert gradgradcheck(fn, leaves)
+
+
+def test_smooth_l1_beta_zero_has_finite_gradient() -> None:
+    x = torch.tensor([0.0, 1.0, -2.0], requires_grad=True)
+    t = torch.tensor([0.0, 0.0, 0.0])
+    (gx,) = torch.autograd.grad(F.smooth_l1_loss(x, t, beta=0.0), x)
+    (ref,) = torch.autograd.grad(TF.smooth_l1_loss(x, t, beta=0.0), x)
+    assert torch.isfinite(gx).all()
+    torch.testing.assert_close(gx, ref)
+
+
+@pytest.mark.parametrize("v", [1e4, -1e4, 88.0, -88.0])
+def test_bce_with_logits_stable_for_huge_logits(v: float) -> None:
+    x = torch.full((3,), v, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    pw = torch.tensor([1.0, 2.0, 3.0])
+    ours = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
+    ref = TF.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0]
+    )
+
+
+def test_bce_log_clamp_at_minus_100() -> None:
+    x = torch.tensor([0.0, 1.0])
+    t = torch.tensor([1.0, 0.0])
+    torch.testing.assert_close(
+        F.binary_cross_entropy(x, t, reduction="none"), torch.tensor([100.0, 100.0])
+    )
+
+
+def test_cross_entropy_all_ignored_mean_is_nan_like_torch() -> None:
+    x = torch.randn(3, 4)
+    t = torch.full((3,), -100)
+    assert torch.isnan(F.cross_entropy(x, t)) and torch.isnan(TF.cross_entropy(x, t))
+    assert F.cross_entropy(x, t, reduction="sum") == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: F.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 7])), "7 is out of bounds"),
+        (lambda: F.mse_loss(torch.randn(3), torch.randn(3), reduction="avg"), "avg"),
+        (lambda: F.smooth_l1_loss(torch.randn(3), torch.randn(3), beta=-1.0), "beta"),
+        (lambda: F.huber_loss(torch.randn(3), torch.randn(3), delta=0.0), "delta"),
+        (
+            lambda: F.cross_entropy(
+                torch.randn(3, 4), torch.tensor([0, 1, 2]), weight=torch.ones(3)
+            ),
+            "4 classes",
+        ),
+    ],
+)
+def test_error_messages_say_what_is_wrong(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(Exception, match=match):
+        call()
+
+
+def test_size_mismatch_warns_like_torch() -> None:
+    with pytest.warns(UserWarning, match="broadcast"):
+        F.mse_loss(torch.randn(3, 1), torch.randn(3))
