@@ -1,4 +1,8 @@
-"""``reimpl`` command line: ``reimpl check`` runs the parity tables against installed torch."""
+"""``reimpl`` command line.
+
+``reimpl check`` runs the parity tables against the installed torch; ``reimpl bench`` times
+reimpl against torch (``reimpl bench --help``).
+"""
 
 from __future__ import annotations
 
@@ -118,7 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--json", metavar="PATH", help="write the results as JSON")
     c.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
     c.set_defaults(func=check)
-    args = p.parse_args(argv)
+    b = sub.add_parser(
+        "bench", help="time reimpl against torch (see benchmarks/README.md)", add_help=False
+    )
+    b.set_defaults(func=None)
+    args, rest = p.parse_known_args(argv)
+    if args.command == "bench":
+        from reimpl_parity.bench import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))
 
 

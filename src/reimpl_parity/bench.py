@@ -1,0 +1,270 @@
+"""Benchmarks: reimpl against torch in one process, interleaved, medians of per-pair ratios.
+
+Each case builds a pair of zero-argument callables (reimpl's, torch's) doing the same work
+on separate but identical data. Timing alternates A B A B ... after a warm-up; on CUDA each
+call is timed with events after a synchronize. We report both medians and the median of the
+per-pair ratios reimpl/torch (the ratio is what to quote; absolute times only with the device
+and torch version beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+Fn = Callable[[], object]
+
+
+@dataclass
+class Result:
+    case: str
+    device: str
+    reimpl_ms: float
+    torch_ms: float
+    ratio: float  # median of per-pair ratios reimpl/torch
+    reps: int
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_once(fn: Fn, device: str) -> float:
+    if device.startswith("cuda"):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def time_pair(
+    ours: Fn, theirs: Fn, device: str, *, warmup: int = 3, reps: int = 15
+) -> tuple[float, float, float]:
+    """(median ms reimpl, median ms torch, median of per-pair ratios), interleaved."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    _sync(device)
+    a, b = [], []
+    for i in range(reps):
+        # alternate who goes first, so neither always runs on a warmer cache
+        if i % 2:
+            tb, ta = _time_once(theirs, device), _time_once(ours, device)
+        else:
+            ta, tb = _time_once(ours, device), _time_once(theirs, device)
+        a.append(ta)
+        b.append(tb)
+    ratios = [x / y for x, y in zip(a, b, strict=True) if y > 0]
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def _loss_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
+    import torch.nn.functional as TF
+
+    import reimpl.nn.functional as F
+
+    g = torch.Generator(device=device).manual_seed(0)
+    n, c = 2048 * scale, 1000
+    logits = torch.randn(n, c, device=device, generator=g)
+    idx = torch.randint(0, c, (n,), device=device, generator=g)
+    y = torch.randn(n, c, device=device, generator=g)
+    u = torch.rand(n, c, device=device, generator=g)
+
+    def fwd_bwd(
+        fn: Callable[..., torch.Tensor], x: torch.Tensor, *args: object, **kw: object
+    ) -> Fn:
+        leaf = x.clone().requires_grad_()
+
+        def run() -> None:
+            fn(leaf, *args, **kw).backward()
+            leaf.grad = None
+
+        return run
+
+    cases: list[tuple[str, str, tuple[object, ...], dict[str, object]]] = [
+        ("cross_entropy", "cross_entropy", (idx,), {}),
+        ("cross_entropy label_smoothing=0.1", "cross_entropy", (idx,), {"label_smoothing": 0.1}),
+        ("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits", (u,), {}),
+        ("mse_loss", "mse_loss", (y,), {}),
+        ("smooth_l1_loss", "smooth_l1_loss", (y,), {}),
+    ]
+    for label, name, args, kw in cases:
+        yield (
+            f"{label} fwd+bwd {n}x{c}",
+            fwd_bwd(getattr(F, name), logits, *args, **kw),
+            fwd_bwd(getattr(TF, name), logits, *args, **kw),
+        )
+
+
+def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
+    import reimpl.nn as rnn
+
+    if hasattr(rnn, "BatchNorm2d"):
+        shape = (8 * scale, 64, 32, 32)
+        x = torch.randn(*shape, device=device)
+        ours_bn, torch_bn = rnn.BatchNorm2d(64).to(device), torch.nn.BatchNorm2d(64).to(device)
+
+        def bn(mod: torch.nn.Module) -> Fn:
+            leaf = x.clone().requires_grad_()
+
+            def run() -> None:
+                mod(leaf).sum().backward()
+                leaf.grad = None
+
+            return run
+
+        yield f"BatchNorm2d train fwd+bwd {shape}", bn(ours_bn), bn(torch_bn)
+    if hasattr(rnn, "Dropout"):
+        x = torch.randn(2048 * scale, 1000, device=device)
+        ours_do, torch_do = rnn.Dropout(0.5), torch.nn.Dropout(0.5)
+        yield (f"Dropout(0.5) fwd {tuple(x.shape)}", lambda: ours_do(x), lambda: torch_do(x))
+
+
+def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[str, Fn, Fn]]:
+    import reimpl.optim as ropt
+
+    configs = [
+        ("SGD momentum=0.9", "SGD", {"lr": 0.01, "momentum": 0.9}),
+        ("Adagrad", "Adagrad", {"lr": 0.01}),
+        ("RMSprop", "RMSprop", {"lr": 0.01}),
+        ("Adam", "Adam", {"lr": 1e-3}),
+        ("AdamW", "AdamW", {"lr": 1e-3}),
+    ]
+    g = torch.Generator(device=device).manual_seed(0)
+    base = [torch.randn(numel, device=device, generator=g) for _ in range(n_tensors)]
+    grads = [torch.randn(numel, device=device, generator=g) for _ in range(n_tensors)]
+    for label, name, kw in configs:
+        if not hasattr(ropt, name):
+            continue
+        for path in ("default", "foreach", "fused"):
+            flags = {} if path == "default" else {path: True}
+            made = []
+            try:
+                for cls in (getattr(ropt, name), getattr(torch.optim, name)):
+                    params = [torch.nn.Parameter(p.clone()) for p in base]
+                    for p, gr in zip(params, grads, strict=True):
+                        p.grad = gr.clone()
+                    made.append(cls(params, **kw, **flags).step)
+            except (RuntimeError, ValueError, TypeError):
+                # e.g. no fused variant for this optimizer/device in torch: measure ours only
+                if len(made) != 1:
+                    continue
+                made.append(made[0])
+                label_path = f"{label} [{path}; torch has none: ours vs ours]"
+            else:
+                label_path = f"{label} [{path}]"
+            yield f"{label_path} {n_tensors}x{numel // 1_000_000}M", made[0], made[1]
+
+
+def run(
+    device: str, *, quick: bool = False, reps: int | None = None, only: str | None = None
+) -> list[Result]:
+    cuda = device.startswith("cuda")
+    scale = 1 if quick else 4 if cuda else 2
+    n_tensors = (10 if quick else 100) if cuda else (2 if quick else 10)
+    numel = 1_000_000
+    reps = reps or (5 if quick else 15)
+    gens = [
+        _loss_cases(device, scale),
+        _regularizer_cases(device, scale),
+        _optimizer_cases(device, n_tensors, numel),
+    ]
+    out = []
+    for gen in gens:
+        for name, ours, theirs in gen:
+            if only and only not in name:
+                continue
+            a, b, r = time_pair(ours, theirs, device, warmup=2 if quick else 3, reps=reps)
+            out.append(Result(name, device, a, b, r, reps))
+            print(f"  {name:<62} reimpl {a:9.3f} ms  torch {b:9.3f} ms  ratio {r:5.2f}", flush=True)
+    return out
+
+
+def describe_device(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str, Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    stamp = {
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "date": _dt.date.today().isoformat(),
+    }
+    tag = "cuda" if device.startswith("cuda") else "cpu"
+    paths = {"json": outdir / f"{tag}.json", "md": outdir / f"{tag}.md"}
+    paths["json"].write_text(
+        json.dumps({**stamp, "results": [asdict(r) for r in results]}, indent=1)
+    )
+    lines = [
+        f"Device: {stamp['device']} · torch {stamp['torch']} · {stamp['date']}",
+        "",
+        "| case | reimpl ms | torch ms | ratio reimpl/torch |",
+        "|---|---:|---:|---:|",
+        *(f"| {r.case} | {r.reimpl_ms:.3f} | {r.torch_ms:.3f} | {r.ratio:.2f} |" for r in results),
+    ]
+    paths["md"].write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install reimpl[bench]): no PNG chart")
+        return paths
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
+    names = [r.case for r in results]
+    ratios = [r.ratio for r in results]
+    ax.barh(names, ratios, color=["tab:green" if x <= 1.0 else "tab:orange" for x in ratios])
+    ax.axvline(1.0, color="k", lw=1)
+    ax.invert_yaxis()
+    ax.set_xlabel("time ratio reimpl / torch (lower is faster)")
+    ax.set_title(f"{stamp['device']} · torch {stamp['torch']} · {stamp['date']}", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    paths["png"] = outdir / f"{tag}.png"
+    fig.savefig(paths["png"], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="reimpl bench", description=__doc__)
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    p.add_argument("--reps", type=int, help="timed pairs per case")
+    p.add_argument("--only", help="run cases whose name contains this text")
+    p.add_argument("--out", default="benchmarks/results", help="folder for JSON/Markdown/PNG")
+    args = p.parse_args(argv)
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if not torch.cuda.is_available():
+        if args.device == "cuda":
+            raise SystemExit("reimpl bench: no CUDA device")
+        devices = ["cpu"]
+    for dev in devices:
+        print(f"{describe_device(dev)} · torch {torch.__version__}")
+        results = run(dev, quick=args.quick, reps=args.reps, only=args.only)
+        for kind, path in write_reports(results, dev, Path(args.out)).items():
+            print(f"wrote {kind}: {path}")
+    return 0
