@@ -10,11 +10,13 @@ which also makes double backward work.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _reduction
+from reimpl.nn.functional._cross_entropy_lean import CrossEntropyIndex
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -163,6 +165,18 @@ def _class_weight(weight: Tensor | None, input: Tensor, n_classes: int) -> None:
         raise RuntimeError(f"weight dtype {weight.dtype} does not match input dtype {input.dtype}")
 
 
+def _check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> None:
+    if _compiling() or not target.numel():
+        return
+    t = target.long()
+    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    if bool(bad.any()):
+        raise IndexError(
+            f"Target {int(t[bad][0])} is out of bounds: class indices must be in "
+            f"[0, {n_classes - 1}] (or equal ignore_index={ignore_index})."
+        )
+
+
 def _picked(
     input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -177,13 +191,7 @@ def _picked(
     if input.dim() == 1:
         target = target.reshape(())  # one sample: a 1-element target counts as 0-D
     keep = target != ignore_index
-    if not _compiling() and target.numel():
-        bad = keep & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
-            raise IndexError(
-                f"Target {int(target[bad][0])} is out of bounds: class indices must be in "
-                f"[0, {n_classes - 1}] (or equal ignore_index={ignore_index})."
-            )
+    _check_target_range(target, n_classes, ignore_index)
     safe = torch.where(keep, target, 0)
     x = input.gather(class_dim, safe.unsqueeze(class_dim)).squeeze(class_dim)
     w = torch.ones_like(x) if weight is None else weight[safe]
@@ -210,9 +218,11 @@ def nll_loss(
     loss = torch.where(keep, -(w * x), 0)
     if reduction == "none":
         return loss
+    # torch's CPU kernel accumulates float32 in float64 (its CPU accumulate type)
+    acc = torch.float64 if loss.dtype == torch.float32 and loss.device.type == "cpu" else None
     if reduction == "sum":
-        return _acc(loss).sum().to(input.dtype)
-    return (_acc(loss).sum() / _acc(w).sum()).to(input.dtype)
+        return _acc(loss).sum(dtype=acc).to(input.dtype)
+    return (_acc(loss).sum(dtype=acc) / _acc(w).sum(dtype=acc)).to(input.dtype)
 
 
 def cross_entropy(
@@ -241,6 +251,52 @@ def cross_entropy(
     _class_index_target(input, target)
     if label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be in [0.0, 1.0], got {label_smoothing}")
+    if _lean_eligible(input, target, weight, ignore_index, label_smoothing, reduction):
+        x = input if input.dim() == 2 else input.unsqueeze(0)
+        t = target.reshape(x.shape[:1])
+        out = CrossEntropyIndex.apply(
+            x,
+            t,
+            weight,
+            ignore_index,
+            max(label_smoothing, 0.0),
+            reduction,
+            _cross_entropy_composite,
+        )
+        return out.reshape(()) if input.dim() == 1 and reduction == "none" else out
+    return _cross_entropy_composite(input, target, weight, ignore_index, reduction, label_smoothing)
+
+
+def _lean_eligible(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+) -> bool:
+    """(N, C) or (C) float32/float64 logits, eager: the memory-lean path applies. The checks
+    it would skip (weight shape/dtype, target range) are done here first."""
+    if input.dim() > 2 or input.dtype not in (torch.float32, torch.float64) or _compiling():
+        return False
+    if input.numel() == 0 or target.dtype == torch.uint8:
+        return False
+    _class_weight(weight, input, input.size(-1))
+    _check_not_differentiable("cross_entropy", weight=weight)
+    _check_target_range(target, input.size(-1), ignore_index)
+    return True
+
+
+def _cross_entropy_composite(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> Tensor:
+    """nll_loss(log_softmax(input)) plus the smoothing term: any shape, any dtype."""
+    class_dim = 0 if input.dim() == 1 else 1
     logp = log_softmax(input, class_dim)
     nll = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
     if label_smoothing <= 0.0:
@@ -492,6 +548,26 @@ def _elementwise_weight(weight: Tensor | None, input: Tensor) -> None:
         )
 
 
+class _SquaredError(torch.autograd.Function):
+    """l = (x - t)^2;  dl/dx = 2 (x - t) = -dl/dt.
+
+    16-bit gradients are formed in float32 and rounded once, as torch does (2 (x - t) alone
+    can overflow float16 where the scaled gradient does not).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
+        d = x - t
+        ctx.save_for_backward(d)
+        return d * d
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        (d,) = ctx.saved_tensors
+        gd = (2 * _acc(d) * _acc(g)).to(g.dtype)
+        return (gd if ctx.needs_input_grad[0] else None, -gd if ctx.needs_input_grad[1] else None)
+
+
 def mse_loss(
     input: Tensor,
     target: Tensor,
@@ -510,7 +586,7 @@ def mse_loss(
         return _reduction.weighted((x - t) ** 2, weight, reduction, mean_by_weight=True)
     _reduction.check(reduction)
     x, t = _regression_inputs("mse_loss", x, t)
-    return _reduction.apply((x - t) ** 2, reduction)
+    return _reduction.apply(_SquaredError.apply(x, t), reduction)
 
 
 def l1_loss(
