@@ -557,14 +557,15 @@ class _SquaredError(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
+        # inputs, not d, are saved: d recomputed in backward stays differentiable
+        ctx.save_for_backward(x, t)
         d = x - t
-        ctx.save_for_backward(d)
         return d * d
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        (d,) = ctx.saved_tensors
-        gd = (2 * _acc(d) * _acc(g)).to(g.dtype)
+        x, t = ctx.saved_tensors
+        gd = (2 * (_acc(x) - _acc(t)) * _acc(g)).to(g.dtype)
         return (gd if ctx.needs_input_grad[0] else None, -gd if ctx.needs_input_grad[1] else None)
 
 
