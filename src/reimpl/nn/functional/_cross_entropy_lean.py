@@ -12,15 +12,74 @@ k_n = [t_n != ignore_index] and W the 'mean' denominator (sum of k_n w_{t_n}):
     dloss_n/dx_{n,j} = k_n [p_j ((1 - eps) w_{t_n} + eps/C sum_c w_c)
                             - (1 - eps) w_{t_n} [j = t_n] - eps/C w_j]
 
-Double backward (``create_graph=True``) differentiates the composite form again instead.
+Two implementations of the per-row step share this Function: eager torch ops (CPU, and CUDA
+without Triton; float32/float64) and a Triton kernel (``reimpl.kernels``; CUDA, all float
+dtypes). Double backward (``create_graph=True``) differentiates the composite form instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from reimpl.kernels import triton_available
+
+Rows = Callable[..., tuple[Tensor, Tensor | None]]
+
+
+def _rows_eager(
+    x: Tensor,
+    t: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    scale: Tensor,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    c = x.shape[1]
+    keep = (t != ignore_index).unsqueeze(1)
+    safe = torch.where(keep.squeeze(1), t, 0).unsqueeze(1)
+    m = x.amax(1, keepdim=True)
+    e = x - m
+    e.exp_()
+    s = e.sum(1, keepdim=True)
+    lse = m + s.log()
+    w_t = (weight[safe] if weight is not None else torch.ones_like(lse)) * keep
+    w_sum = weight.sum() if weight is not None else c
+    loss = (1 - smoothing) * w_t * (lse - x.gather(1, safe))
+    if smoothing > 0:
+        wx = x @ weight if weight is not None else x.sum(1)
+        loss = loss + (smoothing / c) * (lse * w_sum - wx.unsqueeze(1))
+    # ignored rows are 0 even when their logits are not finite
+    loss = torch.where(keep, loss, 0).squeeze(1)
+    if not need_grad:
+        return loss, None
+    # the buffer `e` becomes the gradient: p * coeff, minus the one-hot and smoothing terms
+    coeff = ((1 - smoothing) * w_t + (smoothing / c) * w_sum * keep) * scale
+    e.mul_(coeff / s)
+    e.scatter_add_(1, safe, (-(1 - smoothing) * w_t * scale).to(e.dtype))
+    if smoothing > 0:
+        row = weight if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
+        e.sub_((smoothing / c) * row.unsqueeze(0) * keep * scale)
+    return loss, e
+
+
+def _rows_triton(*args: Any) -> tuple[Tensor, Tensor | None]:
+    from reimpl.kernels.triton_cross_entropy import cross_entropy_rows
+
+    return cross_entropy_rows(*args)
+
+
+def rows_impl(x: Tensor) -> Rows | None:
+    """The per-row implementation for ``x``, or None when only the composite form fits."""
+    if triton_available(x) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return _rows_triton
+    if x.dtype in (torch.float32, torch.float64):
+        return _rows_eager
+    return None
 
 
 class CrossEntropyIndex(torch.autograd.Function):
@@ -33,71 +92,38 @@ class CrossEntropyIndex(torch.autograd.Function):
         ignore_index: int,
         smoothing: float,
         reduction: str,
-        composite: Any,
+        rows: Rows,
+        composite: Callable[..., Tensor],
     ) -> Tensor:
-        c = x.shape[1]
         t = target.long()
         keep = t != ignore_index
-        safe = torch.where(keep, t, 0).unsqueeze(1)
-        need_grad = ctx.needs_input_grad[0]
-
-        m = x.amax(1, keepdim=True)
-        e = x - m
-        e.exp_()
-        s = e.sum(1, keepdim=True)
-        lse = m + s.log()
-        w_t = (weight[safe] if weight is not None else torch.ones_like(lse)) * keep.unsqueeze(1)
-        loss = (1 - smoothing) * w_t * (lse - x.gather(1, safe))
-        if smoothing > 0:
-            w_sum = weight.sum() if weight is not None else c
-            wx = x @ weight if weight is not None else x.sum(1)
-            smooth = lse * w_sum - wx.unsqueeze(1)
-            loss = loss + (smoothing / c) * smooth
-        # ignored rows are 0 even when their logits are not finite
-        loss = torch.where(keep, loss.squeeze(1), 0)
+        acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        denom = None
+        scale = torch.ones((), dtype=acc, device=x.device)
         if reduction == "mean":
-            denom = w_t.sum()
+            w_t = weight[torch.where(keep, t, 0)].to(acc) if weight is not None else keep.to(acc)
+            denom = torch.where(keep, w_t, 0).sum()
+            # every sample ignored: 'mean' is nan, but (as in torch) the gradient is 0
+            scale = 1 / torch.where(denom == 0, 1, denom)
+        loss, grad = rows(
+            x, t, weight, ignore_index, smoothing, scale.reshape(1), ctx.needs_input_grad[0]
+        )
+        if reduction == "mean":
             out = loss.sum() / denom
         elif reduction == "sum":
-            denom = None
             out = loss.sum()
         else:
-            denom = None
             out = loss
-
-        grad = None
-        if need_grad:
-            if denom is not None:
-                # every sample ignored: 'mean' is nan, but (as in torch) the gradient is 0
-                denom = torch.where(denom == 0, 1, denom)
-            # p * r_n / (W) - the one-hot and smoothing terms, all in the buffer `e`
-            coeff = (1 - smoothing) * w_t
-            if smoothing > 0:
-                coeff = coeff + (smoothing / c) * (w_sum * keep.unsqueeze(1))
-            if denom is not None:
-                coeff = coeff / denom
-            e.mul_(coeff / s)
-            hit = -(1 - smoothing) * w_t
-            if denom is not None:
-                hit = hit / denom
-            e.scatter_add_(1, safe, hit.to(e.dtype))
-            if smoothing > 0:
-                row = (
-                    weight if weight is not None else torch.ones(c, dtype=x.dtype, device=x.device)
-                )
-                per = (smoothing / c) * row.unsqueeze(0) * keep.unsqueeze(1)
-                e.sub_(per / denom if denom is not None else per)
-            grad = e
         ctx.save_for_backward(x, target, weight, grad)
         ctx.args = (ignore_index, smoothing, reduction, composite)
         ctx.scale = 1.0  # the factor already applied to `grad` in place
-        return out
+        return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, target, weight, grad = ctx.saved_tensors
         ignore_index, smoothing, reduction, composite = ctx.args
-        none = (None,) * 6
+        none = (None,) * 7
         if torch.is_grad_enabled():
             # create_graph=True: the stored gradient is not itself differentiable
             with torch.enable_grad():
@@ -105,7 +131,7 @@ class CrossEntropyIndex(torch.autograd.Function):
                 (gx,) = torch.autograd.grad(loss, x, g, create_graph=True)
             return (gx, *none)
         if reduction == "none":
-            return (grad * g.unsqueeze(1), *none)
+            return ((grad * g.unsqueeze(1)).to(x.dtype), *none)
         # scale in place: the buffer *is* the gradient; remember the factor so that a second
         # backward through a retained graph rescales instead of compounding
         factor = float(g)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _reduction
-from reimpl.nn.functional._cross_entropy_lean import CrossEntropyIndex
+from reimpl.nn.functional._cross_entropy_lean import CrossEntropyIndex, Rows, rows_impl
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -251,7 +251,8 @@ def cross_entropy(
     _class_index_target(input, target)
     if label_smoothing > 1.0:
         raise RuntimeError(f"label_smoothing must be in [0.0, 1.0], got {label_smoothing}")
-    if _lean_eligible(input, target, weight, ignore_index, label_smoothing, reduction):
+    rows = _lean_rows(input, target, weight, ignore_index)
+    if rows is not None:
         x = input if input.dim() == 2 else input.unsqueeze(0)
         t = target.reshape(x.shape[:1])
         out = CrossEntropyIndex.apply(
@@ -261,30 +262,27 @@ def cross_entropy(
             ignore_index,
             max(label_smoothing, 0.0),
             reduction,
+            rows,
             _cross_entropy_composite,
         )
         return out.reshape(()) if input.dim() == 1 and reduction == "none" else out
     return _cross_entropy_composite(input, target, weight, ignore_index, reduction, label_smoothing)
 
 
-def _lean_eligible(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-) -> bool:
-    """(N, C) or (C) float32/float64 logits, eager: the memory-lean path applies. The checks
-    it would skip (weight shape/dtype, target range) are done here first."""
-    if input.dim() > 2 or input.dtype not in (torch.float32, torch.float64) or _compiling():
-        return False
-    if input.numel() == 0 or target.dtype == torch.uint8:
-        return False
+def _lean_rows(
+    input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int
+) -> Rows | None:
+    """The memory-lean implementation for (N, C) or (C) logits, or None for the composite.
+    The checks the lean path would skip (weight shape/dtype, target range) are done here."""
+    if input.dim() > 2 or input.numel() == 0 or target.dtype == torch.uint8 or _compiling():
+        return None
+    rows = rows_impl(input)
+    if rows is None:
+        return None
     _class_weight(weight, input, input.size(-1))
     _check_not_differentiable("cross_entropy", weight=weight)
     _check_target_range(target, input.size(-1), ignore_index)
-    return True
+    return rows
 
 
 def _cross_entropy_composite(
