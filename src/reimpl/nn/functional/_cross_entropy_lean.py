@@ -98,8 +98,7 @@ class CrossEntropyIndex(torch.autograd.Function):
         t = target.long()
         keep = t != ignore_index
         acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        denom = None
-        scale = torch.ones((), dtype=acc, device=x.device)
+        denom = scale = torch.ones((), dtype=acc, device=x.device)
         if reduction == "mean":
             w_t = weight[torch.where(keep, t, 0)].to(acc) if weight is not None else keep.to(acc)
             denom = torch.where(keep, w_t, 0).sum()
