@@ -4,6 +4,15 @@ Every public name here is exported (no ``__all__``: a list of these names as str
 would read, to the from-scratch scan, like a lookup of torch's kernels by name).
 """
 
+from reimpl.nn.functional._batchnorm import batch_norm
+from reimpl.nn.functional._dropout import (
+    alpha_dropout,
+    dropout,
+    dropout1d,
+    dropout2d,
+    dropout3d,
+    feature_alpha_dropout,
+)
 from reimpl.nn.functional._loss import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
