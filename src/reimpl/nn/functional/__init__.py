@@ -24,3 +24,10 @@ from reimpl.nn.functional._loss import (
     nll_loss,
     smooth_l1_loss,
 )
+from reimpl.nn.functional._penalty import (
+    decay_parameters,
+    l1_penalty,
+    l2_penalty,
+    no_decay_parameters,
+    param_groups,
+)
