@@ -58,8 +58,8 @@ def _check_sizes(input: Tensor, params: dict[str, Tensor | None]) -> None:
     for k, v in params.items():
         if v is not None and v.numel() != channels:
             raise RuntimeError(
-                f"{k} should contain {channels} elements (the input's channels, dim 1) "
-                f"not {v.numel()}"
+                f"{k} should contain {channels} elements not {v.numel()} "
+                "(one per input channel, dim 1)"
             )
 
 
@@ -101,10 +101,10 @@ def batch_norm(
             if t is None:
                 raise RuntimeError(f"{name} must be defined in evaluation mode")
     params = {
-        "weight": weight,
-        "bias": bias,
         "running_mean": running_mean,
         "running_var": running_var,
+        "weight": weight,
+        "bias": bias,
     }
     _check_dtypes(input, params)
     _check_sizes(input, params)
