@@ -151,10 +151,6 @@ def _param(c: int, dtype: torch.dtype) -> st.SearchStrategy[TensorSpec]:
     return tensors((c,), dtype, requires_grad=True, regimes=("normal",), layouts=("contiguous",))
 
 
-def _param(c: int, dtype: torch.dtype) -> st.SearchStrategy[TensorSpec]:
-    return tensors((c,), dtype, requires_grad=True, regimes=("normal",), layouts=("contiguous",))
-
-
 @st.composite
 def _bn_call(draw: Draw, dtype: torch.dtype, *, stats: bool) -> Call:
     shape = draw(_bn_shape(dtype))
