@@ -198,3 +198,17 @@ def test_cuda_alpha_dropout_moments_and_eval() -> None:
     out = F.alpha_dropout(x, 0.1, training=True)
     assert abs(float(out.mean())) < 0.01 and abs(float(out.var()) - 1) < 0.01
     assert F.alpha_dropout(x, 0.1, training=False) is x
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fn", ["alpha_dropout", "feature_alpha_dropout", "dropout2d"])
+def test_cuda_non_fused_variants_bit_identical(fn: str) -> None:
+    """torch sends only plain dropout to its fused CUDA kernel; the alpha and channel-wise
+    variants draw with ``bernoulli_`` as on CPU, so reimpl should match them bit for bit
+    (expected from torch's source layout, not yet run on a GPU)."""
+    x = torch.randn(SHAPE[fn] if fn != "dropout2d" else (4, 5, 3, 2), device="cuda")
+    outs = []
+    for f in (getattr(F, fn), getattr(TF, fn)):
+        torch.cuda.manual_seed(11)
+        outs.append(f(x, 0.4, True))
+    assert torch.equal(*outs)

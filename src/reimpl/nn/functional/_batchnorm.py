@@ -20,7 +20,9 @@ _HALVES = (torch.float16, torch.bfloat16)
 
 
 def _check_batch_size(input: Tensor) -> None:
-    per_channel = input.size(0) if input.dim() > 0 else 1
+    if input.dim() == 0:
+        raise IndexError("batch_norm: a 0-D input has no batch dimension (expected (N, C, *))")
+    per_channel = input.size(0)
     for s in input.shape[2:]:
         per_channel *= s
     if per_channel == 1:
@@ -108,6 +110,10 @@ def batch_norm(
     }
     _check_dtypes(input, params)
     _check_sizes(input, params)
+    if input.dim() < 2:
+        raise IndexError(
+            f"batch_norm: input needs a channel dimension (dim 1), got a {input.dim()}-D input"
+        )
 
     acc = torch.float32 if input.dtype in _HALVES else input.dtype
     channels = input.size(1) if input.dim() > 1 else 0
