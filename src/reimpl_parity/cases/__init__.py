@@ -1,7 +1,19 @@
 """Parity tables, one module per family. ``ALL`` is what ``reimpl check`` runs."""
 
 from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
+from reimpl_parity.cases.regularizers import REGULARIZER_CASES, REGULARIZER_ERROR_CASES
 
-ALL = {"losses": LOSS_CASES, "loss-errors": LOSS_ERROR_CASES}
+ALL = {
+    "losses": LOSS_CASES,
+    "loss-errors": LOSS_ERROR_CASES,
+    "regularizers": REGULARIZER_CASES,
+    "regularizer-errors": REGULARIZER_ERROR_CASES,
+}
 
-__all__ = ["ALL", "LOSS_CASES", "LOSS_ERROR_CASES"]
+__all__ = [
+    "ALL",
+    "LOSS_CASES",
+    "LOSS_ERROR_CASES",
+    "REGULARIZER_CASES",
+    "REGULARIZER_ERROR_CASES",
+]

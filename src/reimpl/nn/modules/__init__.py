@@ -1,3 +1,12 @@
+from reimpl.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from reimpl.nn.modules.dropout import (
+    AlphaDropout,
+    Dropout,
+    Dropout1d,
+    Dropout2d,
+    Dropout3d,
+    FeatureAlphaDropout,
+)
 from reimpl.nn.modules.loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -10,9 +19,18 @@ from reimpl.nn.modules.loss import (
 )
 
 __all__ = [
+    "AlphaDropout",
     "BCELoss",
     "BCEWithLogitsLoss",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "CrossEntropyLoss",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "FeatureAlphaDropout",
     "HuberLoss",
     "L1Loss",
     "MSELoss",

@@ -1,0 +1,152 @@
+"""Batch normalization, functional form.
+
+Per channel (dim 1) of an ``(N, C, *)`` input: normalize by the batch's mean and *biased*
+variance in training (and fold the *unbiased* variance into ``running_var``), or by the
+running statistics in evaluation; then scale by ``weight`` and shift by ``bias``.
+
+16-bit inputs are computed in float32 (as torch does on CPU) and may come with float32
+``weight``/``bias``/running statistics ("mixed" dtypes); otherwise every tensor must share
+the input's dtype. Gradients (and second derivatives) are autograd's through the
+float32/float64 formula below, which agrees with torch's closed-form backward to within
+the per-dtype tolerances of the parity suite.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_HALVES = (torch.float16, torch.bfloat16)
+
+
+def _check_batch_size(input: Tensor) -> None:
+    if input.dim() == 0:
+        raise IndexError("batch_norm: a 0-D input has no batch dimension (expected (N, C, *))")
+    per_channel = input.size(0)
+    for s in input.shape[2:]:
+        per_channel *= s
+    if per_channel == 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training (batch statistics need at "
+            f"least 2 values per channel), got input size {input.size()}"
+        )
+
+
+def _check_dtypes(input: Tensor, params: dict[str, Tensor | None]) -> None:
+    if not input.is_floating_point():
+        raise NotImplementedError(
+            f"batch_norm is only implemented for floating-point inputs, not {input.dtype}"
+        )
+    given = {k: v for k, v in params.items() if v is not None}
+    if input.dtype in _HALVES and any(v.dtype == torch.float32 for v in given.values()):
+        wrong = [k for k, v in given.items() if v.dtype != torch.float32]
+        if wrong:
+            raise RuntimeError(
+                f"batch_norm: a {input.dtype} input with float32 parameters needs all of "
+                f"weight, bias, running_mean and running_var in float32; {wrong[0]} is "
+                f"{given[wrong[0]].dtype}"
+            )
+        return
+    for k, v in given.items():
+        if v.dtype != input.dtype:
+            raise RuntimeError(
+                f"batch_norm: {k} has dtype {v.dtype} but the input is {input.dtype} "
+                "(all must share a dtype; 16-bit inputs may use float32 parameters)"
+            )
+
+
+def _check_sizes(input: Tensor, params: dict[str, Tensor | None]) -> None:
+    channels = input.size(1) if input.dim() > 1 else 0
+    for k, v in params.items():
+        if v is not None and v.numel() != channels:
+            raise RuntimeError(
+                f"{k} should contain {channels} elements not {v.numel()} "
+                "(one per input channel, dim 1)"
+            )
+
+
+def _output_format(input: Tensor) -> torch.memory_format:
+    if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalization over dim 1 of ``input`` (``(N, C)`` or ``(N, C, *)``).
+
+    ``training=True`` normalizes with batch statistics and, when running statistics are
+    given, updates them in place: ``r = (1 - momentum)·r + momentum·batch`` (the batch
+    variance unbiased, ``·n/(n-1)``). ``training=False`` normalizes with the running
+    statistics, which must then be given.
+    """
+    if training:
+        _check_batch_size(input)
+        if eps <= 0.0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if not training:
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is None:
+                raise RuntimeError(f"{name} must be defined in evaluation mode")
+    params = {
+        "running_mean": running_mean,
+        "running_var": running_var,
+        "weight": weight,
+        "bias": bias,
+    }
+    _check_dtypes(input, params)
+    _check_sizes(input, params)
+    if input.dim() < 2:
+        raise IndexError(
+            f"batch_norm: input needs a channel dimension (dim 1), got a {input.dim()}-D input"
+        )
+
+    acc = torch.float32 if input.dtype in _HALVES else input.dtype
+    channels = input.size(1) if input.dim() > 1 else 0
+    bshape = (1, channels) + (1,) * (input.dim() - 2)
+    reduce_dims = [0, *range(2, input.dim())]
+    x = input.to(acc)
+    if input.numel() == 0:
+        mean = x.new_zeros(bshape)
+        invstd = x.new_ones(bshape)
+    elif training:
+        var, mean = torch.var_mean(x, dim=reduce_dims, correction=0, keepdim=True)
+        invstd = torch.rsqrt(var + eps)
+        if running_mean is not None and running_var is not None:
+            n = input.numel() // max(channels, 1)
+            with torch.no_grad():
+                m = mean.detach().reshape(-1)
+                v = var.detach().reshape(-1) * (n / (n - 1))
+                running_mean.copy_(momentum * m + (1 - momentum) * running_mean.to(acc))
+                running_var.copy_(momentum * v + (1 - momentum) * running_var.to(acc))
+    else:
+        assert running_mean is not None and running_var is not None
+        mean = running_mean.to(acc).reshape(bshape)
+        invstd = torch.rsqrt(running_var.to(acc).reshape(bshape) + eps)
+    # torch keeps batch statistics in the parameters' dtype: a 16-bit input with 16-bit
+    # parameters normalizes with mean and 1/std rounded to 16 bits (the rounding is
+    # value-only here, so gradients still flow in the wide dtype and cannot overflow).
+    stat_dtype = next((t.dtype for t in params.values() if t is not None), input.dtype)
+    if training and stat_dtype != acc and input.numel():
+        mean = mean + (mean.detach().to(stat_dtype).to(acc) - mean.detach())
+        invstd = invstd + (invstd.detach().to(stat_dtype).to(acc) - invstd.detach())
+    y = (x - mean) * invstd
+    if weight is not None:
+        y = y * weight.to(acc).reshape(bshape)
+    if bias is not None:
+        y = y + bias.to(acc).reshape(bshape)
+    return y.to(input.dtype).contiguous(memory_format=_output_format(input))
