@@ -24,6 +24,10 @@ settings.register_profile("thorough", max_examples=400, **_common)
 settings.load_profile(os.environ.get("REIMPL_HYPOTHESIS_PROFILE", "dev"))
 
 CUDA = torch.cuda.is_available()
+if not CUDA:
+    # Triton kernels are defined in interpreter mode from the start, so the kernel tests can
+    # run them on CPU tensors (they opt in with REIMPL_TRITON_CPU=1; nothing else does).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 

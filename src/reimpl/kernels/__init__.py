@@ -1,7 +1,10 @@
 """Optional fast paths. Each has a pure-torch fallback chosen automatically.
 
-``triton_available()`` says whether Triton kernels can run here: on CUDA tensors with
-Triton installed, or on CPU tensors under ``TRITON_INTERPRET=1`` (how CI tests them).
+``triton_available()`` says whether a Triton kernel should take a tensor: CUDA tensors
+with Triton installed; CPU tensors only when asked (``REIMPL_TRITON_CPU=1``) under
+``TRITON_INTERPRET=1``, which is how CI tests the kernels without a GPU. Triton reads
+``TRITON_INTERPRET`` when a kernel is defined, so it must be set before the first import.
+``REIMPL_DISABLE_TRITON=1`` turns the kernels off.
 """
 
 from __future__ import annotations
@@ -24,4 +27,6 @@ def triton_available(t: torch.Tensor) -> bool:
     """Can a Triton kernel take ``t``? (CUDA, or CPU under the interpreter.)"""
     if not triton_installed() or os.environ.get("REIMPL_DISABLE_TRITON") == "1":
         return False
-    return t.is_cuda or (interpreting() and t.device.type == "cpu")
+    if t.is_cuda:
+        return True
+    return t.device.type == "cpu" and interpreting() and os.environ.get("REIMPL_TRITON_CPU") == "1"
