@@ -1,7 +1,11 @@
 """Parity tables, one module per family. ``ALL`` is what ``reimpl check`` runs."""
 
 from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
+from reimpl_parity.cases.schedulers import SCHEDULER_CASES, SCHEDULER_ERROR_CASES
 
 ALL = {"losses": LOSS_CASES, "loss-errors": LOSS_ERROR_CASES}
+ALL["lr_scheduler"] = SCHEDULER_CASES
+ALL["lr_scheduler-errors"] = SCHEDULER_ERROR_CASES
 
 __all__ = ["ALL", "LOSS_CASES", "LOSS_ERROR_CASES"]
+__all__ += ["SCHEDULER_CASES", "SCHEDULER_ERROR_CASES"]
