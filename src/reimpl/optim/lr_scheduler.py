@@ -617,6 +617,8 @@ class CyclicLR(LRScheduler):
     cycle), ``exp_range`` (``gamma^iterations``). Momentum cycles inversely.
     """
 
+    use_beta1: bool  # set when cycle_momentum: the optimizer has betas, not momentum
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -737,6 +739,8 @@ class OneCycleLR(LRScheduler):
     Momentum moves inversely between ``max_momentum`` and ``base_momentum``.
     """
 
+    use_beta1: bool  # set when cycle_momentum: the optimizer has betas, not momentum
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -784,7 +788,9 @@ class OneCycleLR(LRScheduler):
             ]
         )  # fmt: skip
         keys = ("end_step", "start_lr", "end_lr", "start_momentum", "end_momentum")
-        self._schedule_phases = [dict(zip(keys, p, strict=True)) for p in phases]
+        self._schedule_phases: list[dict[str, Any]] = [
+            dict(zip(keys, p, strict=True)) for p in phases
+        ]
         if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
             raise ValueError(f"pct_start must be a float in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from copy import deepcopy
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ __all__ = [
     "update_bn",
 ]
 
-ParamList = Sequence[Tensor]
+ParamList = list[Tensor] | tuple[Tensor, ...]
 AvgFn = Callable[[Tensor, Tensor, Any], Tensor]
 MultiAvgFn = Callable[[ParamList, ParamList, Any], None]
 
@@ -229,7 +229,7 @@ def update_bn(
     was_training = model.training
     model.train()
     for module in momenta:
-        module.momentum = None
+        module.momentum = None  # type: ignore[assignment]  # None: cumulative average
     for batch in loader:
         if isinstance(batch, (list, tuple)):
             batch = batch[0]

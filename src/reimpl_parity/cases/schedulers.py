@@ -491,6 +491,7 @@ BAD_RUNS: dict[str, Run] = {
     "ChainedScheduler-empty": Run(_S("ChainedScheduler")),
 }
 
+
 def _fixed(run: Run) -> Callable[[torch.dtype], st.SearchStrategy[Call]]:
     return lambda dtype: st.just(Call((run,)))
 
