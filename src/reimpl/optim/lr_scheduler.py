@@ -217,7 +217,7 @@ class LRScheduler(_TorchLRSchedulerBase):
 
     def get_lr(self) -> list[Lr]:
         """The next lrs (chainable form). Called by :meth:`step`; use :meth:`get_last_lr`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not compute lrs by itself")
 
     def _warn_outside_step(self) -> None:
         if not self._get_lr_called_within_step:
