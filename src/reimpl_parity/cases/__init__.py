@@ -2,12 +2,15 @@
 
 from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
 from reimpl_parity.cases.regularizers import REGULARIZER_CASES, REGULARIZER_ERROR_CASES
+from reimpl_parity.cases.schedulers import SCHEDULER_CASES, SCHEDULER_ERROR_CASES
 
 ALL = {
     "losses": LOSS_CASES,
     "loss-errors": LOSS_ERROR_CASES,
     "regularizers": REGULARIZER_CASES,
     "regularizer-errors": REGULARIZER_ERROR_CASES,
+    "lr_scheduler": SCHEDULER_CASES,
+    "lr_scheduler-errors": SCHEDULER_ERROR_CASES,
 }
 
 __all__ = [
@@ -16,4 +19,6 @@ __all__ = [
     "LOSS_ERROR_CASES",
     "REGULARIZER_CASES",
     "REGULARIZER_ERROR_CASES",
+    "SCHEDULER_CASES",
+    "SCHEDULER_ERROR_CASES",
 ]
