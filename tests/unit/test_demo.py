@@ -10,8 +10,8 @@ pytest.importorskip("sklearn")
 if not hasattr(pytest.importorskip("reimpl.optim"), "SGD"):
     pytest.skip("needs the optimizers", allow_module_level=True)
 
-from reimpl.__main__ import main  # noqa: E402
-from reimpl_parity.demo import results  # noqa: E402
+from reimpl.__main__ import main
+from reimpl_parity.demo import results
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
