@@ -52,8 +52,9 @@ def check(args: argparse.Namespace) -> int:
             bar = "#" * (30 * i // len(jobs))
             print(f"\r[{bar:<30}] {i}/{len(jobs)} {case.name[:40]:<40}", end="", file=sys.stderr)
         n = 1 if fam.endswith("errors") else examples
-        rep = check_case(case, dt, dev, max_examples=n, derandomize=not args.thorough,
-                         raise_on_failure=False)
+        rep = check_case(
+            case, dt, dev, max_examples=n, derandomize=not args.thorough, raise_on_failure=False
+        )
         rows.append((fam, rep))
     if sys.stderr.isatty() or args.progress:
         print(file=sys.stderr)
@@ -64,25 +65,40 @@ def check(args: argparse.Namespace) -> int:
     for _fam, r in rows:
         dname = str(r.dtype).replace("torch.", "")
         status = "ok" if r.ok else "MISMATCH"
-        print(f"{r.case:<44} {r.device:<6} {dname:<9} {r.examples:>5} {r.diff.max_abs:>9.2e} "
-              f"{r.diff.max_rel:>9.2e}  {status}")
+        print(
+            f"{r.case:<44} {r.device:<6} {dname:<9} {r.examples:>5} {r.diff.max_abs:>9.2e} "
+            f"{r.diff.max_rel:>9.2e}  {status}"
+        )
     secs = time.perf_counter() - start
-    print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed "
-          f"(torch {torch.__version__}, {secs:.1f}s)")
+    print(
+        f"\n{len(rows) - len(failed)} passed, {len(failed)} failed "
+        f"(torch {torch.__version__}, {secs:.1f}s)"
+    )
     for r in failed:
         print(f"\nMISMATCH {r.case} [{r.dtype}, {r.device}]\n{r.failure}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({
-                "torch": torch.__version__,
-                "results": [
-                    {"component": fam, "case": r.case, "device": r.device,
-                     "dtype": str(r.dtype).replace("torch.", ""), "examples": r.examples,
-                     "max_abs": r.diff.max_abs, "max_rel": r.diff.max_rel,
-                     "ok": r.ok, "failure": r.failure}
-                    for fam, r in rows
-                ],
-            }, fh, indent=1)
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "results": [
+                        {
+                            "component": fam,
+                            "case": r.case,
+                            "device": r.device,
+                            "dtype": str(r.dtype).replace("torch.", ""),
+                            "examples": r.examples,
+                            "max_abs": r.diff.max_abs,
+                            "max_rel": r.diff.max_rel,
+                            "ok": r.ok,
+                            "failure": r.failure,
+                        }
+                        for fam, r in rows
+                    ],
+                },
+                fh,
+                indent=1,
+            )
     return 1 if failed else 0
 
 

@@ -22,6 +22,7 @@ from reimpl.optim.optimizer import (
     new_step,
     plain_value,
     prepare_grads,
+    run_widened,
     scalar_dtype,
     squeeze_scalar,
     use_grad_for_differentiable,
@@ -301,7 +302,8 @@ def _fused_adagrad(
     has_sparse_grad: bool,
     has_complex: bool,
 ) -> None:
-    """``fused=True``. Hook for a real fused kernel; for now the multi-tensor path."""
+    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
+    with 16-bit tensors computed in float32 like torch's fused kernels."""
     if not params:
         return
     if has_sparse_grad or has_complex:
@@ -310,11 +312,9 @@ def _fused_adagrad(
         )
     if differentiable:
         raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
-    _multi_tensor_adagrad(
-        params,
-        grads,
-        sums,
-        steps,
+    run_widened(
+        _multi_tensor_adagrad,
+        [params, grads, sums, steps],
         lr=lr,
         lr_decay=lr_decay,
         weight_decay=weight_decay,

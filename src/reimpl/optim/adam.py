@@ -25,6 +25,7 @@ from reimpl.optim.optimizer import (
     plain_value,
     prepare_grad,
     prepare_grads,
+    run_widened,
     scalar_dtype,
     squeeze_scalar,
     stack_if_compiling,
@@ -481,20 +482,17 @@ def _fused_adam(
     decoupled_weight_decay: bool,
     has_complex: bool,
 ) -> None:
-    """``fused=True``. Hook for a real fused kernel; for now the multi-tensor path, run as
-    capturable (step counters already live on the param device, as fused wants)."""
+    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
+    with 16-bit tensors computed in float32 like torch's fused kernels (run as capturable
+    on accelerators, where the step counters already live with the params)."""
     if not params:
         return
     if differentiable:
         raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
     on_accel = all(p.device.type != "cpu" for p in params)
-    _multi_tensor_adam(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
+    run_widened(
+        _multi_tensor_adam,
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
         lr=lr if on_accel else plain_value(lr),
         beta1=squeeze_scalar(beta1) if on_accel else plain_value(beta1),
         beta2=squeeze_scalar(beta2) if on_accel else plain_value(beta2),

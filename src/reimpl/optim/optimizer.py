@@ -38,6 +38,7 @@ __all__ = [
     "plain_value",
     "prepare_grad",
     "prepare_grads",
+    "run_widened",
     "scalar_dtype",
     "squeeze_scalar",
     "stack_if_compiling",
@@ -241,3 +242,32 @@ def group_by_device_and_dtype(
     return Optimizer._group_tensors_by_device_and_dtype(  # type: ignore[return-value]
         tensorlists, with_indices
     )
+
+
+_NARROW = (torch.float16, torch.bfloat16)
+
+
+def run_widened(update: Any, lists: list[list[Any]], **kwargs: Any) -> None:
+    """Run ``update(*lists, **kwargs)`` with 16-bit tensors widened to float32, then store
+    the results back (params and state; ``lists[1]`` holds the grads, which are inputs).
+
+    This is what a fused kernel does for half-precision params: load, compute in float32,
+    round once on store. Buffers the update creates (``None`` entries it fills, as SGD's
+    first momentum step does) are stored in their param's dtype.
+    """
+    if not any(t is not None and t.dtype in _NARROW for lst in lists for t in lst):
+        update(*lists, **kwargs)
+        return
+    wide = [
+        [t.float() if t is not None and t.dtype in _NARROW else t for t in lst] for lst in lists
+    ]
+    update(*wide, **kwargs)
+    params = lists[0]
+    for k, (lst, wlst) in enumerate(zip(lists, wide, strict=True)):
+        if k == 1:
+            continue
+        for i, (t, w) in enumerate(zip(lst, wlst, strict=True)):
+            if t is None and w is not None:
+                lst[i] = w.to(params[i].dtype)
+            elif t is not None and w is not t:
+                t.copy_(w)

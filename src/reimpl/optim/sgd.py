@@ -20,6 +20,7 @@ from reimpl.optim.optimizer import (
     is_compiling,
     prepare_grad,
     prepare_grads,
+    run_widened,
     squeeze_scalar,
     use_grad_for_differentiable,
 )
@@ -248,13 +249,13 @@ def _fused_sgd(
     maximize: bool,
     has_sparse_grad: bool,
 ) -> None:
-    """``fused=True``. Hook for a real fused kernel; for now the multi-tensor path."""
+    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
+    with 16-bit tensors computed in float32 like torch's fused kernels."""
     if has_sparse_grad:
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
-    _multi_tensor_sgd(
-        params,
-        grads,
-        bufs,
+    run_widened(
+        _multi_tensor_sgd,
+        [params, grads, bufs],
         lr=lr,
         momentum=momentum,
         dampening=dampening,
