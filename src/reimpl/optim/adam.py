@@ -239,9 +239,19 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    r"""AdamW: :class:`Adam` with decoupled weight decay, :math:`\theta \leftarrow
-    (1 - \gamma\lambda)\,\theta` before the Adam step instead of adding
-    :math:`\lambda\theta` to the gradient. Default ``weight_decay`` is ``1e-2``.
+    r"""AdamW: :class:`Adam` with decoupled weight decay (default ``weight_decay=1e-2``).
+
+    The decay shrinks the weights directly instead of entering the gradient, so it is not
+    rescaled by the adaptive denominator:
+
+    .. math::
+        \theta_{t-1} &\leftarrow (1 - \gamma\lambda)\,\theta_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, g_t^2 \\
+        \theta_t &= \theta_{t-1} - \gamma\, \frac{m_t / (1 - \beta_1^t)}
+            {\sqrt{\hat v_t / (1 - \beta_2^t)} + \epsilon}
+
+    with :math:`\hat v_t` as in :class:`Adam` (running max of :math:`v` for amsgrad).
 
     Args: as :class:`torch.optim.AdamW`.
     """

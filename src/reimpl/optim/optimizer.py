@@ -66,9 +66,10 @@ def is_compiling() -> bool:
 # --------------------------------------------------------------------------- checks
 
 
-def check_nonnegative(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``0 <= value`` (NaN fails too)."""
-    if not value >= 0.0:
+def check_nonnegative(name: str, value: Any, *, nan_ok: bool = False) -> None:
+    """Raise ``ValueError`` unless ``0 <= value``. NaN fails too, unless ``nan_ok`` (torch's
+    SGD only rejects values below zero, so NaN gets through there)."""
+    if (value < 0.0) if nan_ok else not (value >= 0.0):
         raise ValueError(f"Invalid {name}: {value} (it must be >= 0)")
 
 

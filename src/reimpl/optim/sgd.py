@@ -72,9 +72,9 @@ class SGD(Optimizer):
             raise ValueError(
                 f"lr given as a Tensor must have exactly one element, got {lr.numel()}"
             )
-        check_nonnegative("learning rate", lr)
-        check_nonnegative("momentum value", momentum)
-        check_nonnegative("weight_decay value", weight_decay)
+        check_nonnegative("learning rate", lr, nan_ok=True)
+        check_nonnegative("momentum value", momentum, nan_ok=True)
+        check_nonnegative("weight_decay value", weight_decay, nan_ok=True)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "nesterov=True needs momentum > 0 and dampening == 0 "
