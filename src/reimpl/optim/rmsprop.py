@@ -236,9 +236,9 @@ def _single_tensor_rmsprop(
         if momentum > 0:
             buf = real(momentum_bufs[i])
             buf.mul_(momentum).addcdiv_(grad, rms)
-            param.add_(buf, alpha=-lr)
+            param.add_(buf, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
         else:
-            param.addcdiv_(grad, rms, value=-lr)
+            param.addcdiv_(grad, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
 def _multi_tensor_rmsprop(
@@ -297,9 +297,9 @@ def _multi_tensor_rmsprop(
             if tensor_lr:
                 torch._foreach_add_(b_params, torch._foreach_mul(b_bufs, -lr))
             else:
-                torch._foreach_add_(b_params, b_bufs, alpha=-lr)
+                torch._foreach_add_(b_params, b_bufs, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
         elif tensor_lr:
             torch._foreach_div_(rms, -lr)
             torch._foreach_addcdiv_(b_params, d, rms)
         else:
-            torch._foreach_addcdiv_(b_params, d, rms, value=-lr)
+            torch._foreach_addcdiv_(b_params, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number

@@ -186,7 +186,7 @@ def _single_tensor_sgd(
         if isinstance(lr, Tensor) and lr.requires_grad:
             param.addcmul_(d, lr, value=-1)  # keeps the graph to a learnable lr
         else:
-            param.add_(d, alpha=-lr)
+            param.add_(d, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
 def _multi_tensor_sgd(
@@ -233,7 +233,7 @@ def _multi_tensor_sgd(
         elif isinstance(lr, Tensor) and is_compiling():
             torch._foreach_add_(b_params, torch._foreach_mul(d, -lr))
         else:
-            torch._foreach_add_(b_params, d, alpha=-lr)
+            torch._foreach_add_(b_params, d, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
 def _fused_sgd(

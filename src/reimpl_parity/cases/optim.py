@@ -285,6 +285,11 @@ def _adam_kwargs(decoupled: bool | None, fused: bool) -> KwargsFor:
     return make
 
 
+def _with(kwargs_for: KwargsFor, **fixed: Any) -> KwargsFor:
+    """``kwargs_for`` with some keywords always set (e.g. ``capturable=True``)."""
+    return lambda dtype: kwargs_for(dtype).map(lambda kw: {**kw, **fixed})
+
+
 def _groups(**opts: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Per-group overrides (valid values only: groups are not re-validated by torch)."""
     return optional_kwargs(opts)
@@ -418,6 +423,39 @@ ROWS: list[OptimRow] = [
         _rms_groups,
         tensor_hparams=("lr",),
     ),
+    # capturable: step counters and bias corrections stay on the GPU (CUDA only; on the
+    # CPU torch refuses capturable=True at the first step, see tests/unit/test_optim_api)
+    *[
+        OptimRow(
+            f"{name}-capturable",
+            cls,
+            tcls,
+            _with(kwargs_for, capturable=True),
+            groups,
+            dtypes=REAL_DTYPES,
+            devices=("cuda",),
+            tensor_hparams=hparams,
+        )
+        for name, cls, tcls, kwargs_for, groups, hparams in [
+            ("RMSprop", ours.RMSprop, torch.optim.RMSprop, _rmsprop_kwargs, _rms_groups, ("lr",)),
+            (
+                "Adam",
+                ours.Adam,
+                torch.optim.Adam,
+                _adam_kwargs(None, False),
+                _adam_groups,
+                ("lr", "betas"),
+            ),
+            (
+                "AdamW",
+                ours.AdamW,
+                torch.optim.AdamW,
+                _adam_kwargs(True, False),
+                _adam_groups,
+                ("lr", "betas"),
+            ),
+        ]
+    ],
     OptimRow(
         "Adam",
         ours.Adam,
