@@ -363,7 +363,14 @@ _rms_groups = _groups(lr=_lrs, alpha=st.sampled_from([0.9, 0.99]), centered=st.b
 _adam_groups = _groups(lr=_lrs, weight_decay=_decays, amsgrad=st.booleans())
 
 ROWS: list[OptimRow] = [
-    OptimRow("SGD", ours.SGD, torch.optim.SGD, _sgd_kwargs(False), _sgd_groups),
+    OptimRow(
+        "SGD",
+        ours.SGD,
+        torch.optim.SGD,
+        _sgd_kwargs(False),
+        _sgd_groups,
+        tensor_hparams=("lr", "weight_decay"),
+    ),
     OptimRow(
         "SGD-sparse",
         ours.SGD,
