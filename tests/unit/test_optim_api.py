@@ -236,3 +236,59 @@ def test_differentiable_step_gradients(name: str) -> None:
         inputs = [w, lr] if lr.requires_grad else [w]
         results.append(torch.autograd.grad((p * p).sum(), inputs))
     compare(list(results[1]), list(results[0]), rtol=1e-12, atol=1e-12, what="grads")
+
+
+MODULES = {
+    "SGD": ("reimpl.optim.sgd", "sgd"),
+    "Adagrad": ("reimpl.optim.adagrad", "adagrad"),
+    "RMSprop": ("reimpl.optim.rmsprop", "rmsprop"),
+    "Adam": ("reimpl.optim.adam", "adam"),
+    "AdamW": ("reimpl.optim.adam", "adam"),
+}
+
+
+def _paths_taken(
+    monkeypatch: pytest.MonkeyPatch, name: str, device: str, **kwargs: Any
+) -> list[str]:
+    import importlib
+
+    module_name, short = MODULES[name]
+    mod = importlib.import_module(module_name)
+    taken: list[str] = []
+    for path in ("single_tensor", "multi_tensor", "fused"):
+        fn_name = f"_{path}_{short}"
+        if not hasattr(mod, fn_name):
+            continue
+        real = getattr(mod, fn_name)
+
+        def spy(*a: Any, _real: Any = real, _path: str = path, **k: Any) -> None:
+            taken.append(_path)
+            _real(*a, **k)
+
+        monkeypatch.setattr(mod, fn_name, spy)
+    p = torch.ones(3, device=device)
+    opt = getattr(ours, name)([p], **kwargs)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    return taken
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_path_selection_on_cpu(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """CPU default: the per-tensor loop (as torch); explicit flags are respected."""
+    assert _paths_taken(monkeypatch, name, "cpu") == ["single_tensor"]
+    assert _paths_taken(monkeypatch, name, "cpu", foreach=True) == ["multi_tensor"]
+    if name != "RMSprop":
+        # the fused hook currently runs the multi-tensor path underneath
+        assert _paths_taken(monkeypatch, name, "cpu", fused=True)[0] == "fused"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", NAMES)
+def test_path_selection_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """CUDA default: multi-tensor, unless differentiable (as torch)."""
+    assert _paths_taken(monkeypatch, name, "cuda") == ["multi_tensor"]
+    assert _paths_taken(monkeypatch, name, "cuda", foreach=False) == ["single_tensor"]
+    if name != "SGD":  # torch's SGD picks its default without looking at differentiable
+        taken = _paths_taken(monkeypatch, name, "cuda", differentiable=True)
+        assert taken == ["single_tensor"]
