@@ -292,3 +292,26 @@ def test_path_selection_on_cuda(monkeypatch: pytest.MonkeyPatch, name: str) -> N
     if name != "SGD":  # torch's SGD picks its default without looking at differentiable
         taken = _paths_taken(monkeypatch, name, "cuda", differentiable=True)
         assert taken == ["single_tensor"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hooks_pickle_and_add_param_group(name: str) -> None:
+    """torch's base-class machinery works unchanged on ours."""
+    import pickle
+
+    calls: list[str] = []
+    p, q = _p(3), _p(2)
+    opt = getattr(ours, name)([p])
+    opt.register_step_pre_hook(lambda *a: calls.append("pre"))
+    opt.register_step_post_hook(lambda *a: calls.append("post"))
+    opt.add_param_group({"params": [q], "lr": 0.5})
+    p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+    opt.step()
+    assert calls == ["pre", "post"]
+    assert opt.param_groups[1]["lr"] == 0.5
+    assert len(opt.state) == (0 if name == "SGD" else 2)  # SGD without momentum: no state
+    clone = pickle.loads(pickle.dumps(opt))
+    assert type(clone) is type(opt)
+    compare(clone.state_dict(), opt.state_dict(), rtol=0, atol=0, what="pickled state")
+    opt.zero_grad()
+    assert p.grad is None
