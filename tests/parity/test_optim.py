@@ -1,7 +1,7 @@
 """Optimizer parity: OPTIM_CASES trajectories against torch, every dtype, CPU and CUDA.
 
 Each example is a whole 20+ step trajectory (compared after every step), so these tests
-draw a third of the profile's ``max_examples`` (at least 5) to stay within the suite's
+draw half of the profile's ``max_examples`` (at least 5) to stay within the suite's
 time budget; ``reimpl check optim`` runs the same table at full size.
 """
 
@@ -30,4 +30,4 @@ PARAMS = [
 def test_optim_parity(case, dtype: torch.dtype, device: str) -> None:
     if device not in case.devices:
         pytest.skip(f"{case.name} runs on {case.devices} only")
-    check_case(case, dtype, device, max_examples=max(5, settings().max_examples // 3))
+    check_case(case, dtype, device, max_examples=max(5, settings().max_examples // 2))
