@@ -1,0 +1,581 @@
+r"""Triton multi-tensor optimizer kernels: Adam/AdamW, SGD, Adagrad, RMSprop in one launch.
+
+Each launcher updates lists of same-device, same-dtype tensors in place with one pass over
+memory. The update rules are those of ``reimpl.optim`` (see the docstrings of ``Adam``,
+``SGD``, ``Adagrad`` and ``RMSprop`` there); in short, with :math:`g` the gradient
+(divided by ``grad_scale``, negated when ``maximize``) and :math:`\gamma` the lr:
+
+* Adam: :math:`g \mathrel{+}= \lambda\theta` (or :math:`\theta \mathrel{*}= 1-\gamma\lambda`
+  when decoupled), :math:`m = \mathrm{lerp}(m, g, 1-\beta_1)`,
+  :math:`v = \beta_2 v + (1-\beta_2) g^2`, :math:`\hat v = \max(\hat v, v)` (amsgrad),
+  :math:`\theta \mathrel{-}= \frac{\gamma}{1-\beta_1^t}\, m /
+  (\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon)`.
+* SGD: :math:`g \mathrel{+}= \lambda\theta`; with momentum :math:`b = g` on the first step,
+  else :math:`b = \mu b + (1-\tau) g`, then :math:`g = g + \mu b` (nesterov) or :math:`g = b`;
+  :math:`\theta \mathrel{-}= \gamma g`.
+* Adagrad: :math:`g \mathrel{+}= \lambda\theta`, :math:`s \mathrel{+}= g^2`,
+  :math:`\theta \mathrel{-}= \frac{\gamma}{1 + (t-1)\eta}\, g / (\sqrt{s} + \epsilon)`.
+* RMSprop: :math:`g \mathrel{+}= \lambda\theta`, :math:`v = \alpha v + (1-\alpha) g^2`,
+  centered: :math:`\bar g = \mathrm{lerp}(\bar g, g, 1-\alpha)`,
+  :math:`r = \sqrt{v - \bar g^2} + \epsilon`
+  (else :math:`r = \sqrt v + \epsilon`); momentum: :math:`b = \mu b + g / r`,
+  :math:`\theta \mathrel{-}= \gamma b`, else :math:`\theta \mathrel{-}= \gamma g / r`.
+
+Conventions (those of torch's fused optimizers):
+
+* Arithmetic is float32 for float32/float16/bfloat16 tensors and float64 for float64;
+  states are stored in the param dtype (16-bit states are rounded once per step).
+  Per-tensor scalars (bias corrections, step sizes) are computed in float64 in-kernel.
+* ``steps``: one 1-element float tensor per param on the params' device; the launcher adds
+  1 on device before the update (no host sync).
+* ``lr``: a float, or a 1-element tensor on the params' device, read inside the kernel.
+* ``grad_scale`` (1-element tensor): grads are divided by it, and the unscaled gradient is
+  written back into ``grads``. ``found_inf`` (1-element tensor): where nonzero, nothing is
+  updated: params, states, grads and steps stay as they were.
+
+Multi-tensor launch: the data pointers of every tensor role (params, grads, states, steps)
+are packed into int64 device tensors; a block table maps each program to (tensor index,
+element offset). Inside the kernel an address is loaded and bitcast to a typed pointer.
+The tables are cached by the tensors' addresses and sizes, so steady-state steps reuse
+them. One tiny launch increments the steps, one launch updates everything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
+# doubles, not rounded to float32 as plain Python floats are.
+# ruff: noqa: F821, UP037
+# mypy: disable-error-code="name-defined"
+
+__all__ = ["adagrad_", "adam_", "rmsprop_", "sgd_"]
+
+_BLOCK = 1024
+_NUM_WARPS = 4
+_ELEMENT = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _base(table, idx, ELT: tl.constexpr):
+    """The typed data pointer of tensor ``idx`` from an int64 table of addresses."""
+    return tl.load(table + idx).to(tl.pointer_type(ELT), bitcast=True)
+
+
+@triton.jit
+def _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's tensor index, element offsets and mask (empty when found_inf)."""
+    pid = tl.program_id(0)
+    idx = tl.load(blk_tensor + pid)
+    offs = tl.load(blk_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < tl.load(numels + idx)
+    if HAS_INF:
+        mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
+    return idx, offs, mask
+
+
+@triton.jit
+def _scalar(value, value_ptr, FROM_PTR: tl.constexpr):
+    """A float64 scalar: read from a 1-element tensor, or given as a number."""
+    if FROM_PTR:
+        return tl.load(value_ptr).to(tl.float64)
+    else:
+        return tl.full([], value, tl.float64)
+
+
+@triton.jit
+def _pow(base, exponent):
+    """``base ** exponent`` for a float64 base and an integer-valued float exponent."""
+    r = tl.full([], 1.0, tl.float64)
+    b = base
+    t = exponent.to(tl.int64)
+    while t > 0:
+        r = tl.where((t & 1) == 1, r * b, r)
+        b = b * b
+        t = t >> 1
+    return r
+
+
+@triton.jit
+def _grad(
+    G,
+    idx,
+    offs,
+    mask,
+    scale_ptr,
+    ELT: tl.constexpr,
+    ACC: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+):
+    """Load the gradient in ACC; unscale it (writing it back) and negate it if asked."""
+    g_ptr = _base(G, idx, ELT) + offs
+    g = tl.load(g_ptr, mask=mask).to(ACC)
+    if HAS_SCALE:
+        g = g / tl.load(scale_ptr).to(ACC)
+        tl.store(g_ptr, g.to(ELT), mask=mask)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    """torch.lerp's formula (exact at both ends)."""
+    return tl.where(
+        tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight)
+    )
+
+
+@triton.jit
+def _steps_kernel(
+    S, n_tensors, inf_ptr, S_ELT: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr
+):
+    """``steps[i] += 1`` for every tensor (nothing when found_inf)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n_tensors
+    if HAS_INF:
+        mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
+    addr = tl.load(S + i, mask=mask, other=0).to(tl.pointer_type(S_ELT), bitcast=True)
+    tl.store(addr, tl.load(addr, mask=mask) + 1, mask=mask)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _adam_kernel(
+    P, G, M, V, VMAX, S,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, beta1: "fp64", beta2: "fp64", eps: "fp64", weight_decay: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
+    AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
+    lr64 = _scalar(lr, lr_ptr, LR_PTR)
+    b1 = tl.full([], beta1, tl.float64)
+    b2 = tl.full([], beta2, tl.float64)
+    wd = tl.full([], weight_decay, tl.float64)
+    t = tl.load(_base(S, idx, S_ELT)).to(tl.float64)
+    step_size = (lr64 / (1 - _pow(b1, t))).to(ACC)
+    bc2_sqrt = tl.sqrt(1 - _pow(b2, t)).to(ACC)
+
+    p_ptr = _base(P, idx, ELT) + offs
+    m_ptr = _base(M, idx, ELT) + offs
+    v_ptr = _base(V, idx, ELT) + offs
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    m = tl.load(m_ptr, mask=mask).to(ACC)
+    v = tl.load(v_ptr, mask=mask).to(ACC)
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * (1 - lr64 * wd).to(ACC)
+        else:
+            g = g + wd.to(ACC) * p
+    m = _lerp(m, g, (1 - b1).to(ACC))
+    v = v * b2.to(ACC) + (1 - b2).to(ACC) * (g * g)
+    tl.store(m_ptr, m.to(ELT), mask=mask)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if AMSGRAD:
+        vmax_ptr = _base(VMAX, idx, ELT) + offs
+        v = tl.maximum(tl.load(vmax_ptr, mask=mask).to(ACC), v)
+        tl.store(vmax_ptr, v.to(ELT), mask=mask)
+    denom = tl.sqrt(v) / bc2_sqrt + tl.full([], eps, ACC)
+    p = p - step_size * (m / denom)
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _sgd_kernel(
+    P, G, B,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, momentum: "fp64", dampening: "fp64", weight_decay: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, MOMENTUM: tl.constexpr,
+    FIRST: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
+    lr_acc = _scalar(lr, lr_ptr, LR_PTR).to(ACC)
+    p_ptr = _base(P, idx, ELT) + offs
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
+    if MOMENTUM:
+        mu = tl.full([], momentum, tl.float64)
+        b_ptr = _base(B, idx, ELT) + offs
+        if FIRST:
+            b = g
+        else:
+            keep = (1 - tl.full([], dampening, tl.float64)).to(ACC)
+            b = tl.load(b_ptr, mask=mask).to(ACC) * mu.to(ACC) + keep * g
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        if NESTEROV:
+            g = g + mu.to(ACC) * b
+        else:
+            g = b
+    p = p - lr_acc * g
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _adagrad_kernel(
+    P, G, SUM, S,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, lr_decay: "fp64", weight_decay: "fp64", eps: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+    HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
+    t = tl.load(_base(S, idx, S_ELT)).to(tl.float64)
+    decay = tl.full([], lr_decay, tl.float64)
+    clr = (_scalar(lr, lr_ptr, LR_PTR) / (1 + (t - 1) * decay)).to(ACC)
+    p_ptr = _base(P, idx, ELT) + offs
+    s_ptr = _base(SUM, idx, ELT) + offs
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
+    s = tl.load(s_ptr, mask=mask).to(ACC) + g * g
+    tl.store(s_ptr, s.to(ELT), mask=mask)
+    p = p - clr * (g / (tl.sqrt(s) + tl.full([], eps, ACC)))
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _rmsprop_kernel(
+    P, G, V, GAVG, B,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, alpha: "fp64", eps: "fp64", weight_decay: "fp64", momentum: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, CENTERED: tl.constexpr,
+    MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
+    lr_acc = _scalar(lr, lr_ptr, LR_PTR).to(ACC)
+    a = tl.full([], alpha, tl.float64)
+    p_ptr = _base(P, idx, ELT) + offs
+    v_ptr = _base(V, idx, ELT) + offs
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
+    v = tl.load(v_ptr, mask=mask).to(ACC) * a.to(ACC) + (1 - a).to(ACC) * (g * g)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if CENTERED:
+        ga_ptr = _base(GAVG, idx, ELT) + offs
+        ga = _lerp(tl.load(ga_ptr, mask=mask).to(ACC), g, (1 - a).to(ACC))
+        tl.store(ga_ptr, ga.to(ELT), mask=mask)
+        rms = tl.sqrt(v - ga * ga)
+    else:
+        rms = tl.sqrt(v)
+    rms = rms + tl.full([], eps, ACC)
+    if MOMENTUM:
+        b_ptr = _base(B, idx, ELT) + offs
+        mu = tl.full([], momentum, tl.float64).to(ACC)
+        b = tl.load(b_ptr, mask=mask).to(ACC) * mu + g / rms
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        p = p - lr_acc * b
+    else:
+        p = p - lr_acc * (g / rms)
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+# --------------------------------------------------------------------------- launching
+
+_TableKey = tuple[object, ...]
+_TABLES: OrderedDict[_TableKey, tuple[Tensor, ...]] = OrderedDict()
+_MAX_TABLES = 64
+
+
+def _tables(roles: Sequence[Sequence[Tensor]], block: int) -> tuple[Tensor, ...]:
+    """(blk_tensor, blk_start, numels, one address table per role), cached by addresses."""
+    params = roles[0]
+    key: _TableKey = (
+        params[0].device,
+        block,
+        tuple(p.numel() for p in params),
+        *(tuple(t.data_ptr() for t in role) for role in roles),
+    )
+    hit = _TABLES.get(key)
+    if hit is not None:
+        _TABLES.move_to_end(key)
+        return hit
+    numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
+    n_blocks = (numels + block - 1) // block
+    blk_tensor = torch.repeat_interleave(torch.arange(len(params), dtype=torch.int32), n_blocks)
+    first = torch.cumsum(n_blocks, 0) - n_blocks  # first block of each tensor
+    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor.long()]) * block
+    addresses = [torch.tensor([t.data_ptr() for t in role], dtype=torch.int64) for role in roles]
+    device = params[0].device
+    out = tuple(x.to(device) for x in (blk_tensor, blk_start, numels, *addresses))
+    _TABLES[key] = out
+    if len(_TABLES) > _MAX_TABLES:
+        _TABLES.popitem(last=False)
+    return out
+
+
+def _check(roles: Sequence[Sequence[Tensor]], names: Sequence[str]) -> None:
+    params = roles[0]
+    p0 = params[0]
+    if p0.dtype not in _ELEMENT:
+        raise TypeError(f"unsupported param dtype {p0.dtype} (float16/bfloat16/float32/float64)")
+    for role, name in zip(roles, names, strict=True):
+        if len(role) != len(params):
+            raise ValueError(f"{name}: {len(role)} tensors for {len(params)} params")
+        for t, p in zip(role, params, strict=True):
+            if t.device != p0.device or t.dtype != p0.dtype:
+                raise ValueError(f"{name}: all tensors must be {p0.dtype} on {p0.device}")
+            if t.shape != p.shape or not t.is_contiguous():
+                raise ValueError(f"{name}: tensors must be contiguous and shaped like params")
+
+
+def _acc(dtype: torch.dtype) -> tl.dtype:
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _device_scalar(x: Tensor | None, device: torch.device, name: str) -> Tensor | None:
+    if x is None:
+        return None
+    if x.numel() != 1 or x.device != device:
+        raise ValueError(f"{name} must be a 1-element tensor on {device}")
+    return x
+
+
+def _common(
+    params: Sequence[Tensor],
+    lr: float | Tensor,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> dict[str, object]:
+    """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf."""
+    device = params[0].device
+    lr_t = _device_scalar(lr, device, "lr") if isinstance(lr, Tensor) else None
+    scale = _device_scalar(grad_scale, device, "grad_scale")
+    inf = _device_scalar(found_inf, device, "found_inf")
+    dummy = params[0]  # an unused pointer argument
+    return {
+        "lr": 0.0 if lr_t is not None else float(lr),
+        "lr_ptr": lr_t if lr_t is not None else dummy,
+        "scale_ptr": scale if scale is not None else dummy,
+        "inf_ptr": inf if inf is not None else dummy,
+        "LR_PTR": lr_t is not None,
+        "HAS_SCALE": scale is not None,
+        "HAS_INF": inf is not None,
+        "ELT": _ELEMENT[params[0].dtype],
+        "ACC": _acc(params[0].dtype),
+        "BLOCK": _BLOCK,
+        "num_warps": _NUM_WARPS,
+    }
+
+
+def _increment_steps(steps: Sequence[Tensor], table: Tensor, found_inf: Tensor | None) -> None:
+    s0 = steps[0]
+    for s in steps:
+        if s.numel() != 1 or s.device != s0.device or s.dtype != s0.dtype:
+            raise ValueError("steps must be 1-element tensors of one dtype on the params' device")
+    if s0.dtype not in (torch.float32, torch.float64):
+        raise TypeError("steps must be float32 or float64 tensors")
+    block = 128
+    _steps_kernel[(triton.cdiv(len(steps), block),)](
+        table,
+        len(steps),
+        found_inf if found_inf is not None else table,
+        S_ELT=_ELEMENT[s0.dtype],
+        HAS_INF=found_inf is not None,
+        BLOCK=block,
+    )
+
+
+def _scalar_value(x: float | Tensor) -> float:
+    return float(x)  # a Tensor beta is read once (host sync), as torch's fused path does
+
+
+def adam_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """Adam (AdamW when ``decoupled_weight_decay``) on all tensors in one launch.
+
+    ``max_exp_avg_sqs`` is used only with ``amsgrad`` (may be empty otherwise).
+    """
+    if not params:
+        return
+    roles = [params, grads, exp_avgs, exp_avg_sqs]
+    names = ["grads", "exp_avgs", "exp_avg_sqs"]
+    if amsgrad:
+        roles.append(max_exp_avg_sqs)
+        names.append("max_exp_avg_sqs")
+    _check(roles, ["params", *names])
+    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
+    args = _common(params, lr, grad_scale, found_inf)
+    _increment_steps(steps, tabs[-1], found_inf)
+    vmax = tabs[4] if amsgrad else tabs[3]
+    if len(blk_tensor) == 0:
+        return
+    _adam_kernel[(len(blk_tensor),)](
+        *tabs[:4], vmax, tabs[-1], blk_tensor, blk_start, numels,
+        beta1=_scalar_value(beta1), beta2=_scalar_value(beta2), eps=float(eps),
+        weight_decay=float(weight_decay), S_ELT=_ELEMENT[steps[0].dtype], AMSGRAD=amsgrad,
+        MAXIMIZE=maximize, DECOUPLED=decoupled_weight_decay, HAS_WD=weight_decay != 0,
+        **args,
+    )  # fmt: skip
+
+
+def sgd_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """SGD on all tensors in one launch.
+
+    With ``momentum != 0``, ``momentum_buffers`` holds one entry per param: all ``None``
+    on the first step (the list is filled in place with new buffers, set to the gradient
+    as torch does), or all tensors. With ``momentum == 0`` it is ignored.
+    """
+    if not params:
+        return
+    roles: list[Sequence[Tensor]] = [params, grads]
+    first = False
+    if momentum != 0:
+        if len(momentum_buffers) != len(params):
+            raise ValueError("momentum_buffers needs one entry per param")
+        missing = [b is None for b in momentum_buffers]
+        first = all(missing)
+        if any(missing) and not first:
+            raise ValueError("momentum_buffers must be all None (first step) or all tensors")
+        if first:
+            # zeros, not empty: with found_inf on this step, the next step reads them
+            momentum_buffers[:] = [torch.zeros_like(p) for p in params]
+        roles.append([b for b in momentum_buffers if b is not None])
+    _check(roles, ["params", "grads", "momentum_buffers"][: len(roles)])
+    blk_tensor, blk_start, numels, *tabs = _tables(roles, _BLOCK)
+    if len(blk_tensor) == 0:
+        return
+    _sgd_kernel[(len(blk_tensor),)](
+        tabs[0], tabs[1], tabs[-1], blk_tensor, blk_start, numels,
+        momentum=float(momentum), dampening=float(dampening), weight_decay=float(weight_decay),
+        MOMENTUM=momentum != 0, FIRST=first, NESTEROV=nesterov, MAXIMIZE=maximize,
+        HAS_WD=weight_decay != 0, **_common(params, lr, grad_scale, found_inf),
+    )  # fmt: skip
+
+
+def adagrad_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """Adagrad on all tensors in one launch."""
+    if not params:
+        return
+    roles = [params, grads, state_sums]
+    _check(roles, ["params", "grads", "state_sums"])
+    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
+    args = _common(params, lr, grad_scale, found_inf)
+    _increment_steps(steps, tabs[-1], found_inf)
+    if len(blk_tensor) == 0:
+        return
+    _adagrad_kernel[(len(blk_tensor),)](
+        *tabs, blk_tensor, blk_start, numels,
+        lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps),
+        S_ELT=_ELEMENT[steps[0].dtype], MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
+    )  # fmt: skip
+
+
+def rmsprop_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    square_avgs: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """RMSprop on all tensors in one launch. ``grad_avgs`` is used only when ``centered``,
+    ``momentum_buffers`` only when ``momentum > 0`` (either may be empty otherwise)."""
+    if not params:
+        return
+    roles = [params, grads, square_avgs]
+    names = ["params", "grads", "square_avgs"]
+    if centered:
+        roles.append(grad_avgs)
+        names.append("grad_avgs")
+    if momentum > 0:
+        roles.append(momentum_buffers)
+        names.append("momentum_buffers")
+    _check(roles, names)
+    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
+    args = _common(params, lr, grad_scale, found_inf)
+    _increment_steps(steps, tabs[-1], found_inf)
+    gavg = tabs[3] if centered else tabs[2]
+    buf = tabs[-2] if momentum > 0 else tabs[2]
+    if len(blk_tensor) == 0:
+        return
+    _rmsprop_kernel[(len(blk_tensor),)](
+        tabs[0], tabs[1], tabs[2], gavg, buf, blk_tensor, blk_start, numels,
+        alpha=float(alpha), eps=float(eps), weight_decay=float(weight_decay),
+        momentum=float(momentum), CENTERED=centered, MOMENTUM=momentum > 0,
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
+    )  # fmt: skip
