@@ -337,7 +337,7 @@ def test_cuda_adam_bandwidth() -> None:
     steps = [torch.zeros(1, device="cuda") for _ in range(n)]
 
     def step() -> None:
-        kw = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+        kw: dict[str, Any] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
         adam_(ts[0], ts[1], ts[2], ts[3], [], steps, lr=1e-3, amsgrad=False, maximize=False,
               decoupled_weight_decay=False, **kw)  # fmt: skip
 

@@ -40,8 +40,6 @@ The tables are cached by the tensors' addresses and sizes, so steady-state steps
 them. One tiny launch increments the steps, one launch updates everything.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -51,8 +49,10 @@ import triton.language as tl
 from torch import Tensor
 
 # Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
-# doubles, not rounded to float32 as plain Python floats are.
-# ruff: noqa: F821, UP037
+# doubles, not rounded to float32 as plain Python floats are. Triton reads the annotation
+# objects, so this module must not use ``from __future__ import annotations`` (which would
+# turn "fp64" into '"fp64"' and silently drop back to float32).
+# ruff: noqa: F821
 # mypy: disable-error-code="name-defined"
 
 __all__ = ["adagrad_", "adam_", "rmsprop_", "sgd_"]
