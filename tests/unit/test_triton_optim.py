@@ -256,12 +256,12 @@ def test_tables_are_cached_and_inputs_checked() -> None:
 
     params = [torch.randn(n) for n in SIZES]
     grads = [torch.randn(n) for n in SIZES]
-    K._TABLES.clear()
+    K._PLANS.clear()
     for _ in range(2):
         K.sgd_(params, grads, [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
                nesterov=False, maximize=False)  # fmt: skip
-    assert len(K._TABLES) == 1
-    blk_tensor, blk_start, numels, *_ = next(iter(K._TABLES.values()))
+    assert len(K._PLANS) == 1
+    blk_tensor, blk_start, numels, *_ = next(iter(K._PLANS.values()))
     assert blk_tensor.tolist() == [0, 1, 2, 2]
     assert blk_start.tolist() == [0, 0, 0, 1024]
     assert numels.tolist() == list(SIZES)

@@ -42,6 +42,7 @@ them. One tiny launch increments the steps, one launch updates everything.
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -71,21 +72,30 @@ _ELEMENT = {
 
 
 @triton.jit
-def _base(table, idx, ELT: tl.constexpr):
+def _base(table, idx, ELT: tl.constexpr, ALIGN: tl.constexpr):
     """The typed data pointer of tensor ``idx`` from an int64 table of addresses."""
-    return tl.load(table + idx).to(tl.pointer_type(ELT), bitcast=True)
+    ptr = tl.load(table + idx).to(tl.pointer_type(ELT), bitcast=True)
+    if ALIGN > 1:
+        ptr = tl.multiple_of(ptr, ALIGN)  # lets full blocks use vector loads
+    return ptr
 
 
 @triton.jit
-def _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's tensor index, element offsets and mask (empty when found_inf)."""
+def _locate(blk_tensor, blk_start, numels, BLOCK: tl.constexpr):
+    """This program's tensor index, element offsets and that tensor's length."""
     pid = tl.program_id(0)
     idx = tl.load(blk_tensor + pid)
-    offs = tl.load(blk_start + pid) + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < tl.load(numels + idx)
+    start = tl.multiple_of(tl.load(blk_start + pid), BLOCK)
+    return idx, start + tl.arange(0, BLOCK).to(tl.int64), start + BLOCK, tl.load(numels + idx)
+
+
+@triton.jit
+def _go(inf_ptr, HAS_INF: tl.constexpr):
+    """False when found_inf is given and nonzero: then nothing is touched."""
     if HAS_INF:
-        mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
-    return idx, offs, mask
+        return tl.load(inf_ptr) == 0
+    else:
+        return True
 
 
 @triton.jit
@@ -112,18 +122,10 @@ def _pow(base, exponent):
 
 @triton.jit
 def _grad(
-    G,
-    idx,
-    offs,
-    mask,
-    scale_ptr,
-    ELT: tl.constexpr,
-    ACC: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-):
+    g_ptr, mask, scale_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+):  # fmt: skip
     """Load the gradient in ACC; unscale it (writing it back) and negate it if asked."""
-    g_ptr = _base(G, idx, ELT) + offs
     g = tl.load(g_ptr, mask=mask).to(ACC)
     if HAS_SCALE:
         g = g / tl.load(scale_ptr).to(ACC)
@@ -155,6 +157,36 @@ def _steps_kernel(
 
 
 # --------------------------------------------------------------------------- kernels
+# Each kernel finds its (tensor, block), computes the per-tensor scalars once, and runs the
+# element update with no mask on full blocks (vector loads) or masked on a tensor's tail.
+
+
+@triton.jit
+def _adam_update(
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, mask, scale_ptr,
+    step_size, bc2_sqrt, w1, b2, w2, eps, wd, shrink,
+    ELT: tl.constexpr, ACC: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    m = tl.load(m_ptr, mask=mask).to(ACC)
+    v = tl.load(v_ptr, mask=mask).to(ACC)
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * shrink
+        else:
+            g = g + wd * p
+    m = _lerp(m, g, w1)
+    v = v * b2 + w2 * (g * g)
+    tl.store(m_ptr, m.to(ELT), mask=mask)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if AMSGRAD:
+        v = tl.maximum(tl.load(vmax_ptr, mask=mask).to(ACC), v)
+        tl.store(vmax_ptr, v.to(ELT), mask=mask)
+    denom = tl.sqrt(v) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    tl.store(p_ptr, p.to(ELT), mask=mask)
 
 
 @triton.jit
@@ -165,39 +197,82 @@ def _adam_kernel(
     scale_ptr, inf_ptr,
     ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
     AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
-    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
-    lr64 = _scalar(lr, lr_ptr, LR_PTR)
-    b1 = tl.full([], beta1, tl.float64)
-    b2 = tl.full([], beta2, tl.float64)
-    wd = tl.full([], weight_decay, tl.float64)
-    t = tl.load(_base(S, idx, S_ELT)).to(tl.float64)
-    step_size = (lr64 / (1 - _pow(b1, t))).to(ACC)
-    bc2_sqrt = tl.sqrt(1 - _pow(b2, t)).to(ACC)
-
-    p_ptr = _base(P, idx, ELT) + offs
-    m_ptr = _base(M, idx, ELT) + offs
-    v_ptr = _base(V, idx, ELT) + offs
-    p = tl.load(p_ptr, mask=mask).to(ACC)
-    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
-    m = tl.load(m_ptr, mask=mask).to(ACC)
-    v = tl.load(v_ptr, mask=mask).to(ACC)
-    if HAS_WD:
-        if DECOUPLED:
-            p = p * (1 - lr64 * wd).to(ACC)
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        lr64 = _scalar(lr, lr_ptr, LR_PTR)
+        b1 = tl.full([], beta1, tl.float64)
+        b2 = tl.full([], beta2, tl.float64)
+        wd = tl.full([], weight_decay, tl.float64)
+        t = tl.load(_base(S, idx, S_ELT, 1)).to(tl.float64)
+        step_size = (lr64 / (1 - _pow(b1, t))).to(ACC)
+        bc2_sqrt = tl.sqrt(1 - _pow(b2, t)).to(ACC)
+        shrink = (1 - lr64 * wd).to(ACC)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(M, idx, ELT, ALIGN) + offs,
+            _base(V, idx, ELT, ALIGN) + offs,
+            _base(VMAX, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            step_size, bc2_sqrt, (1 - b1).to(ACC), b2.to(ACC), (1 - b2).to(ACC),
+            tl.full([], eps, ACC), wd.to(ACC), shrink,
+        )  # fmt: skip
+        if end <= n:
+            _adam_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                AMSGRAD,
+                MAXIMIZE,
+                DECOUPLED,
+                HAS_WD,
+                HAS_SCALE,
+            )
         else:
-            g = g + wd.to(ACC) * p
-    m = _lerp(m, g, (1 - b1).to(ACC))
-    v = v * b2.to(ACC) + (1 - b2).to(ACC) * (g * g)
-    tl.store(m_ptr, m.to(ELT), mask=mask)
-    tl.store(v_ptr, v.to(ELT), mask=mask)
-    if AMSGRAD:
-        vmax_ptr = _base(VMAX, idx, ELT) + offs
-        v = tl.maximum(tl.load(vmax_ptr, mask=mask).to(ACC), v)
-        tl.store(vmax_ptr, v.to(ELT), mask=mask)
-    denom = tl.sqrt(v) / bc2_sqrt + tl.full([], eps, ACC)
-    p = p - step_size * (m / denom)
+            _adam_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                AMSGRAD,
+                MAXIMIZE,
+                DECOUPLED,
+                HAS_WD,
+                HAS_SCALE,
+            )
+
+
+@triton.jit
+def _sgd_update(
+    p_ptr, g_ptr, b_ptr, mask, scale_ptr, lr, mu, keep, wd,
+    ELT: tl.constexpr, ACC: tl.constexpr, MOMENTUM: tl.constexpr, FIRST: tl.constexpr,
+    NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + wd * p
+    if MOMENTUM:
+        if FIRST:
+            b = g
+        else:
+            b = tl.load(b_ptr, mask=mask).to(ACC) * mu + keep * g
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        if NESTEROV:
+            g = g + mu * b
+        else:
+            g = b
+    p = p - lr * g
     tl.store(p_ptr, p.to(ELT), mask=mask)
 
 
@@ -209,29 +284,67 @@ def _sgd_kernel(
     scale_ptr, inf_ptr,
     ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, MOMENTUM: tl.constexpr,
     FIRST: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
-    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
-    lr_acc = _scalar(lr, lr_ptr, LR_PTR).to(ACC)
-    p_ptr = _base(P, idx, ELT) + offs
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(B, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            _scalar(lr, lr_ptr, LR_PTR).to(ACC),
+            tl.full([], momentum, ACC),
+            (1 - tl.full([], dampening, tl.float64)).to(ACC),
+            tl.full([], weight_decay, ACC),
+        )
+        if end <= n:
+            _sgd_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                MOMENTUM,
+                FIRST,
+                NESTEROV,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+        else:
+            _sgd_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                MOMENTUM,
+                FIRST,
+                NESTEROV,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+
+
+@triton.jit
+def _adagrad_update(
+    p_ptr, g_ptr, s_ptr, mask, scale_ptr, clr, wd, eps,
+    ELT: tl.constexpr, ACC: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):  # fmt: skip
     p = tl.load(p_ptr, mask=mask).to(ACC)
-    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
     if HAS_WD:
-        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
-    if MOMENTUM:
-        mu = tl.full([], momentum, tl.float64)
-        b_ptr = _base(B, idx, ELT) + offs
-        if FIRST:
-            b = g
-        else:
-            keep = (1 - tl.full([], dampening, tl.float64)).to(ACC)
-            b = tl.load(b_ptr, mask=mask).to(ACC) * mu.to(ACC) + keep * g
-        tl.store(b_ptr, b.to(ELT), mask=mask)
-        if NESTEROV:
-            g = g + mu.to(ACC) * b
-        else:
-            g = b
-    p = p - lr_acc * g
+        g = g + wd * p
+    s = tl.load(s_ptr, mask=mask).to(ACC) + g * g
+    tl.store(s_ptr, s.to(ELT), mask=mask)
+    p = p - clr * (g / (tl.sqrt(s) + eps))
     tl.store(p_ptr, p.to(ELT), mask=mask)
 
 
@@ -243,21 +356,51 @@ def _adagrad_kernel(
     scale_ptr, inf_ptr,
     ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
-    HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_INF: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
-    t = tl.load(_base(S, idx, S_ELT)).to(tl.float64)
-    decay = tl.full([], lr_decay, tl.float64)
-    clr = (_scalar(lr, lr_ptr, LR_PTR) / (1 + (t - 1) * decay)).to(ACC)
-    p_ptr = _base(P, idx, ELT) + offs
-    s_ptr = _base(SUM, idx, ELT) + offs
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        t = tl.load(_base(S, idx, S_ELT, 1)).to(tl.float64)
+        decay = tl.full([], lr_decay, tl.float64)
+        clr = (_scalar(lr, lr_ptr, LR_PTR) / (1 + (t - 1) * decay)).to(ACC)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(SUM, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (clr, tl.full([], weight_decay, ACC), tl.full([], eps, ACC))
+        if end <= n:
+            _adagrad_update(*ptrs, None, scale_ptr, *scalars, ELT, ACC, MAXIMIZE, HAS_WD, HAS_SCALE)
+        else:
+            _adagrad_update(
+                *ptrs, offs < n, scale_ptr, *scalars, ELT, ACC, MAXIMIZE, HAS_WD, HAS_SCALE
+            )
+
+
+@triton.jit
+def _rmsprop_update(
+    p_ptr, g_ptr, v_ptr, ga_ptr, b_ptr, mask, scale_ptr, lr, a, w, eps, wd, mu,
+    ELT: tl.constexpr, ACC: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+):  # fmt: skip
     p = tl.load(p_ptr, mask=mask).to(ACC)
-    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
     if HAS_WD:
-        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
-    s = tl.load(s_ptr, mask=mask).to(ACC) + g * g
-    tl.store(s_ptr, s.to(ELT), mask=mask)
-    p = p - clr * (g / (tl.sqrt(s) + tl.full([], eps, ACC)))
+        g = g + wd * p
+    v = tl.load(v_ptr, mask=mask).to(ACC) * a + w * (g * g)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if CENTERED:
+        ga = _lerp(tl.load(ga_ptr, mask=mask).to(ACC), g, w)
+        tl.store(ga_ptr, ga.to(ELT), mask=mask)
+        rms = tl.sqrt(v - ga * ga) + eps
+    else:
+        rms = tl.sqrt(v) + eps
+    if MOMENTUM:
+        b = tl.load(b_ptr, mask=mask).to(ACC) * mu + g / rms
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        p = p - lr * b
+    else:
+        p = p - lr * (g / rms)
     tl.store(p_ptr, p.to(ELT), mask=mask)
 
 
@@ -269,73 +412,120 @@ def _rmsprop_kernel(
     scale_ptr, inf_ptr,
     ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, CENTERED: tl.constexpr,
     MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    idx, offs, mask = _locate(blk_tensor, blk_start, numels, inf_ptr, HAS_INF, BLOCK)
-    lr_acc = _scalar(lr, lr_ptr, LR_PTR).to(ACC)
-    a = tl.full([], alpha, tl.float64)
-    p_ptr = _base(P, idx, ELT) + offs
-    v_ptr = _base(V, idx, ELT) + offs
-    p = tl.load(p_ptr, mask=mask).to(ACC)
-    g = _grad(G, idx, offs, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
-    if HAS_WD:
-        g = g + tl.full([], weight_decay, tl.float64).to(ACC) * p
-    v = tl.load(v_ptr, mask=mask).to(ACC) * a.to(ACC) + (1 - a).to(ACC) * (g * g)
-    tl.store(v_ptr, v.to(ELT), mask=mask)
-    if CENTERED:
-        ga_ptr = _base(GAVG, idx, ELT) + offs
-        ga = _lerp(tl.load(ga_ptr, mask=mask).to(ACC), g, (1 - a).to(ACC))
-        tl.store(ga_ptr, ga.to(ELT), mask=mask)
-        rms = tl.sqrt(v - ga * ga)
-    else:
-        rms = tl.sqrt(v)
-    rms = rms + tl.full([], eps, ACC)
-    if MOMENTUM:
-        b_ptr = _base(B, idx, ELT) + offs
-        mu = tl.full([], momentum, tl.float64).to(ACC)
-        b = tl.load(b_ptr, mask=mask).to(ACC) * mu + g / rms
-        tl.store(b_ptr, b.to(ELT), mask=mask)
-        p = p - lr_acc * b
-    else:
-        p = p - lr_acc * (g / rms)
-    tl.store(p_ptr, p.to(ELT), mask=mask)
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        a = tl.full([], alpha, tl.float64)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(V, idx, ELT, ALIGN) + offs,
+            _base(GAVG, idx, ELT, ALIGN) + offs,
+            _base(B, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            _scalar(lr, lr_ptr, LR_PTR).to(ACC), a.to(ACC), (1 - a).to(ACC),
+            tl.full([], eps, ACC), tl.full([], weight_decay, ACC), tl.full([], momentum, ACC),
+        )  # fmt: skip
+        if end <= n:
+            _rmsprop_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                CENTERED,
+                MOMENTUM,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+        else:
+            _rmsprop_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                CENTERED,
+                MOMENTUM,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
 
 
 # --------------------------------------------------------------------------- launching
 
-_TableKey = tuple[object, ...]
-_TABLES: OrderedDict[_TableKey, tuple[Tensor, ...]] = OrderedDict()
-_MAX_TABLES = 64
+
+class _Plan(NamedTuple):
+    """Device tables for one list of tensors: block map, sizes, one address table per role."""
+
+    blk_tensor: Tensor  # int32 [n_blocks]: which tensor a program updates
+    blk_start: Tensor  # int64 [n_blocks]: its first element
+    numels: Tensor  # int64 [n_tensors]
+    tables: tuple[Tensor, ...]  # int64 [n_tensors] addresses, per role
+    steps: Tensor | None  # int64 [n_tensors] addresses of the step counters
+    align: int  # 16 when every element tensor is 16-byte aligned (vector loads), else 1
 
 
-def _tables(roles: Sequence[Sequence[Tensor]], block: int) -> tuple[Tensor, ...]:
-    """(blk_tensor, blk_start, numels, one address table per role), cached by addresses."""
+_PLANS: OrderedDict[tuple[object, ...], _Plan] = OrderedDict()
+_MAX_PLANS = 64
+
+
+def _plan(
+    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
+) -> _Plan:
+    """The tables for these tensors, built and checked once, then cached by address.
+
+    The key is every tensor's address and the params' sizes, so a steady-state step only
+    reads ``data_ptr()``/``numel()``; a changed tensor at an address checked before is not
+    re-checked.
+    """
     params = roles[0]
-    key: _TableKey = (
+    key = (
         params[0].device,
-        block,
+        params[0].dtype,
         tuple(p.numel() for p in params),
         *(tuple(t.data_ptr() for t in role) for role in roles),
+        tuple(s.data_ptr() for s in steps) if steps is not None else None,
     )
-    hit = _TABLES.get(key)
+    hit = _PLANS.get(key)
     if hit is not None:
-        _TABLES.move_to_end(key)
+        _PLANS.move_to_end(key)
         return hit
-    numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
-    n_blocks = (numels + block - 1) // block
-    blk_tensor = torch.repeat_interleave(torch.arange(len(params), dtype=torch.int32), n_blocks)
-    first = torch.cumsum(n_blocks, 0) - n_blocks  # first block of each tensor
-    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor.long()]) * block
-    addresses = [torch.tensor([t.data_ptr() for t in role], dtype=torch.int64) for role in roles]
+    _check(roles, names, steps)
     device = params[0].device
-    out = tuple(x.to(device) for x in (blk_tensor, blk_start, numels, *addresses))
-    _TABLES[key] = out
-    if len(_TABLES) > _MAX_TABLES:
-        _TABLES.popitem(last=False)
-    return out
+    numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
+    n_blocks = (numels + _BLOCK - 1) // _BLOCK
+    blk_tensor = torch.repeat_interleave(torch.arange(len(params), dtype=torch.int32), n_blocks)
+    first = torch.cumsum(n_blocks, 0) - n_blocks  # each tensor's first block
+    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor.long()]) * _BLOCK
+
+    def table(ts: Sequence[Tensor]) -> Tensor:
+        return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64).to(device)
+
+    aligned = all(t.data_ptr() % 16 == 0 for role in roles for t in role)
+    plan = _Plan(
+        blk_tensor.to(device),
+        blk_start.to(device),
+        numels.to(device),
+        tuple(table(role) for role in roles),
+        table(steps) if steps is not None else None,
+        16 if aligned else 1,
+    )
+    _PLANS[key] = plan
+    if len(_PLANS) > _MAX_PLANS:
+        _PLANS.popitem(last=False)
+    return plan
 
 
-def _check(roles: Sequence[Sequence[Tensor]], names: Sequence[str]) -> None:
+def _check(
+    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
+) -> None:
     params = roles[0]
     p0 = params[0]
     if p0.dtype not in _ELEMENT:
@@ -348,32 +538,38 @@ def _check(roles: Sequence[Sequence[Tensor]], names: Sequence[str]) -> None:
                 raise ValueError(f"{name}: all tensors must be {p0.dtype} on {p0.device}")
             if t.shape != p.shape or not t.is_contiguous():
                 raise ValueError(f"{name}: tensors must be contiguous and shaped like params")
-
-
-def _acc(dtype: torch.dtype) -> tl.dtype:
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    if steps is not None:
+        if len(steps) != len(params):
+            raise ValueError(f"steps: {len(steps)} tensors for {len(params)} params")
+        s0 = steps[0]
+        if s0.dtype not in (torch.float32, torch.float64):
+            raise TypeError("steps must be float32 or float64 tensors")
+        for s in steps:
+            if s.numel() != 1 or s.device != p0.device or s.dtype != s0.dtype:
+                raise ValueError(
+                    "steps must be 1-element tensors of one dtype on the params' device"
+                )
 
 
 def _device_scalar(x: Tensor | None, device: torch.device, name: str) -> Tensor | None:
-    if x is None:
-        return None
-    if x.numel() != 1 or x.device != device:
+    if x is not None and (x.numel() != 1 or x.device != device):
         raise ValueError(f"{name} must be a 1-element tensor on {device}")
     return x
 
 
 def _common(
     params: Sequence[Tensor],
+    plan: _Plan,
     lr: float | Tensor,
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
-) -> dict[str, object]:
-    """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf."""
+) -> dict[str, Any]:
+    """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf, dtypes."""
     device = params[0].device
     lr_t = _device_scalar(lr, device, "lr") if isinstance(lr, Tensor) else None
     scale = _device_scalar(grad_scale, device, "grad_scale")
     inf = _device_scalar(found_inf, device, "found_inf")
-    dummy = params[0]  # an unused pointer argument
+    dummy = plan.numels  # an unused pointer argument
     return {
         "lr": 0.0 if lr_t is not None else float(lr),
         "lr_ptr": lr_t if lr_t is not None else dummy,
@@ -383,32 +579,24 @@ def _common(
         "HAS_SCALE": scale is not None,
         "HAS_INF": inf is not None,
         "ELT": _ELEMENT[params[0].dtype],
-        "ACC": _acc(params[0].dtype),
+        "ACC": tl.float64 if params[0].dtype == torch.float64 else tl.float32,
+        "ALIGN": plan.align,
         "BLOCK": _BLOCK,
         "num_warps": _NUM_WARPS,
     }
 
 
-def _increment_steps(steps: Sequence[Tensor], table: Tensor, found_inf: Tensor | None) -> None:
-    s0 = steps[0]
-    for s in steps:
-        if s.numel() != 1 or s.device != s0.device or s.dtype != s0.dtype:
-            raise ValueError("steps must be 1-element tensors of one dtype on the params' device")
-    if s0.dtype not in (torch.float32, torch.float64):
-        raise TypeError("steps must be float32 or float64 tensors")
+def _increment_steps(steps: Sequence[Tensor], plan: _Plan, found_inf: Tensor | None) -> None:
+    assert plan.steps is not None
     block = 128
     _steps_kernel[(triton.cdiv(len(steps), block),)](
-        table,
+        plan.steps,
         len(steps),
-        found_inf if found_inf is not None else table,
-        S_ELT=_ELEMENT[s0.dtype],
+        found_inf if found_inf is not None else plan.steps,
+        S_ELT=_ELEMENT[steps[0].dtype],
         HAS_INF=found_inf is not None,
         BLOCK=block,
     )
-
-
-def _scalar_value(x: float | Tensor) -> float:
-    return float(x)  # a Tensor beta is read once (host sync), as torch's fused path does
 
 
 def adam_(
@@ -432,29 +620,29 @@ def adam_(
 ) -> None:
     """Adam (AdamW when ``decoupled_weight_decay``) on all tensors in one launch.
 
-    ``max_exp_avg_sqs`` is used only with ``amsgrad`` (may be empty otherwise).
+    ``max_exp_avg_sqs`` is used only with ``amsgrad`` (may be empty otherwise). Tensor
+    betas are read on the host once (a sync), as torch's fused path does.
     """
     if not params:
         return
     roles = [params, grads, exp_avgs, exp_avg_sqs]
-    names = ["grads", "exp_avgs", "exp_avg_sqs"]
+    names = ["params", "grads", "exp_avgs", "exp_avg_sqs"]
     if amsgrad:
         roles.append(max_exp_avg_sqs)
         names.append("max_exp_avg_sqs")
-    _check(roles, ["params", *names])
-    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
-    args = _common(params, lr, grad_scale, found_inf)
-    _increment_steps(steps, tabs[-1], found_inf)
-    vmax = tabs[4] if amsgrad else tabs[3]
-    if len(blk_tensor) == 0:
-        return
-    _adam_kernel[(len(blk_tensor),)](
-        *tabs[:4], vmax, tabs[-1], blk_tensor, blk_start, numels,
-        beta1=_scalar_value(beta1), beta2=_scalar_value(beta2), eps=float(eps),
-        weight_decay=float(weight_decay), S_ELT=_ELEMENT[steps[0].dtype], AMSGRAD=amsgrad,
-        MAXIMIZE=maximize, DECOUPLED=decoupled_weight_decay, HAS_WD=weight_decay != 0,
-        **args,
-    )  # fmt: skip
+    plan = _plan(roles, names, steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        p, g, m, v, *vmax = plan.tables
+        _adam_kernel[(len(plan.blk_tensor),)](
+            p, g, m, v, vmax[0] if amsgrad else v, plan.steps,
+            plan.blk_tensor, plan.blk_start, plan.numels,
+            beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+            weight_decay=float(weight_decay), S_ELT=_ELEMENT[steps[0].dtype], AMSGRAD=amsgrad,
+            MAXIMIZE=maximize, DECOUPLED=decoupled_weight_decay, HAS_WD=weight_decay != 0,
+            **args,
+        )  # fmt: skip
 
 
 def sgd_(
@@ -474,8 +662,9 @@ def sgd_(
     """SGD on all tensors in one launch.
 
     With ``momentum != 0``, ``momentum_buffers`` holds one entry per param: all ``None``
-    on the first step (the list is filled in place with new buffers, set to the gradient
-    as torch does), or all tensors. With ``momentum == 0`` it is ignored.
+    on the first step (the list is then filled in place with new buffers, which the
+    kernel sets to the gradient, as torch does), or all tensors. Ignored when
+    ``momentum == 0``.
     """
     if not params:
         return
@@ -489,19 +678,19 @@ def sgd_(
         if any(missing) and not first:
             raise ValueError("momentum_buffers must be all None (first step) or all tensors")
         if first:
-            # zeros, not empty: with found_inf on this step, the next step reads them
+            # zeros, not empty: if found_inf skips this step, the next one reads them
             momentum_buffers[:] = [torch.zeros_like(p) for p in params]
         roles.append([b for b in momentum_buffers if b is not None])
-    _check(roles, ["params", "grads", "momentum_buffers"][: len(roles)])
-    blk_tensor, blk_start, numels, *tabs = _tables(roles, _BLOCK)
-    if len(blk_tensor) == 0:
-        return
-    _sgd_kernel[(len(blk_tensor),)](
-        tabs[0], tabs[1], tabs[-1], blk_tensor, blk_start, numels,
-        momentum=float(momentum), dampening=float(dampening), weight_decay=float(weight_decay),
-        MOMENTUM=momentum != 0, FIRST=first, NESTEROV=nesterov, MAXIMIZE=maximize,
-        HAS_WD=weight_decay != 0, **_common(params, lr, grad_scale, found_inf),
-    )  # fmt: skip
+    plan = _plan(roles, ["params", "grads", "momentum_buffers"][: len(roles)], None)
+    if len(plan.blk_tensor):
+        p, g, *buf = plan.tables
+        _sgd_kernel[(len(plan.blk_tensor),)](
+            p, g, buf[0] if buf else p, plan.blk_tensor, plan.blk_start, plan.numels,
+            momentum=float(momentum), dampening=float(dampening),
+            weight_decay=float(weight_decay), MOMENTUM=momentum != 0, FIRST=first,
+            NESTEROV=nesterov, MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
+            **_common(params, plan, lr, grad_scale, found_inf),
+        )  # fmt: skip
 
 
 def adagrad_(
@@ -521,18 +710,16 @@ def adagrad_(
     """Adagrad on all tensors in one launch."""
     if not params:
         return
-    roles = [params, grads, state_sums]
-    _check(roles, ["params", "grads", "state_sums"])
-    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
-    args = _common(params, lr, grad_scale, found_inf)
-    _increment_steps(steps, tabs[-1], found_inf)
-    if len(blk_tensor) == 0:
-        return
-    _adagrad_kernel[(len(blk_tensor),)](
-        *tabs, blk_tensor, blk_start, numels,
-        lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps),
-        S_ELT=_ELEMENT[steps[0].dtype], MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
-    )  # fmt: skip
+    plan = _plan([params, grads, state_sums], ["params", "grads", "state_sums"], steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        _adagrad_kernel[(len(plan.blk_tensor),)](
+            *plan.tables, plan.steps, plan.blk_tensor, plan.blk_start, plan.numels,
+            lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps),
+            S_ELT=_ELEMENT[steps[0].dtype], MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
+            **args,
+        )  # fmt: skip
 
 
 def rmsprop_(
@@ -565,17 +752,16 @@ def rmsprop_(
     if momentum > 0:
         roles.append(momentum_buffers)
         names.append("momentum_buffers")
-    _check(roles, names)
-    blk_tensor, blk_start, numels, *tabs = _tables([*roles, steps], _BLOCK)
-    args = _common(params, lr, grad_scale, found_inf)
-    _increment_steps(steps, tabs[-1], found_inf)
-    gavg = tabs[3] if centered else tabs[2]
-    buf = tabs[-2] if momentum > 0 else tabs[2]
-    if len(blk_tensor) == 0:
-        return
-    _rmsprop_kernel[(len(blk_tensor),)](
-        tabs[0], tabs[1], tabs[2], gavg, buf, blk_tensor, blk_start, numels,
-        alpha=float(alpha), eps=float(eps), weight_decay=float(weight_decay),
-        momentum=float(momentum), CENTERED=centered, MOMENTUM=momentum > 0,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
-    )  # fmt: skip
+    plan = _plan(roles, names, steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        p, g, v, *rest = plan.tables
+        gavg = rest[0] if centered else v
+        buf = rest[-1] if momentum > 0 else v
+        _rmsprop_kernel[(len(plan.blk_tensor),)](
+            p, g, v, gavg, buf, plan.blk_tensor, plan.blk_start, plan.numels,
+            alpha=float(alpha), eps=float(eps), weight_decay=float(weight_decay),
+            momentum=float(momentum), CENTERED=centered, MOMENTUM=momentum > 0,
+            MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
+        )  # fmt: skip
