@@ -256,12 +256,13 @@ def test_tables_are_cached_and_inputs_checked() -> None:
 
     params = [torch.randn(n) for n in SIZES]
     grads = [torch.randn(n) for n in SIZES]
-    K._PLANS.clear()
+    K._BLOCK_MAPS.clear()
+    K._ADDRESSES.clear()
     for _ in range(2):
         K.sgd_(params, grads, [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
                nesterov=False, maximize=False)  # fmt: skip
-    assert len(K._PLANS) == 1
-    blk_tensor, blk_start, numels, *_ = next(iter(K._PLANS.values()))
+    assert (len(K._BLOCK_MAPS), len(K._ADDRESSES)) == (1, 2)
+    blk_tensor, blk_start, numels = next(iter(K._BLOCK_MAPS.values()))
     assert blk_tensor.tolist() == [0, 1, 2, 2]
     assert blk_start.tolist() == [0, 0, 0, 1024]
     assert numels.tolist() == list(SIZES)
@@ -273,6 +274,61 @@ def test_tables_are_cached_and_inputs_checked() -> None:
                dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)  # fmt: skip
     K.adam_([], [], [], [], [], [], lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0,
             amsgrad=False, maximize=False, decoupled_weight_decay=False)  # fmt: skip
+
+
+_COMPILE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from reimpl.kernels import triton_optim as K
+
+def compile_one(fn, consts):
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.annotation_type:
+            sig[p.name] = p.annotation_type
+        elif p.name == "n_tensors":
+            sig[p.name] = "i32"
+        else:
+            ptr = "*fp32" if "_ptr" in p.name else "*i64"
+            sig[p.name] = "*i32" if p.name == "blk_tensor" else ptr
+    assert all(sig[k] == "fp64" for k in ("lr", "eps", "weight_decay") if k in sig), sig
+    return triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+
+amp = dict(LR_PTR=True, HAS_SCALE=True, HAS_INF=True, MAXIMIZE=True, HAS_WD=True, BLOCK=1024)
+for elt, acc, align in [(tl.bfloat16, tl.float32, 16), (tl.float64, tl.float64, 1)]:
+    base = dict(amp, ELT=elt, ACC=acc, ALIGN=align)
+    k = compile_one(K._adam_kernel, dict(base, S_ELT=tl.float32, AMSGRAD=True, DECOUPLED=True))
+    compile_one(K._sgd_kernel, dict(base, MOMENTUM=True, FIRST=False, NESTEROV=True))
+    compile_one(K._adagrad_kernel, dict(base, S_ELT=tl.float32))
+    compile_one(K._rmsprop_kernel, dict(base, CENTERED=True, MOMENTUM=True))
+    if align == 16:
+        assert "ld.global.v4" in k.asm["ptx"] or "ld.global.nc.v4" in k.asm["ptx"]
+compile_one(K._steps_kernel, dict(S_ELT=tl.float32, HAS_INF=True, BLOCK=128))
+print("ok")
+"""
+
+
+@interp
+def test_kernels_compile_for_sm90() -> None:
+    """The compiled (GPU) path, short of running: every kernel lowers to sm_90 code here,
+    float arguments are float64, and full blocks use vector loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from reimpl.kernels import triton_optim
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(triton_optim.__file__).parents[2])
+    res = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _COMPILE], env=env, capture_output=True, text=True
+    )
+    if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
+        pytest.skip("no ptxas for sm_90")
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- CUDA

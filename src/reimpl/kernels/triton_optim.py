@@ -472,55 +472,84 @@ class _Plan(NamedTuple):
     align: int  # 16 when every element tensor is 16-byte aligned (vector loads), else 1
 
 
-_PLANS: OrderedDict[tuple[object, ...], _Plan] = OrderedDict()
-_MAX_PLANS = 64
+_Key = tuple[Any, ...]
+_BLOCK_MAPS: OrderedDict[_Key, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+_ADDRESSES: OrderedDict[_Key, tuple[Tensor, bool]] = OrderedDict()
+_MAX_CACHED = 256
+_data_ptr = Tensor.data_ptr
+_numel = Tensor.numel
+
+
+def _lookup(cache: OrderedDict[_Key, Any], key: _Key) -> Any:
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+    return hit
+
+
+def _store(cache: OrderedDict[_Key, Any], key: _Key, value: Any) -> Any:
+    cache[key] = value
+    if len(cache) > _MAX_CACHED:
+        cache.popitem(last=False)
+    return value
+
+
+def _to_device(values: list[int] | Tensor, device: torch.device) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.int64)
+    if device.type == "cuda":  # asynchronous: the pinned staging buffer outlives the copy
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _block_map(numels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    n = torch.tensor(numels, dtype=torch.int64)
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    blk_tensor = torch.repeat_interleave(torch.arange(len(numels)), n_blocks)
+    first = torch.cumsum(n_blocks, 0) - n_blocks  # each tensor's first block
+    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor]) * _BLOCK
+    blk = _to_device(blk_tensor, device).to(torch.int32)
+    return blk, _to_device(blk_start, device), _to_device(n, device)
 
 
 def _plan(
     roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
 ) -> _Plan:
-    """The tables for these tensors, built and checked once, then cached by address.
-
-    The key is every tensor's address and the params' sizes, so a steady-state step only
-    reads ``data_ptr()``/``numel()``; a changed tensor at an address checked before is not
-    re-checked.
+    """The tables for these tensors, cached: the block map by the params' sizes, each
+    address table by its tensors' addresses (so new grads at new addresses rebuild only
+    theirs). Inputs are checked whenever something is built; a steady-state step only
+    reads ``data_ptr()`` and ``numel()``.
     """
     params = roles[0]
-    key = (
-        params[0].device,
-        params[0].dtype,
-        tuple(p.numel() for p in params),
-        *(tuple(t.data_ptr() for t in role) for role in roles),
-        tuple(s.data_ptr() for s in steps) if steps is not None else None,
-    )
-    hit = _PLANS.get(key)
-    if hit is not None:
-        _PLANS.move_to_end(key)
-        return hit
-    _check(roles, names, steps)
     device = params[0].device
-    numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
-    n_blocks = (numels + _BLOCK - 1) // _BLOCK
-    blk_tensor = torch.repeat_interleave(torch.arange(len(params), dtype=torch.int32), n_blocks)
-    first = torch.cumsum(n_blocks, 0) - n_blocks  # each tensor's first block
-    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor.long()]) * _BLOCK
-
-    def table(ts: Sequence[Tensor]) -> Tensor:
-        return torch.tensor([t.data_ptr() for t in ts], dtype=torch.int64).to(device)
-
-    aligned = all(t.data_ptr() % 16 == 0 for role in roles for t in role)
-    plan = _Plan(
-        blk_tensor.to(device),
-        blk_start.to(device),
-        numels.to(device),
-        tuple(table(role) for role in roles),
-        table(steps) if steps is not None else None,
-        16 if aligned else 1,
+    numels = tuple(map(_numel, params))
+    built = False
+    maps = _lookup(_BLOCK_MAPS, (device, numels))
+    if maps is None:
+        maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
+        built = True
+    tables: list[Tensor] = []
+    align = 16
+    for i, role in enumerate([*roles, *([steps] if steps is not None else [])]):
+        ptrs = tuple(map(_data_ptr, role))
+        entry = _lookup(_ADDRESSES, (device, ptrs))
+        if entry is None:
+            aligned = all(p % 16 == 0 for p in ptrs)
+            entry = _store(_ADDRESSES, (device, ptrs), (_to_device(list(ptrs), device), aligned))
+            built = True
+        tables.append(entry[0])
+        if i < len(roles) and not entry[1]:
+            align = 1
+    if built:
+        _check(roles, names, steps)
+    blk_tensor, blk_start, numels_t = maps
+    return _Plan(
+        blk_tensor,
+        blk_start,
+        numels_t,
+        tuple(tables[: len(roles)]),
+        tables[-1] if steps is not None else None,
+        align,
     )
-    _PLANS[key] = plan
-    if len(_PLANS) > _MAX_PLANS:
-        _PLANS.popitem(last=False)
-    return plan
 
 
 def _check(
