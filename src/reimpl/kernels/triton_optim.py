@@ -34,10 +34,16 @@ Conventions (those of torch's fused optimizers):
   updated: params, states, grads and steps stay as they were.
 
 Multi-tensor launch: the data pointers of every tensor role (params, grads, states, steps)
-are packed into int64 device tensors; a block table maps each program to (tensor index,
+are packed into int64 device tensors; a block map sends each program to (tensor index,
 element offset). Inside the kernel an address is loaded and bitcast to a typed pointer.
-The tables are cached by the tensors' addresses and sizes, so steady-state steps reuse
-them. One tiny launch increments the steps, one launch updates everything.
+Full blocks run unmasked (16-byte vector loads when every tensor is 16-byte aligned), a
+tensor's last partial block masked; the element math is written once, in ``_<name>_update``.
+The block map is cached by the params' sizes and each address table by its tensors'
+addresses (uploaded asynchronously from pinned memory when built), so steady-state steps
+only read ``data_ptr()``/``numel()`` on the host: no host sync, two launches (one tiny
+launch increments the steps, one updates everything). Inputs are validated when a table is
+built, not on every step. Building tables is not CUDA-graph capturable; replaying a
+captured steady-state step is (same addresses), though that is untested.
 """
 
 from collections import OrderedDict
@@ -595,6 +601,8 @@ def _common(
 ) -> dict[str, Any]:
     """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf, dtypes."""
     device = params[0].device
+    if isinstance(lr, Tensor) and lr.device.type == "cpu" and device.type != "cpu":
+        lr = float(lr)  # a CPU lr is read on the host (no device sync), as torch does
     lr_t = _device_scalar(lr, device, "lr") if isinstance(lr, Tensor) else None
     scale = _device_scalar(grad_scale, device, "grad_scale")
     inf = _device_scalar(found_inf, device, "found_inf")
