@@ -523,30 +523,26 @@ def _plan(
     """The tables for these tensors, cached: the block map by the params' sizes, each
     address table by its tensors' addresses (so new grads at new addresses rebuild only
     theirs). Inputs are checked whenever something is built; a steady-state step only
-    reads ``data_ptr()`` and ``numel()``.
+    reads ``data_ptr()`` and ``numel()`` (so a tensor swapped in at an address already
+    checked, with another dtype or shape, is not caught).
     """
     params = roles[0]
     device = params[0].device
     numels = tuple(map(_numel, params))
-    built = False
+    every = [*roles, *([steps] if steps is not None else [])]
+    keys = [(device, tuple(map(_data_ptr, role))) for role in every]
     maps = _lookup(_BLOCK_MAPS, (device, numels))
-    if maps is None:
-        maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
-        built = True
-    tables: list[Tensor] = []
-    align = 16
-    for i, role in enumerate([*roles, *([steps] if steps is not None else [])]):
-        ptrs = tuple(map(_data_ptr, role))
-        entry = _lookup(_ADDRESSES, (device, ptrs))
-        if entry is None:
-            aligned = all(p % 16 == 0 for p in ptrs)
-            entry = _store(_ADDRESSES, (device, ptrs), (_to_device(list(ptrs), device), aligned))
-            built = True
-        tables.append(entry[0])
-        if i < len(roles) and not entry[1]:
-            align = 1
-    if built:
-        _check(roles, names, steps)
+    entries = [_lookup(_ADDRESSES, key) for key in keys]
+    if maps is None or any(e is None for e in entries):
+        _check(roles, names, steps)  # before caching: bad inputs are never remembered
+        if maps is None:
+            maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
+        for i, key in enumerate(keys):
+            if entries[i] is None:
+                table = _to_device(list(key[1]), device)
+                entries[i] = _store(_ADDRESSES, key, (table, all(p % 16 == 0 for p in key[1])))
+    tables = [e[0] for e in entries]
+    align = 16 if all(e[1] for e in entries[: len(roles)]) else 1
     blk_tensor, blk_start, numels_t = maps
     return _Plan(
         blk_tensor,
