@@ -23,6 +23,7 @@ from reimpl.optim.optimizer import (
     new_step,
     plain_value,
     prepare_grads,
+    run_triton,
     run_widened,
     scalar_dtype,
     squeeze_scalar,
@@ -314,6 +315,16 @@ def _fused_adagrad(
         )
     if differentiable:
         raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
+    if run_triton(
+        "adagrad_",
+        [params, grads, sums, steps],
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        maximize=maximize,
+    ):
+        return
     if cpu_fused.usable(params, grads, sums):
         lr = plain_value(lr)
         for i, p in enumerate(params):

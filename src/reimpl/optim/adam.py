@@ -26,6 +26,7 @@ from reimpl.optim.optimizer import (
     plain_value,
     prepare_grad,
     prepare_grads,
+    run_triton,
     run_widened,
     scalar_dtype,
     squeeze_scalar,
@@ -501,6 +502,19 @@ def _fused_adam(
         return
     if differentiable:
         raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
+    if not has_complex and run_triton(
+        "adam_",
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay,
+    ):
+        return
     if not has_complex and cpu_fused.usable(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
         lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
         for i, p in enumerate(params):

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
 
+from reimpl.kernels import triton_available
+
 __all__ = [
     "Optimizer",
     "ParamsT",
@@ -246,6 +248,29 @@ def group_by_device_and_dtype(
 
 
 _NARROW = (torch.float16, torch.bfloat16)
+
+
+def run_triton(kernel: str, lists: list[list[Any]], **kwargs: Any) -> bool:
+    """Run the Triton kernel ``reimpl.kernels.triton_optim.<kernel>`` once per (device,
+    dtype) batch: the fused path on GPUs (and on CPU under the interpreter, for tests).
+    Returns False, having done nothing, where the kernel cannot take the tensors (no
+    Triton, CPU, complex or non-contiguous params); the caller then runs its fallback."""
+    params = lists[0]
+    if not params or is_compiling() or not triton_available(params[0]):
+        return False
+    if not all(triton_available(p) and not p.is_complex() and p.is_contiguous() for p in params):
+        return False
+    from reimpl.kernels import triton_optim
+
+    update = getattr(triton_optim, kernel)
+    for b_lists, indices in group_by_device_and_dtype(lists, with_indices=True).values():
+        update(*b_lists, **kwargs)
+        # the kernel may fill None entries (SGD's first momentum buffers): keep them
+        for lst, b_lst in zip(lists, b_lists, strict=True):
+            for j, i in enumerate(indices):
+                if j < len(b_lst) and i < len(lst):
+                    lst[i] = b_lst[j]
+    return True
 
 
 def run_widened(update: Any, lists: list[list[Any]], **kwargs: Any) -> None:

@@ -25,6 +25,7 @@ from reimpl.optim.optimizer import (
     plain_value,
     prepare_grad,
     prepare_grads,
+    run_triton,
     run_widened,
     scalar_dtype,
     squeeze_scalar,
@@ -346,6 +347,18 @@ def _fused_rmsprop(
         raise RuntimeError("RMSprop with fused=True does not support complex params")
     for p in params:
         check_fused_param(p)
+    if run_triton(
+        "rmsprop_",
+        [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+    ):
+        return
     if cpu_fused.usable(params, grads, square_avgs, grad_avgs, momentum_bufs):
         lr = plain_value(lr)
         for i, p in enumerate(params):

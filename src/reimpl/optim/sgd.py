@@ -22,6 +22,7 @@ from reimpl.optim.optimizer import (
     plain_value,
     prepare_grad,
     prepare_grads,
+    run_triton,
     run_widened,
     squeeze_scalar,
     use_grad_for_differentiable,
@@ -256,6 +257,17 @@ def _fused_sgd(
     computed in float32 like torch's fused kernels."""
     if has_sparse_grad:
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
+    if run_triton(
+        "sgd_",
+        [params, grads, bufs],
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+    ):
+        return
     if cpu_fused.usable(params, grads, bufs):
         lr, weight_decay = plain_value(lr), plain_value(weight_decay)
         for i, p in enumerate(params):
