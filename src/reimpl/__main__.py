@@ -1,7 +1,8 @@
 """``reimpl`` command line.
 
 ``reimpl check`` runs the parity tables against the installed torch; ``reimpl bench`` times
-reimpl against torch (``reimpl bench --help``).
+reimpl against torch; ``reimpl demo`` trains a small classifier with torch's components and
+with reimpl's and compares the curves (``reimpl bench --help``, ``reimpl demo --help``).
 """
 
 from __future__ import annotations
@@ -126,11 +127,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench", help="time reimpl against torch (see benchmarks/README.md)", add_help=False
     )
     b.set_defaults(func=None)
+    d = sub.add_parser(
+        "demo", help="train a small classifier with torch's and reimpl's parts", add_help=False
+    )
+    d.set_defaults(func=None)
     args, rest = p.parse_known_args(argv)
     if args.command == "bench":
         from reimpl_parity.bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "demo":
+        from reimpl_parity.demo import main as demo_main
+
+        return demo_main(rest)
     if rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     return int(args.func(args))

@@ -546,25 +546,74 @@ def _elementwise_weight(weight: Tensor | None, input: Tensor) -> None:
         )
 
 
-class _SquaredError(torch.autograd.Function):
-    """l = (x - t)^2;  dl/dx = 2 (x - t) = -dl/dt.
+class _Pointwise(torch.autograd.Function):
+    """MSE, smooth L1 and Huber of d = x - t, reduced inside (so backward scales by a scalar):
 
-    16-bit gradients are formed in float32 and rounded once, as torch does (2 (x - t) alone
-    can overflow float16 where the scaled gradient does not).
+    mse:        d^2                                            dl/dd = 2 d
+    smooth_l1:  0.5 d^2 / b  if |d| < b  else |d| - 0.5 b        dl/dd = clamp(d / b, -1, 1)
+    huber:      0.5 d^2      if |d| < b  else b (|d| - 0.5 b)    dl/dd = clamp(d, -b, b)
+
+    The gradients are written out, as torch's are: a nan difference gives a nan gradient and
+    an infinite one a finite slope, which autograd through ``where`` would not. 16-bit
+    gradients are formed in float32 and rounded once (2 d alone can overflow float16).
+    Inputs, not d, are saved, so d recomputed in backward keeps double backward connected.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, t: Tensor) -> Tensor:  # type: ignore[override]
-        # inputs, not d, are saved: d recomputed in backward stays differentiable
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        t: Tensor,
+        kind: str,
+        b: float,
+        reduction: str,  # type: ignore[override]
+    ) -> Tensor:
         ctx.save_for_backward(x, t)
+        ctx.kind, ctx.b, ctx.reduction = kind, b, reduction
         d = x - t
-        return d * d
+        if kind == "mse":
+            loss = d.mul_(d)
+        else:
+            ad = d.abs_()
+            small = ad < b
+            # the quadratic piece is written where it applies, into a fresh buffer
+            quad = ad * ad
+            quad.mul_(0.5 if kind == "huber" else 0.5 / b)
+            lin = ad.sub_(0.5 * b)
+            if kind == "huber":
+                lin.mul_(b)
+            loss = torch.where(small, quad, lin)
+        return _reduction.apply(loss, reduction)
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, t = ctx.saved_tensors
-        gd = (2 * (_acc(x) - _acc(t)) * _acc(g)).to(g.dtype)
-        return (gd if ctx.needs_input_grad[0] else None, -gd if ctx.needs_input_grad[1] else None)
+        b = ctx.b
+        scale = _acc(g)
+        if ctx.reduction == "mean":
+            scale = scale / x.numel()
+        d = _acc(x) - _acc(t)
+        if torch.is_grad_enabled():  # double backward: out-of-place ops autograd can follow
+            if ctx.kind == "mse":
+                gd = d * (2 * scale)
+            elif ctx.kind == "huber":
+                gd = d.clamp(-b, b) * scale
+            else:
+                gd = (d / b).clamp(-1, 1) * scale
+        elif ctx.kind == "mse":
+            gd = d.mul_(2 * scale)
+        elif ctx.kind == "huber":
+            gd = d.clamp_(-b, b).mul_(scale)
+        else:
+            gd = d.div_(b).clamp_(-1, 1).mul_(scale)
+        gd = gd.to(x.dtype)
+        return (
+            gd if ctx.needs_input_grad[0] else None,
+            -gd if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
 
 
 def mse_loss(
@@ -585,7 +634,7 @@ def mse_loss(
         return _reduction.weighted((x - t) ** 2, weight, reduction, mean_by_weight=True)
     _reduction.check(reduction)
     x, t = _regression_inputs("mse_loss", x, t)
-    return _reduction.apply(_SquaredError.apply(x, t), reduction)
+    return _Pointwise.apply(x, t, "mse", 0.0, reduction)
 
 
 def l1_loss(
@@ -608,41 +657,6 @@ def l1_loss(
     return _reduction.apply(torch.abs(x - t), reduction)
 
 
-class _Piecewise(torch.autograd.Function):
-    """Smooth L1 (``huber=False``) and Huber losses of d = x - t around threshold ``b``:
-
-    smooth L1:  0.5 d^2 / b  if |d| < b  else |d| - 0.5 b;   dl/dd = clamp(d / b, -1, 1)
-    Huber:      0.5 d^2      if |d| < b  else b (|d| - 0.5 b); dl/dd = clamp(d, -b, b)
-
-    The gradient is written out (as torch's is) so a nan difference gives a nan gradient
-    and an infinite one gives ±1, neither of which autograd through ``where`` would.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, b: float, huber: bool) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, t)
-        ctx.b, ctx.huber = b, huber
-        ad = torch.abs(x - t)
-        if huber:
-            return torch.where(ad < b, 0.5 * ad * ad, b * (ad - 0.5 * b))
-        return torch.where(ad < b, 0.5 * ad * ad / b, ad - 0.5 * b)
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        x, t = ctx.saved_tensors
-        b = ctx.b
-        d = x - t
-        edge = b if ctx.huber else 1.0
-        inner = g * d if ctx.huber else g * d / b
-        gd = torch.where(d <= -b, -g * edge, torch.where(d >= b, g * edge, inner))
-        return (
-            gd if ctx.needs_input_grad[0] else None,
-            -gd if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-        )
-
-
 def smooth_l1_loss(
     input: Tensor,
     target: Tensor,
@@ -662,7 +676,7 @@ def smooth_l1_loss(
     if beta == 0.0:
         # The quadratic piece is empty: plain L1 (and no 0/0 in the gradient).
         return _reduction.apply(torch.abs(x - t), reduction)
-    return _reduction.apply(_Piecewise.apply(x, t, beta, False), reduction)
+    return _Pointwise.apply(x, t, "smooth_l1", beta, reduction)
 
 
 def huber_loss(
@@ -680,8 +694,8 @@ def huber_loss(
     x, t = _regression_inputs("huber_loss", x, t)
     if delta <= 0:
         raise RuntimeError(f"huber_loss needs delta > 0, got delta={delta}")
-    loss = _Piecewise.apply(x, t, delta, True)
     if weight is not None:
         _elementwise_weight(weight, input)
+        loss = _Pointwise.apply(x, t, "huber", delta, "none")
         return _reduction.weighted(loss, weight, reduction, mean_by_weight=False)
-    return _reduction.apply(loss, reduction)
+    return _Pointwise.apply(x, t, "huber", delta, reduction)

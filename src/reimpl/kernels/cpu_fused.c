@@ -1,0 +1,97 @@
+/* reimpl's fused CPU optimizer updates: one pass over memory per tensor per step.
+ *
+ * Each function updates one contiguous tensor in place; the caller (cpu_fused.py) has
+ * already turned the step count into the scalars below. The element update is the same
+ * formula as the multi-tensor path in reimpl/optim/<name>.py, written once per dtype by
+ * the DEFINE_* macros. OpenMP splits the elements over threads.
+ */
+#include <math.h>
+#include <stdint.h>
+
+/* torch's lerp: self + w (end - self), or end - (end - self)(1 - w) when w >= 1/2 */
+#define LERP(a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
+
+#define DEFINE_ADAM(T, SQRT, NAME)                                                          \
+  void NAME(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, T lr, T b1, T b2, T eps,      \
+            T wd, T step_size, T bc2_sqrt, int maximize, int decoupled) {                  \
+    const T w1 = 1 - b1, w2 = 1 - b2, shrink = 1 - lr * wd;                                \
+    _Pragma("omp parallel for simd schedule(static)")                                      \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T gi = maximize ? -g[i] : g[i];                                                      \
+      T pi = p[i];                                                                         \
+      if (wd != 0) {                                                                       \
+        if (decoupled) pi *= shrink; else gi += wd * pi;                                   \
+      }                                                                                    \
+      T mi = LERP(m[i], gi, w1);                                                           \
+      T vi = v[i] * b2 + w2 * gi * gi;                                                     \
+      m[i] = mi;                                                                           \
+      v[i] = vi;                                                                           \
+      if (vmax) { vi = vmax[i] > vi ? vmax[i] : vi; vmax[i] = vi; }                        \
+      p[i] = pi - step_size * (mi / (SQRT(vi) / bc2_sqrt + eps));                          \
+    }                                                                                      \
+  }
+
+#define DEFINE_SGD(T, NAME)                                                                 \
+  void NAME(T *p, const T *g, T *buf, int64_t n, T lr, T wd, T momentum, T dampening,      \
+            int nesterov, int maximize, int first) {                                       \
+    _Pragma("omp parallel for simd schedule(static)")                                      \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T gi = maximize ? -g[i] : g[i];                                                      \
+      if (wd != 0) gi += wd * p[i];                                                        \
+      if (buf) {                                                                           \
+        T bi = first ? gi : buf[i] * momentum + (1 - dampening) * gi;                      \
+        buf[i] = bi;                                                                       \
+        gi = nesterov ? gi + momentum * bi : bi;                                           \
+      }                                                                                    \
+      p[i] -= lr * gi;                                                                     \
+    }                                                                                      \
+  }
+
+#define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
+  void NAME(T *p, const T *g, T *sum, int64_t n, T clr, T wd, T eps, int maximize) {       \
+    _Pragma("omp parallel for simd schedule(static)")                                      \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T gi = maximize ? -g[i] : g[i];                                                      \
+      if (wd != 0) gi += wd * p[i];                                                        \
+      T si = sum[i] + gi * gi;                                                             \
+      sum[i] = si;                                                                         \
+      p[i] -= clr * (gi / (SQRT(si) + eps));                                               \
+    }                                                                                      \
+  }
+
+#define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
+  void NAME(T *p, const T *g, T *sq, T *gavg, T *buf, int64_t n, T lr, T alpha, T eps,     \
+            T wd, T momentum, int maximize) {                                              \
+    const T w = 1 - alpha;                                                                 \
+    _Pragma("omp parallel for simd schedule(static)")                                      \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T gi = maximize ? -g[i] : g[i];                                                      \
+      if (wd != 0) gi += wd * p[i];                                                        \
+      T si = sq[i] * alpha + w * gi * gi;                                                  \
+      sq[i] = si;                                                                          \
+      T avg;                                                                               \
+      if (gavg) {                                                                          \
+        T ai = LERP(gavg[i], gi, w);                                                       \
+        gavg[i] = ai;                                                                      \
+        avg = SQRT(si - ai * ai) + eps;                                                    \
+      } else {                                                                             \
+        avg = SQRT(si) + eps;                                                              \
+      }                                                                                    \
+      if (buf) {                                                                           \
+        T bi = buf[i] * momentum + gi / avg;                                               \
+        buf[i] = bi;                                                                       \
+        p[i] -= lr * bi;                                                                   \
+      } else {                                                                             \
+        p[i] -= lr * (gi / avg);                                                           \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+DEFINE_ADAM(float, sqrtf, adam_f32)
+DEFINE_ADAM(double, sqrt, adam_f64)
+DEFINE_SGD(float, sgd_f32)
+DEFINE_SGD(double, sgd_f64)
+DEFINE_ADAGRAD(float, sqrtf, adagrad_f32)
+DEFINE_ADAGRAD(double, sqrt, adagrad_f64)
+DEFINE_RMSPROP(float, sqrtf, rmsprop_f32)
+DEFINE_RMSPROP(double, sqrt, rmsprop_f64)
