@@ -90,6 +90,7 @@ class BNCase:
     kwargs: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
     group: str = "world"  # "world", "explicit" (a new_group of all ranks), "self" (size 1)
+    param_dtype: torch.dtype | None = None  # weight, bias and running stats, if not dtype
 
 
 BN_CASES = [
@@ -102,6 +103,13 @@ BN_CASES = [
     BNCase("no_bias", (), (4, 3), kwargs={"bias": False}),
     BNCase("explicit_process_group", (2,), (2, 3), group="explicit"),
     BNCase("world_size_1_group_falls_back", (2,), (3, 2), group="self"),
+    # AMP-style: 16-bit activations, float32 parameters and statistics
+    BNCase(
+        "bfloat16_input_float32_params", (5,), (3, 4), torch.bfloat16, param_dtype=torch.float32
+    ),
+    BNCase(
+        "float16_input_float32_params", (2, 2), (2, 1), torch.float16, param_dtype=torch.float32
+    ),
 ]
 
 
@@ -118,17 +126,18 @@ def _bn_case(checks: Checks, case: BNCase, groups: dict[str, Any], dev: torch.de
     channels = 3
     gen = torch.Generator().manual_seed(1234)
     kw = case.kwargs
-    ref = _torch_bn(len(case.spatial))(channels, **kw).to(dev, case.dtype)
+    pdtype = case.param_dtype or case.dtype
+    ref = _torch_bn(len(case.spatial))(channels, **kw).to(dev, pdtype)
     group = groups["self"] if case.group == "self" else groups.get(case.group)
-    ours = reimpl.nn.SyncBatchNorm(channels, process_group=group, **kw).to(dev, case.dtype)
+    ours = reimpl.nn.SyncBatchNorm(channels, process_group=group, **kw).to(dev, pdtype)
     theirs_sync = None
     if dev.type != "cpu" and case.group != "self":
         theirs_sync = torch.nn.SyncBatchNorm(channels, process_group=group, **kw)
-        theirs_sync = theirs_sync.to(dev, case.dtype)
+        theirs_sync = theirs_sync.to(dev, pdtype)
     if kw.get("affine", True):
         with torch.no_grad():
-            w = torch.rand(channels, generator=gen, dtype=case.dtype) + 0.5
-            b = torch.randn(channels, generator=gen, dtype=case.dtype)
+            w = torch.rand(channels, generator=gen, dtype=pdtype) + 0.5
+            b = torch.randn(channels, generator=gen, dtype=pdtype)
             mods: list[Any] = [ref, ours, theirs_sync]
             for m in mods:
                 if m is None:
@@ -174,7 +183,7 @@ def _bn_case(checks: Checks, case: BNCase, groups: dict[str, Any], dev: torch.de
             g = p_ours.grad.detach().clone()
             if case.group != "self":
                 dist.all_reduce(g, group=group)
-            checks.same(f"{name}/step{step}/{pname}_grad", g, p_ref.grad, tol)
+            checks.same(f"{name}/step{step}/{pname}_grad", g, p_ref.grad, pdtype)
         if theirs_sync is not None:
             xt = fmt(xl.clone()).requires_grad_()
             yt = theirs_sync(xt)
@@ -183,7 +192,8 @@ def _bn_case(checks: Checks, case: BNCase, groups: dict[str, Any], dev: torch.de
             checks.same(f"{name}/step{step}/input_grad_vs_torch_sync", xo.grad, xt.grad, tol)
             theirs_sync.zero_grad()
         for bname in ("running_mean", "running_var", "num_batches_tracked"):
-            checks.same(f"{name}/step{step}/{bname}", getattr(ours, bname), getattr(ref, bname))
+            ours_b, ref_b = getattr(ours, bname), getattr(ref, bname)
+            checks.same(f"{name}/step{step}/{bname}", ours_b, ref_b, pdtype)
         ours.zero_grad()
         ref.zero_grad()
     # Evaluation: running statistics (or local batch statistics when untracked), no sync.

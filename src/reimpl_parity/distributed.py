@@ -53,8 +53,28 @@ def launch(
     world_size: int = 2,
     backend: str = "gloo",
     timeout: float = 120.0,
+    attempts: int = 3,
 ) -> list[dict[str, Any]]:
-    """Run ``scenario`` on ``world_size`` processes; return each rank's result, by rank."""
+    """Run ``scenario`` on ``world_size`` processes; return each rank's result, by rank.
+
+    The store's port is chosen free just before the start; should another process take it
+    in between (``EADDRINUSE``), the group is started again on a new port."""
+    for attempt in range(attempts):
+        try:
+            return _launch_once(scenario, out_dir, world_size, backend, timeout)
+        except WorkerError as e:
+            if "address already in use" not in str(e).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch_once(
+    scenario: str,
+    out_dir: pathlib.Path | str,
+    world_size: int,
+    backend: str,
+    timeout: float,
+) -> list[dict[str, Any]]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
