@@ -430,6 +430,7 @@ def _train_step(m: torch.nn.Module, opt: torch.optim.Optimizer, step: int, dev: 
 
 def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
     from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
@@ -462,6 +463,15 @@ def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3)
                 g.pop("foreach", None)
                 g.pop("fused", None)
     checks.same(f"{case.name}/state_dict", full_o, full_t)
+    # Full (gathered) form: plain tensors, the same as the sharded one gathered.
+    opts = StateDictOptions(full_state_dict=True)
+    gathered_o = get_optimizer_state_dict(m_o, opt_o, options=opts)
+    with checks.check(f"{case.name}/full_state_dict_plain_tensors"):
+        from torch.distributed.tensor import DTensor
+
+        for state in gathered_o["state"].values():
+            assert not any(isinstance(v, DTensor) for v in state.values())
+    checks.same(f"{case.name}/full_state_dict", gathered_o, _full(sd_o))
     # Round trip into a fresh optimizer of ours, then one more step on both.
     fresh = ours_cls(m_o.parameters(), **case.kwargs)
     set_optimizer_state_dict(m_o, fresh, sd_o)
