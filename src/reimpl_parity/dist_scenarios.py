@@ -465,7 +465,7 @@ def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3)
     checks.same(f"{case.name}/state_dict", full_o, full_t)
     # Full (gathered) form: plain tensors, the same as the sharded one gathered.
     opts = StateDictOptions(full_state_dict=True)
-    gathered_o = get_optimizer_state_dict(m_o, opt_o, options=opts)
+    gathered_o: Any = get_optimizer_state_dict(m_o, opt_o, options=opts)
     with checks.check(f"{case.name}/full_state_dict_plain_tensors"):
         from torch.distributed.tensor import DTensor
 
