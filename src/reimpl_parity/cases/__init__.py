@@ -1,12 +1,14 @@
 """Parity tables, one module per family. ``ALL`` is what ``reimpl check`` runs."""
 
 from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
+from reimpl_parity.cases.optim import OPTIM_CASES
 from reimpl_parity.cases.regularizers import REGULARIZER_CASES, REGULARIZER_ERROR_CASES
 from reimpl_parity.cases.schedulers import SCHEDULER_CASES, SCHEDULER_ERROR_CASES
 
 ALL = {
     "losses": LOSS_CASES,
     "loss-errors": LOSS_ERROR_CASES,
+    "optim": OPTIM_CASES,
     "regularizers": REGULARIZER_CASES,
     "regularizer-errors": REGULARIZER_ERROR_CASES,
     "lr_scheduler": SCHEDULER_CASES,
@@ -17,6 +19,7 @@ __all__ = [
     "ALL",
     "LOSS_CASES",
     "LOSS_ERROR_CASES",
+    "OPTIM_CASES",
     "REGULARIZER_CASES",
     "REGULARIZER_ERROR_CASES",
     "SCHEDULER_CASES",

@@ -1,0 +1,274 @@
+"""Machinery every reimpl optimizer shares; the update rules live one per file.
+
+Nothing here knows about a particular algorithm. It holds the small decisions that
+would otherwise be repeated in each optimizer: argument checks, which code path runs,
+how ``step`` counters are created and advanced, how complex tensors and ``maximize`` /
+L2 weight decay are folded into the gradients, and how tensors are batched by device
+and dtype for the multi-tensor (``torch._foreach_*``) path.
+
+The base class is torch's own :class:`torch.optim.Optimizer`, so ``param_groups``,
+``state_dict`` / ``load_state_dict``, hooks and ``zero_grad`` are exactly torch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
+
+__all__ = [
+    "Optimizer",
+    "ParamsT",
+    "TensorList",
+    "add_one_to_steps",
+    "as_real",
+    "check_capturable_devices",
+    "check_fused_flags",
+    "check_fused_param",
+    "check_nonnegative",
+    "check_tensor_hparam",
+    "choose_path",
+    "default_foreach",
+    "group_by_device_and_dtype",
+    "is_compiling",
+    "new_step",
+    "plain_value",
+    "prepare_grad",
+    "prepare_grads",
+    "run_widened",
+    "scalar_dtype",
+    "squeeze_scalar",
+    "stack_if_compiling",
+    "use_grad_for_differentiable",
+]
+
+TensorList: TypeAlias = list[Tensor]
+
+#: device types where torch has multi-tensor kernels (the default path there is foreach)
+_FOREACH_DEVICES = ("cuda", "xpu", "mtia")
+#: device types where torch accepts ``fused=True``
+_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia")
+#: device types on which ``capturable=True`` is allowed
+_CAPTURABLE_DEVICES = ("cuda", "xpu", "hpu", "xla")
+#: plain tensor types (subclasses such as DTensor keep the per-tensor loop by default)
+_NATIVE_TYPES = (Tensor, torch.nn.Parameter)
+
+use_grad_for_differentiable = _use_grad_for_differentiable
+
+
+def is_compiling() -> bool:
+    return bool(torch.compiler.is_compiling())
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_nonnegative(name: str, value: Any, *, nan_ok: bool = False) -> None:
+    """Raise ``ValueError`` unless ``0 <= value``. NaN fails too, unless ``nan_ok`` (torch's
+    SGD only rejects values below zero, so NaN gets through there)."""
+    if (value < 0.0) if nan_ok else not (value >= 0.0):
+        raise ValueError(f"Invalid {name}: {value} (it must be >= 0)")
+
+
+def check_tensor_hparam(name: str, value: Any, *, foreach: bool | None, capturable: bool) -> None:
+    """A hyperparameter given as a Tensor must hold one element, and the multi-tensor path
+    can only take it when ``capturable=True`` (its ops need Python numbers otherwise)."""
+    if not isinstance(value, Tensor):
+        return
+    if foreach and not capturable:
+        raise ValueError(
+            f"{name} given as a Tensor needs capturable=True when foreach=True "
+            "(pass a float, or set capturable=True, or foreach=False)"
+        )
+    if value.numel() != 1:
+        raise ValueError(
+            f"{name} given as a Tensor must have exactly one element, got {value.numel()}"
+        )
+
+
+def check_fused_flags(fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
+    if not fused:
+        return
+    if differentiable:
+        raise RuntimeError("fused=True cannot be combined with differentiable=True")
+    if foreach:
+        raise RuntimeError("fused=True and foreach=True are mutually exclusive; pick one")
+
+
+def check_fused_param(p: Tensor) -> None:
+    if not (p.device.type in _FUSED_DEVICES and torch.is_floating_point(p)):
+        raise RuntimeError(
+            "fused=True needs every parameter to be a floating-point tensor on one of "
+            f"{list(_FUSED_DEVICES)}; got a {p.dtype} tensor on {p.device.type}"
+        )
+
+
+def check_capturable_devices(params: Sequence[Tensor], steps: Sequence[Tensor]) -> None:
+    """With ``capturable=True`` params and their step counters must sit on an accelerator."""
+    if is_compiling():
+        return
+    for p, s in zip(params, steps, strict=True):
+        if not (p.device.type == s.device.type and p.device.type in _CAPTURABLE_DEVICES):
+            raise AssertionError(
+                "capturable=True needs the params and their step counters on the same "
+                f"device, one of {list(_CAPTURABLE_DEVICES)}; got a param on "
+                f"{p.device.type} and its step on {s.device.type}"
+            )
+
+
+# ------------------------------------------------------------------ path selection
+
+
+def default_foreach(params: Sequence[Tensor | None], differentiable: bool) -> bool:
+    """torch's default: the multi-tensor path when every param is a plain tensor on a device
+    with foreach kernels (CUDA) and autograd need not flow through the step."""
+    if differentiable or torch.jit.is_scripting():
+        return False
+    return all(
+        p is None or (type(p) in _NATIVE_TYPES and p.device.type in _FOREACH_DEVICES)
+        for p in params
+    )
+
+
+def choose_path(
+    params: Sequence[Tensor],
+    *,
+    foreach: bool | None,
+    fused: bool | None,
+    differentiable: bool,
+    tensor_lr_needs_loop: bool = False,
+) -> str:
+    """``"fused"``, ``"multi"`` or ``"single"``. Explicit flags win; with neither given the
+    default is :func:`default_foreach` (never fused). ``tensor_lr_needs_loop``: a Tensor lr
+    without capturable keeps the default on the per-tensor loop."""
+    if foreach is None and fused is None:
+        foreach = default_foreach(params, differentiable) and not tensor_lr_needs_loop
+    if fused:
+        return "fused"
+    return "multi" if foreach else "single"
+
+
+# ------------------------------------------------------------------- step counters
+
+
+def scalar_dtype(fused: bool | None = None) -> torch.dtype:
+    """dtype of the ``step`` counters: float32, or float64 when that is the default dtype
+    (fused kernels always want float32)."""
+    if fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def new_step(p: Tensor, *, on_param_device: bool, fused: bool | None = None) -> Tensor:
+    """A zero step counter: on the param's device for capturable/fused, else on the CPU."""
+    if on_param_device:
+        return torch.zeros((), dtype=scalar_dtype(fused), device=p.device)
+    return torch.tensor(0.0, dtype=scalar_dtype())
+
+
+def add_one_to_steps(steps: TensorList) -> None:
+    if not is_compiling() and steps[0].is_cpu:
+        # one wrapped scalar for the whole list instead of one per tensor
+        torch._foreach_add_(steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def plain_value(x: Any) -> Any:
+    """A CPU scalar tensor as a Python number (fast in eager); untouched while compiling."""
+    if is_compiling():
+        return x
+    return x.item() if isinstance(x, Tensor) else x
+
+
+def stack_if_compiling(xs: list[Any]) -> Any:
+    return torch.stack(xs) if is_compiling() else xs
+
+
+def squeeze_scalar(x: Any) -> Any:
+    """A one-element Tensor hyperparameter as a 0-dim tensor; anything else unchanged."""
+    if isinstance(x, Tensor) and x.dim() != 0:
+        return x.squeeze()
+    return x
+
+
+# ----------------------------------------------------------------- gradient prep
+
+
+def prepare_grad(grad: Tensor, param: Tensor, *, maximize: bool, weight_decay: Any) -> Tensor:
+    """The per-tensor gradient the rules see: negated for ``maximize``, plus the L2 term
+    ``weight_decay * param`` (never in place on ``param.grad``)."""
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
+            # keep autograd's path to a learnable decay (grad is already a fresh tensor
+            # when maximize negated it; otherwise addcmul_ below would write into .grad)
+            grad = (grad if maximize else grad.clone()).addcmul_(param.clone(), weight_decay)
+        else:
+            grad = grad.add(param, alpha=weight_decay)
+    return grad
+
+
+def prepare_grads(
+    grads: TensorList, params: TensorList, *, maximize: bool, weight_decay: Any
+) -> TensorList:
+    """Multi-tensor version of :func:`prepare_grad`; never writes into ``.grad``."""
+    if maximize:
+        grads = list(torch._foreach_neg(grads))
+    if weight_decay != 0:
+        if maximize:  # grads is already our own copy
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+    return grads
+
+
+def as_real(params: TensorList, *others: list[Any]) -> None:
+    """Swap complex tensors (and the matching entries of ``others``) for real views."""
+    for i, p in enumerate(params):
+        if torch.is_complex(p):
+            params[i] = torch.view_as_real(p)
+            for lst in others:
+                lst[i] = torch.view_as_real(lst[i])
+
+
+def group_by_device_and_dtype(
+    tensorlists: list[list[Any]], with_indices: bool = False
+) -> dict[Any, tuple[list[list[Any]], list[int]]]:
+    """Batch parallel lists into runs sharing (device, dtype) for the multi-tensor path."""
+    return Optimizer._group_tensors_by_device_and_dtype(  # type: ignore[return-value]
+        tensorlists, with_indices
+    )
+
+
+_NARROW = (torch.float16, torch.bfloat16)
+
+
+def run_widened(update: Any, lists: list[list[Any]], **kwargs: Any) -> None:
+    """Run ``update(*lists, **kwargs)`` with 16-bit tensors widened to float32, then store
+    the results back (params and state; ``lists[1]`` holds the grads, which are inputs).
+
+    This is what a fused kernel does for half-precision params: load, compute in float32,
+    round once on store. Buffers the update creates (``None`` entries it fills, as SGD's
+    first momentum step does) are stored in their param's dtype.
+    """
+    if not any(t is not None and t.dtype in _NARROW for lst in lists for t in lst):
+        update(*lists, **kwargs)
+        return
+    wide = [
+        [t.float() if t is not None and t.dtype in _NARROW else t for t in lst] for lst in lists
+    ]
+    update(*wide, **kwargs)
+    params = lists[0]
+    for k, (lst, wlst) in enumerate(zip(lists, wide, strict=True)):
+        if k == 1:
+            continue
+        for i, (t, w) in enumerate(zip(lst, wlst, strict=True)):
+            if t is None and w is not None:
+                lst[i] = w.to(params[i].dtype)
+            elif t is not None and w is not t:
+                t.copy_(w)
