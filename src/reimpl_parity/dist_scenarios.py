@@ -391,7 +391,8 @@ FSDP_CASES = [
         {"lr": 0.1, "momentum": 0.9, "nesterov": True, "foreach": True},
     ),
     OptCase("sgd_single_tensor", "SGD", {"lr": 0.1, "momentum": 0.9, "foreach": False}),
-    # torch's fused SGD kernel has no DTensor sharding rule: compare with its for-loop path
+    # torch's fused SGD and Adagrad kernels have no DTensor sharding rule (only Adam's and
+    # AdamW's do): those cases compare with torch's for-loop path
     OptCase(
         "sgd_fused",
         "SGD",
@@ -400,6 +401,14 @@ FSDP_CASES = [
     ),
     OptCase("rmsprop_foreach", "RMSprop", {"lr": 1e-2, "momentum": 0.5, "foreach": True}),
     OptCase("adagrad_foreach", "Adagrad", {"lr": 0.1, "foreach": True}),
+    OptCase(
+        "adagrad_fused",
+        "Adagrad",
+        {"lr": 0.1, "lr_decay": 0.01, "fused": True},
+        {"lr": 0.1, "lr_decay": 0.01, "foreach": False},
+    ),
+    # no flags: both pick their default path for DTensors (torch: the per-tensor loop)
+    OptCase("adam_default_flags", "Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.01}),
 ]
 
 
