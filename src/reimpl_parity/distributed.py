@@ -2,7 +2,8 @@
 
 :func:`launch` starts ``world_size`` fresh Python processes (``python -m
 reimpl_parity.distributed SCENARIO RANK ...``) that join one process group over 127.0.0.1
-(a TCP store on a free port; gloo's sockets on the loopback interface), run the named
+(a TCP store on a free port; gloo's sockets on the loopback interface, ``lo`` or
+``REIMPL_GLOO_IFNAME``), run the named
 scenario from :mod:`reimpl_parity.dist_scenarios` and save what it returns to
 ``<out_dir>/rank<R>.pt``. The launcher waits at most ``timeout`` seconds and kills every
 child on overrun, so a hung collective fails a test instead of stalling CI.
@@ -36,7 +37,8 @@ def _child_env() -> dict[str, str]:
     src = str(pathlib.Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["GLOO_SOCKET_IFNAME"] = env.get("REIMPL_GLOO_IFNAME", "lo")
+    loopback = "lo0" if sys.platform == "darwin" else "lo"
+    env["GLOO_SOCKET_IFNAME"] = env.get("REIMPL_GLOO_IFNAME", loopback)
     env["MASTER_ADDR"] = "127.0.0.1"
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     return env
