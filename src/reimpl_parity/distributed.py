@@ -3,10 +3,10 @@
 :func:`launch` starts ``world_size`` fresh Python processes (``python -m
 reimpl_parity.distributed SCENARIO RANK ...``) that join one process group over 127.0.0.1
 (a TCP store on a free port; gloo's sockets on the loopback interface, ``lo`` or
-``REIMPL_GLOO_IFNAME``), run the named
-scenario from :mod:`reimpl_parity.dist_scenarios` and save what it returns to
-``<out_dir>/rank<R>.pt``. The launcher waits at most ``timeout`` seconds and kills every
-child on overrun, so a hung collective fails a test instead of stalling CI.
+``$REIMPL_GLOO_IFNAME``), run the named scenario from :mod:`reimpl_parity.dist_scenarios`
+and save what it returns to ``<out_dir>/rank<R>.pt``. The launcher waits at most
+``timeout`` seconds and kills every child on overrun, so a hung collective fails a test
+instead of stalling CI.
 
 A scenario returns ``{"checks": {name: failure message or ""}, ...}``: comparisons are
 made inside the workers (no collective may depend on whether one failed, or the other
