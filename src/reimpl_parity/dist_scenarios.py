@@ -576,8 +576,17 @@ def hang() -> Result:
     return {"checks": {}}
 
 
+def fail() -> Result:
+    """Rank 1 raises while rank 0 waits in a collective (for the launcher's test)."""
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    dist.barrier()
+    return {"checks": {}}
+
+
 SCENARIOS: dict[str, Callable[[], Result]] = {
     "hang": hang,
+    "fail": fail,
     "syncbn": syncbn,
     "ddp": ddp,
     "syncbn_and_ddp": lambda: {

@@ -76,6 +76,7 @@ def _launch_once(
     world_size: int,
     backend: str,
     timeout: float,
+    grace: float = 3.0,
 ) -> list[dict[str, Any]]:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,25 +100,33 @@ def _launch_once(
         procs.append(subprocess.Popen(cmd, env=_child_env(), stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout
     timed_out = False
+    killed: set[int] = set()
     try:
-        for p in procs:
-            left = deadline - time.monotonic()
-            try:
-                p.wait(timeout=max(left, 0.01))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+        # Poll: a rank that fails may leave the others blocked in a collective, so after a
+        # failure they get a short grace period to exit (with their own error), not the
+        # whole timeout.
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
                 break
+            if any(c not in (None, 0) for c in codes):
+                deadline = min(deadline, time.monotonic() + grace)
+            if time.monotonic() > deadline:
+                timed_out = not any(c not in (None, 0) for c in codes)
+                break
+            time.sleep(0.05)
     finally:
-        for p in procs:
+        for r, p in enumerate(procs):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+                killed.add(r)
         for log in logs:
             log.close()
-    failed = [r for r, p in enumerate(procs) if p.returncode != 0]
+    failed = [r for r, p in enumerate(procs) if p.returncode != 0 and r not in killed]
     if timed_out or failed:
         tails = "\n".join(
-            f"--- rank {r} (exit {procs[r].returncode}) ---\n"
+            f"--- rank {r} ({'killed' if r in killed else f'exit {procs[r].returncode}'}) ---\n"
             + (out / f"rank{r}.log").read_text(errors="replace")[-3000:]
             for r in range(world_size)
         )

@@ -79,3 +79,15 @@ def test_launcher_kills_a_hung_group(tmp_path: pathlib.Path) -> None:
 
     with pytest.raises(WorkerError, match="timed out"):
         launch("hang", tmp_path, world_size=2, timeout=6)
+
+
+def test_launcher_stops_the_group_when_a_rank_fails(tmp_path: pathlib.Path) -> None:
+    """Rank 1 raises; rank 0, blocked in a barrier, is killed at once (not at the timeout)."""
+    import time
+
+    from reimpl_parity.distributed import WorkerError
+
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"failed(.|\n)*rank 1 fails on purpose"):
+        launch("fail", tmp_path, world_size=2, timeout=100)
+    assert time.monotonic() - start < 60
