@@ -505,6 +505,13 @@ ZERO_CASES = [
     OptCase("adam", "Adam", {"lr": 1e-2}),
     OptCase("adamw_foreach", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "foreach": True}),
     OptCase("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}),
+    # ZeRO's own option (parameters as views into flat buckets) next to the optimizer's
+    OptCase(
+        "rmsprop_centered_bucket_view",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "centered": True, "parameters_as_bucket_view": True},
+    ),
+    OptCase("adagrad_fused", "Adagrad", {"lr": 0.1, "fused": True}),
 ]
 
 
