@@ -97,7 +97,7 @@ def train(
             loss.backward()
             opt.step()
             ema.update_parameters(model)
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             n += len(idx)
         sched.step()
         run.losses.append(total / n)

@@ -25,8 +25,11 @@ def pair(name: str) -> tuple[type[torch.optim.Optimizer], type[torch.optim.Optim
 def test_signature_matches_torch(name: str) -> None:
     mine, theirs = pair(name)
     assert issubclass(mine, torch.optim.Optimizer)
-    a = inspect.signature(mine).parameters
+    a = dict(inspect.signature(mine).parameters)
     b = inspect.signature(theirs).parameters
+    if name == "RMSprop" and "fused" not in b:
+        # reimpl's own addition, last so that torch's positional order still holds
+        assert list(a)[-1] == "fused" and a.pop("fused").default is None
     assert list(a) == list(b)
     for k in b:
         assert (a[k].kind, a[k].default) == (b[k].kind, b[k].default), k
@@ -69,7 +72,6 @@ BAD_KWARGS: list[tuple[str, dict[str, Any]]] = [
     ("Adagrad", {"initial_accumulator_value": -1.0}),
     ("RMSprop", {"alpha": -0.1}),
     ("RMSprop", {"momentum": -0.1}),
-    ("RMSprop", {"fused": True}),  # RMSprop has no fused
     ("SGD", {"capturable": True}),  # SGD has no capturable
     *[(n, {"betas": (1.0, 0.999)}) for n in ["Adam", "AdamW"]],
     *[(n, {"betas": (0.9, -0.1)}) for n in ["Adam", "AdamW"]],
@@ -131,11 +133,19 @@ def test_bad_step(name: str, kwargs: dict[str, Any], grad: Callable[..., torch.T
     assert o_msg.strip()
 
 
+@pytest.mark.parametrize("kwargs", [{"foreach": True}, {"differentiable": True}])
+def test_rmsprop_fused_conflicts_like_torch_adam(kwargs: dict[str, Any]) -> None:
+    # torch's RMSprop has no fused (it would say TypeError): ours refuses as torch's Adam does
+    t_err, _, _ = _outcome(lambda: torch.optim.Adam([_p(3)], fused=True, **kwargs))
+    o_err, o_msg, _ = _outcome(lambda: ours.RMSprop([_p(3)], fused=True, **kwargs))
+    assert t_err is not None and o_err is t_err and o_msg.strip()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_rejects_integer_params(name: str) -> None:
-    if name == "RMSprop":
-        pytest.skip("RMSprop has no fused")
     mine, theirs = pair(name)
+    if name == "RMSprop":  # torch's RMSprop has no fused: hold ours to what torch's Adam does
+        theirs = torch.optim.Adam
     errs = []
     for cls in (theirs, mine):
         p = torch.ones(3, dtype=torch.int64)

@@ -1,7 +1,8 @@
 /* reimpl's fused CPU optimizer updates: one pass over memory per tensor per step.
  *
  * Each function updates one contiguous tensor in place; the caller (cpu_fused.py) has
- * already turned the step count into the scalars below. The element update is the same
+ * already turned the step count into the scalars below, and formed 1 - beta style weights
+ * in double precision (1 - 0.999999f in float would be off by 1%). The update is the same
  * formula as the multi-tensor path in reimpl/optim/<name>.py, written once per dtype by
  * the DEFINE_* macros. OpenMP splits the elements over threads.
  */
@@ -12,9 +13,8 @@
 #define LERP(a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
 #define DEFINE_ADAM(T, SQRT, NAME)                                                          \
-  void NAME(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, T lr, T b1, T b2, T eps,      \
-            T wd, T step_size, T bc2_sqrt, int maximize, int decoupled) {                  \
-    const T w1 = 1 - b1, w2 = 1 - b2, shrink = 1 - lr * wd;                                \
+  void NAME(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, T w1, T b2, T w2, T eps,      \
+            T wd, T shrink, T step_size, T bc2_sqrt, int maximize, int decoupled) {        \
     _Pragma("omp parallel for simd schedule(static)")                                      \
     for (int64_t i = 0; i < n; i++) {                                                      \
       T gi = maximize ? -g[i] : g[i];                                                      \
@@ -32,14 +32,14 @@
   }
 
 #define DEFINE_SGD(T, NAME)                                                                 \
-  void NAME(T *p, const T *g, T *buf, int64_t n, T lr, T wd, T momentum, T dampening,      \
+  void NAME(T *p, const T *g, T *buf, int64_t n, T lr, T wd, T momentum, T undamped,       \
             int nesterov, int maximize, int first) {                                       \
     _Pragma("omp parallel for simd schedule(static)")                                      \
     for (int64_t i = 0; i < n; i++) {                                                      \
       T gi = maximize ? -g[i] : g[i];                                                      \
       if (wd != 0) gi += wd * p[i];                                                        \
       if (buf) {                                                                           \
-        T bi = first ? gi : buf[i] * momentum + (1 - dampening) * gi;                      \
+        T bi = first ? gi : buf[i] * momentum + undamped * gi;                             \
         buf[i] = bi;                                                                       \
         gi = nesterov ? gi + momentum * bi : bi;                                           \
       }                                                                                    \
@@ -60,9 +60,8 @@
   }
 
 #define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
-  void NAME(T *p, const T *g, T *sq, T *gavg, T *buf, int64_t n, T lr, T alpha, T eps,     \
-            T wd, T momentum, int maximize) {                                              \
-    const T w = 1 - alpha;                                                                 \
+  void NAME(T *p, const T *g, T *sq, T *gavg, T *buf, int64_t n, T lr, T alpha, T w,      \
+            T eps, T wd, T momentum, int maximize) {                                       \
     _Pragma("omp parallel for simd schedule(static)")                                      \
     for (int64_t i = 0; i < n; i++) {                                                      \
       T gi = maximize ? -g[i] : g[i];                                                      \

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,10 +31,10 @@ _INT = ctypes.c_int
 # argument layouts after the pointers and length, per kernel family
 _SIGNATURES: dict[str, tuple[int, list[str]]] = {
     # name: (number of tensor pointers, scalar kinds: "T" = float/double, "i" = int)
-    "adam": (5, ["T"] * 7 + ["i", "i"]),
+    "adam": (5, ["T"] * 8 + ["i", "i"]),
     "sgd": (3, ["T"] * 4 + ["i", "i", "i"]),
     "adagrad": (3, ["T"] * 3 + ["i"]),
-    "rmsprop": (5, ["T"] * 5 + ["i"]),
+    "rmsprop": (5, ["T"] * 6 + ["i"]),
 }
 _DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
 
@@ -87,13 +88,13 @@ def library() -> ctypes.CDLL | None:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def usable(*tensor_lists: list[Tensor]) -> bool:
+def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     """All tensors plain (no subclass), on CPU, dense, contiguous and of one float32/float64
     dtype. Subclasses are refused because a wrapper such as FSDP2's DTensor reports a CPU
     device and contiguity but has no storage of its own (``data_ptr()`` is 0): the kernel
     would write through a null pointer; they take the multi-tensor path instead."""
     first = tensor_lists[0]
-    if not first or library() is None:
+    if not first or first[0] is None or library() is None:
         return False
     dtype = first[0].dtype
     if dtype not in _DTYPES:
@@ -111,7 +112,7 @@ def usable(*tensor_lists: list[Tensor]) -> bool:
     )
 
 
-def call(family: str, tensors: list[Tensor | None], *scalars: float | int) -> None:
+def call(family: str, tensors: list[Tensor | None], *scalars: Any) -> None:
     """Run ``<family>_<dtype>`` on one set of same-shaped tensors (None: a null pointer).
     ``tensors[1]`` is the gradient, which the kernels only read."""
     lib = library()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim.optimizer import (
     Optimizer,
     ParamsT,
@@ -302,8 +303,9 @@ def _fused_adagrad(
     has_sparse_grad: bool,
     has_complex: bool,
 ) -> None:
-    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
-    with 16-bit tensors computed in float32 like torch's fused kernels."""
+    """``fused=True``: one pass over memory per tensor with the C kernel on CPU
+    (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with 16-bit tensors
+    computed in float32 like torch's fused kernels."""
     if not params:
         return
     if has_sparse_grad or has_complex:
@@ -312,6 +314,13 @@ def _fused_adagrad(
         )
     if differentiable:
         raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
+    if cpu_fused.usable(params, grads, sums):
+        lr = plain_value(lr)
+        for i, p in enumerate(params):
+            steps[i] += 1
+            clr = lr / (1 + (plain_value(steps[i]) - 1) * lr_decay)
+            cpu_fused.call("adagrad", [p, grads[i], sums[i]], clr, weight_decay, eps, int(maximize))
+        return
     run_widened(
         _multi_tensor_adagrad,
         [params, grads, sums, steps],

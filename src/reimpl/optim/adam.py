@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim.optimizer import (
     Optimizer,
     ParamsT,
@@ -492,13 +493,34 @@ def _fused_adam(
     decoupled_weight_decay: bool,
     has_complex: bool,
 ) -> None:
-    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
-    with 16-bit tensors computed in float32 like torch's fused kernels (run as capturable
-    on accelerators, where the step counters already live with the params)."""
+    """``fused=True``: one pass over memory per tensor with the C kernel on CPU
+    (``reimpl.kernels.cpu_fused``); elsewhere, or where it cannot take the tensors, the
+    multi-tensor path with 16-bit tensors computed in float32 like torch's fused kernels
+    (run as capturable on accelerators, where the step counters live with the params)."""
     if not params:
         return
     if differentiable:
         raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
+    if not has_complex and cpu_fused.usable(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+        lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
+        for i, p in enumerate(params):
+            steps[i] += 1
+            t = plain_value(steps[i])
+            cpu_fused.call(
+                "adam",
+                [p, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None],
+                1 - beta1,  # the 1 - beta weights are formed here, in double precision
+                beta2,
+                1 - beta2,
+                eps,
+                weight_decay,
+                1 - lr * weight_decay,
+                lr / (1 - beta1**t),  # step size
+                (1 - beta2**t) ** 0.5,  # sqrt of the second bias correction
+                int(maximize),
+                int(decoupled_weight_decay),
+            )
+        return
     on_accel = all(p.device.type != "cpu" for p in params)
     run_widened(
         _multi_tensor_adam,

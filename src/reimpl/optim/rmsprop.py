@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim.optimizer import (
     Optimizer,
     ParamsT,
@@ -15,12 +16,16 @@ from reimpl.optim.optimizer import (
     add_one_to_steps,
     as_real,
     check_capturable_devices,
+    check_fused_flags,
+    check_fused_param,
     check_nonnegative,
     choose_path,
     group_by_device_and_dtype,
     new_step,
+    plain_value,
     prepare_grad,
     prepare_grads,
+    run_widened,
     scalar_dtype,
     squeeze_scalar,
     use_grad_for_differentiable,
@@ -52,7 +57,8 @@ class RMSprop(Optimizer):
 
     Args: as :class:`torch.optim.RMSprop` — ``lr``, ``alpha``, ``eps``,
     ``weight_decay``, ``momentum``, ``centered``, ``capturable``, ``foreach``,
-    ``maximize``, ``differentiable``.
+    ``maximize``, ``differentiable`` — plus ``fused`` (last, so torch's positional order
+    holds), which torch's RMSprop lacks: one pass over memory per tensor per step.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class RMSprop(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError(
@@ -90,7 +97,11 @@ class RMSprop(Optimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
+        if fused:
+            # only when asked for, so default checkpoints stay exactly torch's format
+            defaults["fused"] = fused
         super().__init__(params, defaults)
+        check_fused_flags(fused, foreach, differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -171,10 +182,12 @@ class RMSprop(Optimizer):
             path = choose_path(
                 params,
                 foreach=group["foreach"],
-                fused=None,
+                fused=group.get("fused"),  # reimpl's own option; absent unless asked for
                 differentiable=group["differentiable"],
             )
-            update = _multi_tensor_rmsprop if path == "multi" else _single_tensor_rmsprop
+            update = {"single": _single_tensor_rmsprop, "multi": _multi_tensor_rmsprop}.get(
+                path, _fused_rmsprop
+            )
             update(
                 params,
                 grads,
@@ -303,3 +316,69 @@ def _multi_tensor_rmsprop(
             torch._foreach_addcdiv_(b_params, d, rms)
         else:
             torch._foreach_addcdiv_(b_params, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
+
+
+def _fused_rmsprop(
+    params: TensorList,
+    grads: TensorList,
+    square_avgs: TensorList,
+    grad_avgs: TensorList,
+    momentum_bufs: TensorList,
+    steps: TensorList,
+    *,
+    lr: float | Tensor,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    differentiable: bool,
+    capturable: bool,
+    has_complex: bool,
+) -> None:
+    """``fused=True`` (reimpl's own option): one pass over memory per tensor with the C
+    kernel on CPU (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with
+    16-bit tensors computed in float32."""
+    if not params:
+        return
+    if has_complex:
+        raise RuntimeError("RMSprop with fused=True does not support complex params")
+    for p in params:
+        check_fused_param(p)
+    if cpu_fused.usable(params, grads, square_avgs, grad_avgs, momentum_bufs):
+        lr = plain_value(lr)
+        for i, p in enumerate(params):
+            steps[i] += 1
+            cpu_fused.call(
+                "rmsprop",
+                [
+                    p,
+                    grads[i],
+                    square_avgs[i],
+                    grad_avgs[i] if centered else None,
+                    momentum_bufs[i] if momentum > 0 else None,
+                ],
+                lr,
+                alpha,
+                1 - alpha,  # formed in double precision
+                eps,
+                weight_decay,
+                momentum,
+                int(maximize),
+            )
+        return
+    run_widened(
+        _multi_tensor_rmsprop,
+        [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        maximize=maximize,
+        differentiable=False,
+        capturable=capturable,
+        has_complex=False,
+    )

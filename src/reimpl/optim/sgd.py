@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim.optimizer import (
     Optimizer,
     ParamsT,
@@ -18,6 +19,7 @@ from reimpl.optim.optimizer import (
     choose_path,
     group_by_device_and_dtype,
     is_compiling,
+    plain_value,
     prepare_grad,
     prepare_grads,
     run_widened,
@@ -249,10 +251,29 @@ def _fused_sgd(
     maximize: bool,
     has_sparse_grad: bool,
 ) -> None:
-    """``fused=True``: the hook for a real fused kernel. For now the multi-tensor path,
-    with 16-bit tensors computed in float32 like torch's fused kernels."""
+    """``fused=True``: one pass over memory per tensor with the C kernel on CPU
+    (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with 16-bit tensors
+    computed in float32 like torch's fused kernels."""
     if has_sparse_grad:
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
+    if cpu_fused.usable(params, grads, bufs):
+        lr, weight_decay = plain_value(lr), plain_value(weight_decay)
+        for i, p in enumerate(params):
+            first = momentum != 0 and bufs[i] is None
+            if first:
+                bufs[i] = torch.empty_like(p)
+            cpu_fused.call(
+                "sgd",
+                [p, grads[i], bufs[i] if momentum != 0 else None],
+                lr,
+                weight_decay,
+                momentum,
+                1 - dampening,
+                int(nesterov),
+                int(maximize),
+                int(first),
+            )
+        return
     run_widened(
         _multi_tensor_sgd,
         [params, grads, bufs],

@@ -266,6 +266,21 @@ def _rmsprop_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def _rmsprop_fused_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
+    return _rmsprop_kwargs(dtype).map(
+        lambda kw: (
+            {k: v for k, v in kw.items() if k not in ("foreach", "differentiable")}
+            | {"fused": True}
+        )
+    )
+
+
+def _torch_rmsprop_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """torch's RMSprop has no ``fused``: the oracle for ours runs its default path."""
+    kwargs.pop("fused", None)
+    return torch.optim.RMSprop(params, **kwargs)
+
+
 def _adam_kwargs(decoupled: bool | None, fused: bool) -> KwargsFor:
     def make(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
         b = st.sampled_from([0.0, 0.5, 0.9, 0.999, 0.999999])
@@ -444,6 +459,18 @@ ROWS: list[OptimRow] = [
         _rmsprop_kwargs,
         _rms_groups,
         tensor_hparams=("lr",),
+    ),
+    OptimRow(
+        "RMSprop-fused",
+        ours.RMSprop,
+        _torch_rmsprop_unfused,  # type: ignore[arg-type]
+        _rmsprop_fused_kwargs,
+        _rms_groups,
+        dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside
+        tol=_FUSED_TOL,
+        why="fused (reimpl only): one pass per element, against torch's per-tensor loop",
+        contiguous=True,
+        large_grads=False,
     ),
     # capturable: step counters and bias corrections stay on the GPU (CUDA only; on the
     # CPU torch refuses capturable=True at the first step, see tests/unit/test_optim_api)
