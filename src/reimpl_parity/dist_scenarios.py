@@ -400,6 +400,13 @@ FSDP_CASES = [
         {"lr": 0.1, "momentum": 0.9, "foreach": False},
     ),
     OptCase("rmsprop_foreach", "RMSprop", {"lr": 1e-2, "momentum": 0.5, "foreach": True}),
+    # fused RMSprop is reimpl's only (torch has none): compared with torch's for-loop path
+    OptCase(
+        "rmsprop_fused",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "fused": True},
+        {"lr": 1e-2, "momentum": 0.5, "foreach": False},
+    ),
     OptCase("adagrad_foreach", "Adagrad", {"lr": 0.1, "foreach": True}),
     OptCase(
         "adagrad_fused",
@@ -512,6 +519,7 @@ ZERO_CASES = [
         {"lr": 1e-2, "momentum": 0.5, "centered": True, "parameters_as_bucket_view": True},
     ),
     OptCase("adagrad_fused", "Adagrad", {"lr": 0.1, "fused": True}),
+    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
 ]
 
 
