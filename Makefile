@@ -19,6 +19,7 @@ setup: $(VENV)/.installed
 
 check: $(VENV)/.installed
 	$(BIN)/reimpl check
+	$(BIN)/reimpl demo
 
 test: $(VENV)/.installed
 	REIMPL_HYPOTHESIS_PROFILE=$${REIMPL_HYPOTHESIS_PROFILE:-ci} $(BIN)/python -m pytest -n auto -q

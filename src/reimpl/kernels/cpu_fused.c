@@ -12,22 +12,37 @@
 /* torch's lerp: self + w (end - self), or end - (end - self)(1 - w) when w >= 1/2 */
 #define LERP(a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
+/* One Adam loop; the options are hoisted out of it (below) so the loop stays a straight
+ * vectorizable body. maximize is a sign (exact), decoupled decay a factor (exact when 1). */
+#define ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, LERP_LOW)                                      \
+  _Pragma("omp parallel for simd schedule(static)")                                        \
+  for (int64_t i = 0; i < n; i++) {                                                        \
+    T pi = p[i] * shrink;                                                                  \
+    T gi = g[i] * sign;                                                                    \
+    if (COUPLED) gi += wd * p[i];                                                          \
+    T mi = LERP_LOW ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (1 - w1);               \
+    T vi = v[i] * b2 + w2 * gi * gi;                                                       \
+    m[i] = mi;                                                                             \
+    v[i] = vi;                                                                             \
+    if (AMSGRAD) { vi = vmax[i] > vi ? vmax[i] : vi; vmax[i] = vi; }                       \
+    p[i] = pi - step_size * (mi / (SQRT(vi) / bc2_sqrt + eps));                            \
+  }
+
+#define ADAM_LERP(T, SQRT, COUPLED, AMSGRAD)                                                \
+  if (w1 < 0.5) { ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, 1) }                                \
+  else { ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, 0) }
+
 #define DEFINE_ADAM(T, SQRT, NAME)                                                          \
   void NAME(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, T w1, T b2, T w2, T eps,      \
-            T wd, T shrink, T step_size, T bc2_sqrt, int maximize, int decoupled) {        \
-    _Pragma("omp parallel for simd schedule(static)")                                      \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T gi = maximize ? -g[i] : g[i];                                                      \
-      T pi = p[i];                                                                         \
-      if (wd != 0) {                                                                       \
-        if (decoupled) pi *= shrink; else gi += wd * pi;                                   \
-      }                                                                                    \
-      T mi = LERP(m[i], gi, w1);                                                           \
-      T vi = v[i] * b2 + w2 * gi * gi;                                                     \
-      m[i] = mi;                                                                           \
-      v[i] = vi;                                                                           \
-      if (vmax) { vi = vmax[i] > vi ? vmax[i] : vi; vmax[i] = vi; }                        \
-      p[i] = pi - step_size * (mi / (SQRT(vi) / bc2_sqrt + eps));                          \
+            T wd, T shrink_if_decoupled, T step_size, T bc2_sqrt, int maximize,            \
+            int decoupled) {                                                               \
+    const T sign = maximize ? -1 : 1;                                                      \
+    const T shrink = (decoupled && wd != 0) ? shrink_if_decoupled : 1;                     \
+    const int coupled = !decoupled && wd != 0;                                             \
+    if (coupled) {                                                                         \
+      if (vmax) { ADAM_LERP(T, SQRT, 1, 1) } else { ADAM_LERP(T, SQRT, 1, 0) }             \
+    } else {                                                                               \
+      if (vmax) { ADAM_LERP(T, SQRT, 0, 1) } else { ADAM_LERP(T, SQRT, 0, 0) }             \
     }                                                                                      \
   }
 

@@ -1,0 +1,800 @@
+r"""Triton multi-tensor optimizer kernels: Adam/AdamW, SGD, Adagrad, RMSprop in one launch.
+
+Each launcher updates lists of same-device, same-dtype tensors in place with one pass over
+memory. The update rules are those of ``reimpl.optim`` (see the docstrings of ``Adam``,
+``SGD``, ``Adagrad`` and ``RMSprop`` there); in short, with :math:`g` the gradient
+(divided by ``grad_scale``, negated when ``maximize``) and :math:`\gamma` the lr:
+
+* Adam: :math:`g \mathrel{+}= \lambda\theta` (or :math:`\theta \mathrel{*}= 1-\gamma\lambda`
+  when decoupled), :math:`m = \mathrm{lerp}(m, g, 1-\beta_1)`,
+  :math:`v = \beta_2 v + (1-\beta_2) g^2`, :math:`\hat v = \max(\hat v, v)` (amsgrad),
+  :math:`\theta \mathrel{-}= \frac{\gamma}{1-\beta_1^t}\, m /
+  (\sqrt{\hat v}/\sqrt{1-\beta_2^t} + \epsilon)`.
+* SGD: :math:`g \mathrel{+}= \lambda\theta`; with momentum :math:`b = g` on the first step,
+  else :math:`b = \mu b + (1-\tau) g`, then :math:`g = g + \mu b` (nesterov) or :math:`g = b`;
+  :math:`\theta \mathrel{-}= \gamma g`.
+* Adagrad: :math:`g \mathrel{+}= \lambda\theta`, :math:`s \mathrel{+}= g^2`,
+  :math:`\theta \mathrel{-}= \frac{\gamma}{1 + (t-1)\eta}\, g / (\sqrt{s} + \epsilon)`.
+* RMSprop: :math:`g \mathrel{+}= \lambda\theta`, :math:`v = \alpha v + (1-\alpha) g^2`,
+  centered: :math:`\bar g = \mathrm{lerp}(\bar g, g, 1-\alpha)`,
+  :math:`r = \sqrt{v - \bar g^2} + \epsilon`
+  (else :math:`r = \sqrt v + \epsilon`); momentum: :math:`b = \mu b + g / r`,
+  :math:`\theta \mathrel{-}= \gamma b`, else :math:`\theta \mathrel{-}= \gamma g / r`.
+
+Conventions (those of torch's fused optimizers):
+
+* Arithmetic is float32 for float32/float16/bfloat16 tensors and float64 for float64;
+  states are stored in the param dtype (16-bit states are rounded once per step).
+  Per-tensor scalars (bias corrections, step sizes) are computed in float64 in-kernel.
+* ``steps``: one 1-element float tensor per param on the params' device; the launcher adds
+  1 on device before the update (no host sync).
+* ``lr``: a float, or a 1-element tensor on the params' device, read inside the kernel.
+* ``grad_scale`` (1-element tensor): grads are divided by it, and the unscaled gradient is
+  written back into ``grads``. ``found_inf`` (1-element tensor): where nonzero, nothing is
+  updated: params, states, grads and steps stay as they were.
+
+Multi-tensor launch: the data pointers of every tensor role (params, grads, states, steps)
+are packed into int64 device tensors; a block map sends each program to (tensor index,
+element offset). Inside the kernel an address is loaded and bitcast to a typed pointer.
+Full blocks run unmasked (16-byte vector loads when every tensor is 16-byte aligned), a
+tensor's last partial block masked; the element math is written once, in ``_<name>_update``.
+The block map is cached by the params' sizes and each address table by its tensors'
+addresses (uploaded asynchronously from pinned memory when built), so steady-state steps
+only read ``data_ptr()``/``numel()`` on the host: no host sync, two launches (one tiny
+launch increments the steps, one updates everything). Inputs are validated when a table is
+built, not on every step. Building tables is not CUDA-graph capturable; replaying a
+captured steady-state step is (same addresses), though that is untested.
+"""
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
+# doubles, not rounded to float32 as plain Python floats are. Triton reads the annotation
+# objects, so this module must not use ``from __future__ import annotations`` (which would
+# turn "fp64" into '"fp64"' and silently drop back to float32).
+# ruff: noqa: F821
+# mypy: disable-error-code="name-defined"
+
+__all__ = ["adagrad_", "adam_", "rmsprop_", "sgd_"]
+
+_BLOCK = 1024
+_NUM_WARPS = 4
+_ELEMENT = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _base(table, idx, ELT: tl.constexpr, ALIGN: tl.constexpr):
+    """The typed data pointer of tensor ``idx`` from an int64 table of addresses."""
+    ptr = tl.load(table + idx).to(tl.pointer_type(ELT), bitcast=True)
+    if ALIGN > 1:
+        ptr = tl.multiple_of(ptr, ALIGN)  # lets full blocks use vector loads
+    return ptr
+
+
+@triton.jit
+def _locate(blk_tensor, blk_start, numels, BLOCK: tl.constexpr):
+    """This program's tensor index, element offsets and that tensor's length."""
+    pid = tl.program_id(0)
+    idx = tl.load(blk_tensor + pid)
+    start = tl.multiple_of(tl.load(blk_start + pid), BLOCK)
+    return idx, start + tl.arange(0, BLOCK).to(tl.int64), start + BLOCK, tl.load(numels + idx)
+
+
+@triton.jit
+def _go(inf_ptr, HAS_INF: tl.constexpr):
+    """False when found_inf is given and nonzero: then nothing is touched."""
+    if HAS_INF:
+        return tl.load(inf_ptr) == 0
+    else:
+        return True
+
+
+@triton.jit
+def _scalar(value, value_ptr, FROM_PTR: tl.constexpr):
+    """A float64 scalar: read from a 1-element tensor, or given as a number."""
+    if FROM_PTR:
+        return tl.load(value_ptr).to(tl.float64)
+    else:
+        return tl.full([], value, tl.float64)
+
+
+@triton.jit
+def _pow(base, exponent):
+    """``base ** exponent`` for a float64 base and an integer-valued float exponent."""
+    r = tl.full([], 1.0, tl.float64)
+    b = base
+    t = exponent.to(tl.int64)
+    while t > 0:
+        r = tl.where((t & 1) == 1, r * b, r)
+        b = b * b
+        t = t >> 1
+    return r
+
+
+@triton.jit
+def _grad(
+    g_ptr, mask, scale_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+):  # fmt: skip
+    """Load the gradient in ACC; unscale it (writing it back) and negate it if asked."""
+    g = tl.load(g_ptr, mask=mask).to(ACC)
+    if HAS_SCALE:
+        g = g / tl.load(scale_ptr).to(ACC)
+        tl.store(g_ptr, g.to(ELT), mask=mask)
+    if MAXIMIZE:
+        g = -g
+    return g
+
+
+@triton.jit
+def _lerp(start, end, weight):
+    """torch.lerp's formula (exact at both ends)."""
+    return tl.where(
+        tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight)
+    )
+
+
+@triton.jit
+def _steps_kernel(
+    S, n_tensors, inf_ptr, S_ELT: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr
+):
+    """``steps[i] += 1`` for every tensor (nothing when found_inf)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n_tensors
+    if HAS_INF:
+        mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
+    addr = tl.load(S + i, mask=mask, other=0).to(tl.pointer_type(S_ELT), bitcast=True)
+    tl.store(addr, tl.load(addr, mask=mask) + 1, mask=mask)
+
+
+# --------------------------------------------------------------------------- kernels
+# Each kernel finds its (tensor, block), computes the per-tensor scalars once, and runs the
+# element update with no mask on full blocks (vector loads) or masked on a tensor's tail.
+
+
+@triton.jit
+def _adam_update(
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, mask, scale_ptr,
+    step_size, bc2_sqrt, w1, b2, w2, eps, wd, shrink,
+    ELT: tl.constexpr, ACC: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+    DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    m = tl.load(m_ptr, mask=mask).to(ACC)
+    v = tl.load(v_ptr, mask=mask).to(ACC)
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * shrink
+        else:
+            g = g + wd * p
+    m = _lerp(m, g, w1)
+    v = v * b2 + w2 * (g * g)
+    tl.store(m_ptr, m.to(ELT), mask=mask)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if AMSGRAD:
+        v = tl.maximum(tl.load(vmax_ptr, mask=mask).to(ACC), v)
+        tl.store(vmax_ptr, v.to(ELT), mask=mask)
+    denom = tl.sqrt(v) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _adam_kernel(
+    P, G, M, V, VMAX, S,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, beta1: "fp64", beta2: "fp64", eps: "fp64", weight_decay: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
+    AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, DECOUPLED: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        lr64 = _scalar(lr, lr_ptr, LR_PTR)
+        b1 = tl.full([], beta1, tl.float64)
+        b2 = tl.full([], beta2, tl.float64)
+        wd = tl.full([], weight_decay, tl.float64)
+        t = tl.load(_base(S, idx, S_ELT, 1)).to(tl.float64)
+        step_size = (lr64 / (1 - _pow(b1, t))).to(ACC)
+        bc2_sqrt = tl.sqrt(1 - _pow(b2, t)).to(ACC)
+        shrink = (1 - lr64 * wd).to(ACC)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(M, idx, ELT, ALIGN) + offs,
+            _base(V, idx, ELT, ALIGN) + offs,
+            _base(VMAX, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            step_size, bc2_sqrt, (1 - b1).to(ACC), b2.to(ACC), (1 - b2).to(ACC),
+            tl.full([], eps, ACC), wd.to(ACC), shrink,
+        )  # fmt: skip
+        if end <= n:
+            _adam_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                AMSGRAD,
+                MAXIMIZE,
+                DECOUPLED,
+                HAS_WD,
+                HAS_SCALE,
+            )
+        else:
+            _adam_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                AMSGRAD,
+                MAXIMIZE,
+                DECOUPLED,
+                HAS_WD,
+                HAS_SCALE,
+            )
+
+
+@triton.jit
+def _sgd_update(
+    p_ptr, g_ptr, b_ptr, mask, scale_ptr, lr, mu, keep, wd,
+    ELT: tl.constexpr, ACC: tl.constexpr, MOMENTUM: tl.constexpr, FIRST: tl.constexpr,
+    NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + wd * p
+    if MOMENTUM:
+        if FIRST:
+            b = g
+        else:
+            b = tl.load(b_ptr, mask=mask).to(ACC) * mu + keep * g
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        if NESTEROV:
+            g = g + mu * b
+        else:
+            g = b
+    p = p - lr * g
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _sgd_kernel(
+    P, G, B,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, momentum: "fp64", dampening: "fp64", weight_decay: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, MOMENTUM: tl.constexpr,
+    FIRST: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,
+    HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr,
+    ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(B, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            _scalar(lr, lr_ptr, LR_PTR).to(ACC),
+            tl.full([], momentum, ACC),
+            (1 - tl.full([], dampening, tl.float64)).to(ACC),
+            tl.full([], weight_decay, ACC),
+        )
+        if end <= n:
+            _sgd_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                MOMENTUM,
+                FIRST,
+                NESTEROV,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+        else:
+            _sgd_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                MOMENTUM,
+                FIRST,
+                NESTEROV,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+
+
+@triton.jit
+def _adagrad_update(
+    p_ptr, g_ptr, s_ptr, mask, scale_ptr, clr, wd, eps,
+    ELT: tl.constexpr, ACC: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + wd * p
+    s = tl.load(s_ptr, mask=mask).to(ACC) + g * g
+    tl.store(s_ptr, s.to(ELT), mask=mask)
+    p = p - clr * (g / (tl.sqrt(s) + eps))
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _adagrad_kernel(
+    P, G, SUM, S,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, lr_decay: "fp64", weight_decay: "fp64", eps: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, S_ELT: tl.constexpr, LR_PTR: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+    HAS_INF: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        t = tl.load(_base(S, idx, S_ELT, 1)).to(tl.float64)
+        decay = tl.full([], lr_decay, tl.float64)
+        clr = (_scalar(lr, lr_ptr, LR_PTR) / (1 + (t - 1) * decay)).to(ACC)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(SUM, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (clr, tl.full([], weight_decay, ACC), tl.full([], eps, ACC))
+        if end <= n:
+            _adagrad_update(*ptrs, None, scale_ptr, *scalars, ELT, ACC, MAXIMIZE, HAS_WD, HAS_SCALE)
+        else:
+            _adagrad_update(
+                *ptrs, offs < n, scale_ptr, *scalars, ELT, ACC, MAXIMIZE, HAS_WD, HAS_SCALE
+            )
+
+
+@triton.jit
+def _rmsprop_update(
+    p_ptr, g_ptr, v_ptr, ga_ptr, b_ptr, mask, scale_ptr, lr, a, w, eps, wd, mu,
+    ELT: tl.constexpr, ACC: tl.constexpr, CENTERED: tl.constexpr, MOMENTUM: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_SCALE: tl.constexpr,
+):  # fmt: skip
+    p = tl.load(p_ptr, mask=mask).to(ACC)
+    g = _grad(g_ptr, mask, scale_ptr, ELT, ACC, HAS_SCALE, MAXIMIZE)
+    if HAS_WD:
+        g = g + wd * p
+    v = tl.load(v_ptr, mask=mask).to(ACC) * a + w * (g * g)
+    tl.store(v_ptr, v.to(ELT), mask=mask)
+    if CENTERED:
+        ga = _lerp(tl.load(ga_ptr, mask=mask).to(ACC), g, w)
+        tl.store(ga_ptr, ga.to(ELT), mask=mask)
+        rms = tl.sqrt(v - ga * ga) + eps
+    else:
+        rms = tl.sqrt(v) + eps
+    if MOMENTUM:
+        b = tl.load(b_ptr, mask=mask).to(ACC) * mu + g / rms
+        tl.store(b_ptr, b.to(ELT), mask=mask)
+        p = p - lr * b
+    else:
+        p = p - lr * (g / rms)
+    tl.store(p_ptr, p.to(ELT), mask=mask)
+
+
+@triton.jit
+def _rmsprop_kernel(
+    P, G, V, GAVG, B,
+    blk_tensor, blk_start, numels,
+    lr: "fp64", lr_ptr, alpha: "fp64", eps: "fp64", weight_decay: "fp64", momentum: "fp64",
+    scale_ptr, inf_ptr,
+    ELT: tl.constexpr, ACC: tl.constexpr, LR_PTR: tl.constexpr, CENTERED: tl.constexpr,
+    MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    idx, offs, end, n = _locate(blk_tensor, blk_start, numels, BLOCK)
+    if _go(inf_ptr, HAS_INF):
+        a = tl.full([], alpha, tl.float64)
+        ptrs = (
+            _base(P, idx, ELT, ALIGN) + offs,
+            _base(G, idx, ELT, ALIGN) + offs,
+            _base(V, idx, ELT, ALIGN) + offs,
+            _base(GAVG, idx, ELT, ALIGN) + offs,
+            _base(B, idx, ELT, ALIGN) + offs,
+        )
+        scalars = (
+            _scalar(lr, lr_ptr, LR_PTR).to(ACC), a.to(ACC), (1 - a).to(ACC),
+            tl.full([], eps, ACC), tl.full([], weight_decay, ACC), tl.full([], momentum, ACC),
+        )  # fmt: skip
+        if end <= n:
+            _rmsprop_update(
+                *ptrs,
+                None,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                CENTERED,
+                MOMENTUM,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+        else:
+            _rmsprop_update(
+                *ptrs,
+                offs < n,
+                scale_ptr,
+                *scalars,
+                ELT,
+                ACC,
+                CENTERED,
+                MOMENTUM,
+                MAXIMIZE,
+                HAS_WD,
+                HAS_SCALE,
+            )
+
+
+# --------------------------------------------------------------------------- launching
+
+
+class _Plan(NamedTuple):
+    """Device tables for one list of tensors: block map, sizes, one address table per role."""
+
+    blk_tensor: Tensor  # int32 [n_blocks]: which tensor a program updates
+    blk_start: Tensor  # int64 [n_blocks]: its first element
+    numels: Tensor  # int64 [n_tensors]
+    tables: tuple[Tensor, ...]  # int64 [n_tensors] addresses, per role
+    steps: Tensor | None  # int64 [n_tensors] addresses of the step counters
+    align: int  # 16 when every element tensor is 16-byte aligned (vector loads), else 1
+
+
+_Key = tuple[Any, ...]
+_BLOCK_MAPS: OrderedDict[_Key, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+_ADDRESSES: OrderedDict[_Key, tuple[Tensor, bool]] = OrderedDict()
+_MAX_CACHED = 256
+_data_ptr = Tensor.data_ptr
+_numel = Tensor.numel
+
+
+def _lookup(cache: OrderedDict[_Key, Any], key: _Key) -> Any:
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+    return hit
+
+
+def _store(cache: OrderedDict[_Key, Any], key: _Key, value: Any) -> Any:
+    cache[key] = value
+    if len(cache) > _MAX_CACHED:
+        cache.popitem(last=False)
+    return value
+
+
+def _to_device(values: list[int] | Tensor, device: torch.device) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.int64)
+    if device.type == "cuda":  # asynchronous: the pinned staging buffer outlives the copy
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _block_map(numels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    n = torch.tensor(numels, dtype=torch.int64)
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    blk_tensor = torch.repeat_interleave(torch.arange(len(numels)), n_blocks)
+    first = torch.cumsum(n_blocks, 0) - n_blocks  # each tensor's first block
+    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor]) * _BLOCK
+    blk = _to_device(blk_tensor, device).to(torch.int32)
+    return blk, _to_device(blk_start, device), _to_device(n, device)
+
+
+def _plan(
+    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
+) -> _Plan:
+    """The tables for these tensors, cached: the block map by the params' sizes, each
+    address table by its tensors' addresses (so new grads at new addresses rebuild only
+    theirs). Inputs are checked whenever something is built; a steady-state step only
+    reads ``data_ptr()`` and ``numel()`` (so a tensor swapped in at an address already
+    checked, with another dtype or shape, is not caught).
+    """
+    params = roles[0]
+    device = params[0].device
+    numels = tuple(map(_numel, params))
+    every = [*roles, *([steps] if steps is not None else [])]
+    keys = [(device, tuple(map(_data_ptr, role))) for role in every]
+    maps = _lookup(_BLOCK_MAPS, (device, numels))
+    entries = [_lookup(_ADDRESSES, key) for key in keys]
+    if maps is None or any(e is None for e in entries):
+        _check(roles, names, steps)  # before caching: bad inputs are never remembered
+        if maps is None:
+            maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
+        for i, key in enumerate(keys):
+            if entries[i] is None:
+                table = _to_device(list(key[1]), device)
+                entries[i] = _store(_ADDRESSES, key, (table, all(p % 16 == 0 for p in key[1])))
+    tables = [e[0] for e in entries]
+    align = 16 if all(e[1] for e in entries[: len(roles)]) else 1
+    blk_tensor, blk_start, numels_t = maps
+    return _Plan(
+        blk_tensor,
+        blk_start,
+        numels_t,
+        tuple(tables[: len(roles)]),
+        tables[-1] if steps is not None else None,
+        align,
+    )
+
+
+def _check(
+    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
+) -> None:
+    params = roles[0]
+    p0 = params[0]
+    if p0.dtype not in _ELEMENT:
+        raise TypeError(f"unsupported param dtype {p0.dtype} (float16/bfloat16/float32/float64)")
+    for role, name in zip(roles, names, strict=True):
+        if len(role) != len(params):
+            raise ValueError(f"{name}: {len(role)} tensors for {len(params)} params")
+        for t, p in zip(role, params, strict=True):
+            if t.device != p0.device or t.dtype != p0.dtype:
+                raise ValueError(f"{name}: all tensors must be {p0.dtype} on {p0.device}")
+            if t.shape != p.shape or not t.is_contiguous():
+                raise ValueError(f"{name}: tensors must be contiguous and shaped like params")
+    if steps is not None:
+        if len(steps) != len(params):
+            raise ValueError(f"steps: {len(steps)} tensors for {len(params)} params")
+        s0 = steps[0]
+        if s0.dtype not in (torch.float32, torch.float64):
+            raise TypeError("steps must be float32 or float64 tensors")
+        for s in steps:
+            if s.numel() != 1 or s.device != p0.device or s.dtype != s0.dtype:
+                raise ValueError(
+                    "steps must be 1-element tensors of one dtype on the params' device"
+                )
+
+
+def _device_scalar(x: Tensor | None, device: torch.device, name: str) -> Tensor | None:
+    if x is not None and (x.numel() != 1 or x.device != device):
+        raise ValueError(f"{name} must be a 1-element tensor on {device}")
+    return x
+
+
+def _common(
+    params: Sequence[Tensor],
+    plan: _Plan,
+    lr: float | Tensor,
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> dict[str, Any]:
+    """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf, dtypes."""
+    device = params[0].device
+    if isinstance(lr, Tensor) and lr.device.type == "cpu" and device.type != "cpu":
+        lr = float(lr)  # a CPU lr is read on the host (no device sync), as torch does
+    lr_t = _device_scalar(lr, device, "lr") if isinstance(lr, Tensor) else None
+    scale = _device_scalar(grad_scale, device, "grad_scale")
+    inf = _device_scalar(found_inf, device, "found_inf")
+    dummy = plan.numels  # an unused pointer argument
+    return {
+        "lr": 0.0 if lr_t is not None else float(lr),
+        "lr_ptr": lr_t if lr_t is not None else dummy,
+        "scale_ptr": scale if scale is not None else dummy,
+        "inf_ptr": inf if inf is not None else dummy,
+        "LR_PTR": lr_t is not None,
+        "HAS_SCALE": scale is not None,
+        "HAS_INF": inf is not None,
+        "ELT": _ELEMENT[params[0].dtype],
+        "ACC": tl.float64 if params[0].dtype == torch.float64 else tl.float32,
+        "ALIGN": plan.align,
+        "BLOCK": _BLOCK,
+        "num_warps": _NUM_WARPS,
+    }
+
+
+def _increment_steps(steps: Sequence[Tensor], plan: _Plan, found_inf: Tensor | None) -> None:
+    assert plan.steps is not None
+    block = 128
+    _steps_kernel[(triton.cdiv(len(steps), block),)](
+        plan.steps,
+        len(steps),
+        found_inf if found_inf is not None else plan.steps,
+        S_ELT=_ELEMENT[steps[0].dtype],
+        HAS_INF=found_inf is not None,
+        BLOCK=block,
+    )
+
+
+def adam_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float | Tensor,
+    beta2: float | Tensor,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """Adam (AdamW when ``decoupled_weight_decay``) on all tensors in one launch.
+
+    ``max_exp_avg_sqs`` is used only with ``amsgrad`` (may be empty otherwise). Tensor
+    betas are read on the host once (a sync), as torch's fused path does.
+    """
+    if not params:
+        return
+    roles = [params, grads, exp_avgs, exp_avg_sqs]
+    names = ["params", "grads", "exp_avgs", "exp_avg_sqs"]
+    if amsgrad:
+        roles.append(max_exp_avg_sqs)
+        names.append("max_exp_avg_sqs")
+    plan = _plan(roles, names, steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        p, g, m, v, *vmax = plan.tables
+        _adam_kernel[(len(plan.blk_tensor),)](
+            p, g, m, v, vmax[0] if amsgrad else v, plan.steps,
+            plan.blk_tensor, plan.blk_start, plan.numels,
+            beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+            weight_decay=float(weight_decay), S_ELT=_ELEMENT[steps[0].dtype], AMSGRAD=amsgrad,
+            MAXIMIZE=maximize, DECOUPLED=decoupled_weight_decay, HAS_WD=weight_decay != 0,
+            **args,
+        )  # fmt: skip
+
+
+def sgd_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float | Tensor,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """SGD on all tensors in one launch.
+
+    With ``momentum != 0``, ``momentum_buffers`` holds one entry per param: all ``None``
+    on the first step (the list is then filled in place with new buffers, which the
+    kernel sets to the gradient, as torch does), or all tensors. Ignored when
+    ``momentum == 0``.
+    """
+    if not params:
+        return
+    roles: list[Sequence[Tensor]] = [params, grads]
+    first = False
+    if momentum != 0:
+        if len(momentum_buffers) != len(params):
+            raise ValueError("momentum_buffers needs one entry per param")
+        missing = [b is None for b in momentum_buffers]
+        first = all(missing)
+        if any(missing) and not first:
+            raise ValueError("momentum_buffers must be all None (first step) or all tensors")
+        if first:
+            # zeros, not empty: if found_inf skips this step, the next one reads them
+            momentum_buffers[:] = [torch.zeros_like(p) for p in params]
+        roles.append([b for b in momentum_buffers if b is not None])
+    plan = _plan(roles, ["params", "grads", "momentum_buffers"][: len(roles)], None)
+    if len(plan.blk_tensor):
+        p, g, *buf = plan.tables
+        _sgd_kernel[(len(plan.blk_tensor),)](
+            p, g, buf[0] if buf else p, plan.blk_tensor, plan.blk_start, plan.numels,
+            momentum=float(momentum), dampening=float(dampening),
+            weight_decay=float(weight_decay), MOMENTUM=momentum != 0, FIRST=first,
+            NESTEROV=nesterov, MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
+            **_common(params, plan, lr, grad_scale, found_inf),
+        )  # fmt: skip
+
+
+def adagrad_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    state_sums: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    lr_decay: float,
+    weight_decay: float,
+    eps: float,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """Adagrad on all tensors in one launch."""
+    if not params:
+        return
+    plan = _plan([params, grads, state_sums], ["params", "grads", "state_sums"], steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        _adagrad_kernel[(len(plan.blk_tensor),)](
+            *plan.tables, plan.steps, plan.blk_tensor, plan.blk_start, plan.numels,
+            lr_decay=float(lr_decay), weight_decay=float(weight_decay), eps=float(eps),
+            S_ELT=_ELEMENT[steps[0].dtype], MAXIMIZE=maximize, HAS_WD=weight_decay != 0,
+            **args,
+        )  # fmt: skip
+
+
+def rmsprop_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    square_avgs: Sequence[Tensor],
+    grad_avgs: Sequence[Tensor],
+    momentum_buffers: Sequence[Tensor],
+    steps: Sequence[Tensor],
+    *,
+    lr: float | Tensor,
+    alpha: float,
+    eps: float,
+    weight_decay: float,
+    momentum: float,
+    centered: bool,
+    maximize: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """RMSprop on all tensors in one launch. ``grad_avgs`` is used only when ``centered``,
+    ``momentum_buffers`` only when ``momentum > 0`` (either may be empty otherwise)."""
+    if not params:
+        return
+    roles = [params, grads, square_avgs]
+    names = ["params", "grads", "square_avgs"]
+    if centered:
+        roles.append(grad_avgs)
+        names.append("grad_avgs")
+    if momentum > 0:
+        roles.append(momentum_buffers)
+        names.append("momentum_buffers")
+    plan = _plan(roles, names, steps)
+    args = _common(params, plan, lr, grad_scale, found_inf)
+    _increment_steps(steps, plan, found_inf)
+    if len(plan.blk_tensor):
+        p, g, v, *rest = plan.tables
+        gavg = rest[0] if centered else v
+        buf = rest[-1] if momentum > 0 else v
+        _rmsprop_kernel[(len(plan.blk_tensor),)](
+            p, g, v, gavg, buf, plan.blk_tensor, plan.blk_start, plan.numels,
+            alpha=float(alpha), eps=float(eps), weight_decay=float(weight_decay),
+            momentum=float(momentum), CENTERED=centered, MOMENTUM=momentum > 0,
+            MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
+        )  # fmt: skip
