@@ -85,8 +85,14 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
-    """All tensors on CPU, dense, contiguous and of one float32/float64 dtype."""
+    """All tensors plain (no subclass), on CPU, dense, contiguous and of one float32/float64
+    dtype. Subclasses are refused because a wrapper such as FSDP2's DTensor reports a CPU
+    device and contiguity but has no storage of its own (``data_ptr()`` is 0): the kernel
+    would write through a null pointer; they take the multi-tensor path instead."""
     first = tensor_lists[0]
     if not first or first[0] is None or library() is None:
         return False
@@ -94,7 +100,8 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     if dtype not in _DTYPES:
         return False
     return all(
-        t.device.type == "cpu"
+        type(t) in _PLAIN
+        and t.device.type == "cpu"
         and t.dtype == dtype
         and t.layout == torch.strided
         and t.is_contiguous()

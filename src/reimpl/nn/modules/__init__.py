@@ -1,4 +1,4 @@
-from reimpl.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from reimpl.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from reimpl.nn.modules.dropout import (
     AlphaDropout,
     Dropout,
@@ -36,4 +36,5 @@ __all__ = [
     "MSELoss",
     "NLLLoss",
     "SmoothL1Loss",
+    "SyncBatchNorm",
 ]

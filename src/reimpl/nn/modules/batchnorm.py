@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Parameter, init
 
 from reimpl.nn import functional as F
+from reimpl.nn.functional._sync_batchnorm import SyncBatchNormFunction
 
 
 class _NormBase(torch.nn.Module):
@@ -168,3 +170,134 @@ class BatchNorm3d(_BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() != 5:
             raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+
+
+def _is_batch_norm(module: torch.nn.Module) -> bool:
+    """Ours or torch's BatchNorm*d / SyncBatchNorm / lazy ones: by class ancestry name."""
+    return any(cls.__name__ == "_BatchNorm" for cls in type(module).__mro__)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch normalization of ``(N, C, *)`` inputs whose training statistics span every
+    rank of ``process_group`` (default: the whole world).
+
+    Same constructor, parameters, buffers and state_dict as torch's ``SyncBatchNorm``. In
+    training under an initialized process group of more than one rank, mean and variance
+    are those of all ranks' inputs together (ranks may hold different batch sizes, even
+    empty ones) and the input gradient's sums are reduced likewise; weight and bias
+    gradients stay local, for DistributedDataParallel to average. Otherwise (evaluation,
+    no process group, world size 1) it is plain batch norm.
+
+    Unlike torch's, which insists on an accelerator, CPU tensors are accepted (useful with
+    the gloo backend). Every rank must call forward (and backward) the same number of times.
+    """
+
+    process_group: Any
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, input: Tensor) -> None:
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        pass_running = not self.training or self.track_running_stats
+        running_mean = self.running_mean if pass_running else None
+        running_var = self.running_var if pass_running else None
+        group = None
+        world_size = 1
+        if use_batch and self.training and dist.is_available() and dist.is_initialized():
+            group = self.process_group if self.process_group else dist.group.WORLD
+            world_size = dist.get_world_size(group)
+        if world_size <= 1:
+            return F.batch_norm(
+                input,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                use_batch,
+                factor,
+                self.eps,
+            )
+        out: Tensor = SyncBatchNormFunction.apply(
+            input,
+            self.weight,
+            self.bias,
+            running_mean,
+            running_var,
+            self.eps,
+            factor,
+            group,
+            world_size,
+        )
+        return out
+
+    @classmethod
+    def convert_sync_batchnorm(
+        cls, module: torch.nn.Module, process_group: Any | None = None
+    ) -> torch.nn.Module:
+        """Replace every batch-norm layer in ``module`` (ours or torch's, any depth) by a
+        :class:`SyncBatchNorm` sharing its parameters, buffers, ``requires_grad`` and
+        training mode; returns the new root if ``module`` itself is one."""
+        out = module
+        if _is_batch_norm(module):
+            bn: Any = module
+            out = cls(
+                bn.num_features,
+                bn.eps,
+                bn.momentum,
+                bn.affine,
+                bn.track_running_stats,
+                process_group,
+                bias=bn.bias is not None,
+            )
+            if bn.affine:
+                with torch.no_grad():
+                    out.weight = bn.weight
+                    out.bias = bn.bias
+            out.running_mean = bn.running_mean
+            out.running_var = bn.running_var
+            out.num_batches_tracked = bn.num_batches_tracked
+            out.training = bn.training
+            if hasattr(bn, "qconfig"):
+                out.qconfig = bn.qconfig
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out

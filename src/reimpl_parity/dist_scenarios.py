@@ -1,0 +1,614 @@
+"""Scenarios run by every rank of a process group (see :mod:`reimpl_parity.distributed`).
+
+Each returns ``{"checks": {name: failure message or ""}, ...}``. Collectives are issued
+in the same order on every rank whatever the comparisons find.
+
+* ``syncbn``: :class:`reimpl.nn.SyncBatchNorm` against torch's single-process BatchNorm
+  over the concatenated global batch (torch's own SyncBatchNorm refuses CPU tensors, and
+  the two are the same computation), on accelerators also against torch's SyncBatchNorm.
+* ``ddp``: DistributedDataParallel training with reimpl's losses, regularizers, schedulers
+  (and optimizers when present) against the same run with torch's, step for step.
+* ``fsdp``: reimpl's optimizers on FSDP2 (``fully_shard``, DTensor parameters) on every
+  implementation path, and their state_dicts through ``torch.distributed.checkpoint``.
+* ``zero``: ``ZeroRedundancyOptimizer(optimizer_class=reimpl.optim.X)`` against torch's.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+import reimpl
+import reimpl.nn
+import reimpl.optim
+from reimpl.optim import lr_scheduler as our_sched
+from reimpl_parity.compare import TOLERANCES, compare
+
+Result = dict[str, Any]
+
+
+class Checks:
+    """Named pass/fail records; a failing comparison is recorded, not raised."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, str] = {}
+
+    @contextmanager
+    def check(self, name: str) -> Iterator[None]:
+        self.results.setdefault(name, "")
+        try:
+            yield
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}"
+            if not isinstance(e, AssertionError):
+                msg += "\n" + traceback.format_exc()[-1500:]
+            self.results[name] = (self.results[name] + "\n" + msg).strip()
+
+    def same(self, name: str, ours: Any, theirs: Any, dtype: torch.dtype = torch.float64) -> None:
+        rtol, atol = TOLERANCES[dtype]
+        with self.check(name):
+            compare(ours, theirs, rtol=rtol, atol=atol, what=name)
+
+
+def _device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        torch.cuda.set_device(dist.get_rank())
+        return torch.device("cuda", dist.get_rank())
+    return torch.device("cpu")
+
+
+def _full(x: Any) -> Any:
+    """DTensors gathered to full tensors (a collective), recursively; the rest as is."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(x, DTensor):
+        return x.full_tensor()
+    if isinstance(x, dict):
+        return {k: _full(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_full(v) for v in x)
+    return x
+
+
+# --------------------------------------------------------------------------- SyncBatchNorm
+
+
+@dataclass
+class BNCase:
+    name: str
+    spatial: tuple[int, ...]
+    sizes: tuple[int, ...]  # local batch size of rank r is sizes[r % len(sizes)]
+    dtype: torch.dtype = torch.float64
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
+    group: str = "world"  # "world", "explicit" (a new_group of all ranks), "self" (size 1)
+    param_dtype: torch.dtype | None = None  # weight, bias and running stats, if not dtype
+
+
+BN_CASES = [
+    BNCase("2d_input_unequal_batches", (), (3, 5)),
+    BNCase("3d_input_cumulative_momentum", (4,), (2, 3), kwargs={"momentum": None}),
+    BNCase("4d_input_channels_last_f32", (3, 2), (2, 2), torch.float32, channels_last=True),
+    BNCase("5d_input_no_affine", (2, 2, 2), (1, 2), kwargs={"affine": False}),
+    BNCase("empty_rank", (3,), (4, 0)),
+    BNCase("untracked_stats", (3,), (3, 2), kwargs={"track_running_stats": False}),
+    BNCase("no_bias", (), (4, 3), kwargs={"bias": False}),
+    BNCase("explicit_process_group", (2,), (2, 3), group="explicit"),
+    BNCase("world_size_1_group_falls_back", (2,), (3, 2), group="self"),
+    # AMP-style: 16-bit activations, float32 parameters and statistics
+    BNCase(
+        "bfloat16_input_float32_params", (5,), (3, 4), torch.bfloat16, param_dtype=torch.float32
+    ),
+    BNCase(
+        "float16_input_float32_params", (2, 2), (2, 1), torch.float16, param_dtype=torch.float32
+    ),
+]
+
+
+def _torch_bn(dims: int) -> type[torch.nn.Module]:
+    return {0: torch.nn.BatchNorm1d, 1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d}.get(
+        dims, torch.nn.BatchNorm3d
+    )
+
+
+def _bn_case(checks: Checks, case: BNCase, groups: dict[str, Any], dev: torch.device) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sizes = [case.sizes[r % len(case.sizes)] for r in range(world)]
+    n_local, offset = sizes[rank], sum(sizes[:rank])
+    channels = 3
+    gen = torch.Generator().manual_seed(1234)
+    kw = case.kwargs
+    pdtype = case.param_dtype or case.dtype
+    ref = _torch_bn(len(case.spatial))(channels, **kw).to(dev, pdtype)
+    group = groups["self"] if case.group == "self" else groups.get(case.group)
+    ours = reimpl.nn.SyncBatchNorm(channels, process_group=group, **kw).to(dev, pdtype)
+    theirs_sync = None
+    if dev.type != "cpu" and case.group != "self":
+        theirs_sync = torch.nn.SyncBatchNorm(channels, process_group=group, **kw)
+        theirs_sync = theirs_sync.to(dev, pdtype)
+    if kw.get("affine", True):
+        with torch.no_grad():
+            w = torch.rand(channels, generator=gen, dtype=pdtype) + 0.5
+            b = torch.randn(channels, generator=gen, dtype=pdtype)
+            mods: list[Any] = [ref, ours, theirs_sync]
+            for m in mods:
+                if m is None:
+                    continue
+                m.weight.copy_(w)
+                if m.bias is not None:
+                    m.bias.copy_(b)
+    name = case.name
+    tol = case.dtype
+
+    def fmt(t: Tensor) -> Tensor:
+        if case.channels_last:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    for step in range(2):
+        shape = (sum(sizes), channels, *case.spatial)
+        xg = torch.randn(shape, generator=gen, dtype=case.dtype).to(dev)
+        gg = torch.randn(shape, generator=gen, dtype=case.dtype).to(dev)
+        xl, gl = xg[offset : offset + n_local], gg[offset : offset + n_local]
+        # Reference: torch's batch norm over the global batch (or the local one, size-1 group).
+        xr = (xl if case.group == "self" else xg).clone()
+        gr = gl if case.group == "self" else gg
+        xr = fmt(xr).requires_grad_()
+        yr = ref(xr)
+        (yr * gr).sum().backward()
+        xo = fmt(xl.clone()).requires_grad_()
+        yo = ours(xo)
+        (yo * gl).sum().backward()
+        ref_y = yr if case.group == "self" else yr[offset : offset + n_local]
+        assert xr.grad is not None
+        ref_gx = xr.grad if case.group == "self" else xr.grad[offset : offset + n_local]
+        checks.same(f"{name}/step{step}/output", yo, ref_y, tol)
+        checks.same(f"{name}/step{step}/input_grad", xo.grad, ref_gx, tol)
+        if case.channels_last:
+            with checks.check(f"{name}/step{step}/channels_last_output"):
+                assert yo.is_contiguous(memory_format=torch.channels_last)
+        # weight/bias gradients are local (DDP averages them): their sum is the global one
+        for pname in ("weight", "bias"):
+            p_ours, p_ref = getattr(ours, pname), getattr(ref, pname)
+            if p_ours is None:
+                continue
+            g = p_ours.grad.detach().clone()
+            if case.group != "self":
+                dist.all_reduce(g, group=group)
+            checks.same(f"{name}/step{step}/{pname}_grad", g, p_ref.grad, pdtype)
+        if theirs_sync is not None:
+            xt = fmt(xl.clone()).requires_grad_()
+            yt = theirs_sync(xt)
+            (yt * gl).sum().backward()
+            checks.same(f"{name}/step{step}/output_vs_torch_sync", yo, yt, tol)
+            checks.same(f"{name}/step{step}/input_grad_vs_torch_sync", xo.grad, xt.grad, tol)
+            theirs_sync.zero_grad()
+        for bname in ("running_mean", "running_var", "num_batches_tracked"):
+            ours_b, ref_b = getattr(ours, bname), getattr(ref, bname)
+            checks.same(f"{name}/step{step}/{bname}", ours_b, ref_b, pdtype)
+        ours.zero_grad()
+        ref.zero_grad()
+    # Evaluation: running statistics (or local batch statistics when untracked), no sync.
+    ours.eval()
+    ref.eval()
+    if n_local > 0:
+        x = torch.randn((n_local, channels, *case.spatial), generator=gen, dtype=case.dtype)
+        x = fmt(x.to(dev))
+        with torch.no_grad():
+            checks.same(f"{name}/eval_output", ours(x), ref(x), tol)
+
+
+def syncbn() -> Result:
+    checks = Checks()
+    dev = _device()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups: dict[str, Any] = {"world": None, "explicit": dist.new_group(list(range(world)))}
+    for r in range(world):  # every rank creates every group
+        g = dist.new_group([r])
+        if r == rank:
+            groups["self"] = g
+    for case in BN_CASES:
+        _bn_case(checks, case, groups, dev)
+    return {"checks": checks.results}
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+def _opt_classes(name: str) -> tuple[type[torch.optim.Optimizer], type[torch.optim.Optimizer]]:
+    """(ours, torch's); torch's stands in for ours while reimpl.optim lacks it."""
+    theirs = getattr(torch.optim, name)
+    return getattr(reimpl.optim, name, theirs), theirs
+
+
+def _mlp(bn: type[torch.nn.Module], drop: type[torch.nn.Module] | None, p: float) -> Any:
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(6, 8), bn(8), torch.nn.ReLU()]
+    if drop is not None:
+        layers.append(drop(p))
+    layers.append(torch.nn.Linear(8, 3))
+    return torch.nn.Sequential(*layers).double()
+
+
+@dataclass
+class DDPCase:
+    name: str
+    optimizer: str
+    opt_kwargs: dict[str, Any]
+    scheduler: str
+    sched_kwargs: dict[str, Any]
+    loss: str
+    loss_kwargs: dict[str, Any]
+    dropout: str | None = "Dropout"
+    p: float = 0.25
+
+
+DDP_CASES = [
+    DDPCase(
+        "sgd_onecycle_crossentropy_dropout",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+        "OneCycleLR",
+        {"max_lr": 0.3, "total_steps": 6},
+        "CrossEntropyLoss",
+        {"label_smoothing": 0.1},
+    ),
+    DDPCase(
+        "adamw_cosine_huber_alphadropout",
+        "AdamW",
+        {"lr": 0.01, "weight_decay": 0.05, "amsgrad": True},
+        "CosineAnnealingLR",
+        {"T_max": 4, "eta_min": 1e-4},
+        "HuberLoss",
+        {"delta": 0.5},
+        dropout="AlphaDropout",
+        p=0.2,
+    ),
+]
+
+
+def _batch(step: int, rank: int, loss: str, dev: torch.device) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(100 * step + rank)
+    x = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    if loss == "CrossEntropyLoss":
+        y = torch.randint(0, 3, (5,), generator=gen)
+    else:
+        y = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    return x.to(dev), y.to(dev)
+
+
+def _ddp_case(checks: Checks, case: DDPCase, dev: torch.device, steps: int = 6) -> bool:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank = dist.get_rank()
+    ids = [dev.index] if dev.type == "cuda" else None
+    drop_o = getattr(reimpl.nn, case.dropout) if case.dropout else None
+    drop_t = getattr(torch.nn, case.dropout) if case.dropout else None
+    m_o = DDP(_mlp(reimpl.nn.BatchNorm1d, drop_o, case.p).to(dev), device_ids=ids)
+    m_t = DDP(_mlp(torch.nn.BatchNorm1d, drop_t, case.p).to(dev), device_ids=ids)
+    opt_o_cls, opt_t_cls = _opt_classes(case.optimizer)
+    opt_o = opt_o_cls(m_o.parameters(), **case.opt_kwargs)
+    opt_t = opt_t_cls(m_t.parameters(), **case.opt_kwargs)
+    sch_o = getattr(our_sched, case.scheduler)(opt_o, **case.sched_kwargs)
+    sch_t = getattr(torch.optim.lr_scheduler, case.scheduler)(opt_t, **case.sched_kwargs)
+    loss_o = getattr(reimpl.nn, case.loss)(**case.loss_kwargs)
+    loss_t = getattr(torch.nn, case.loss)(**case.loss_kwargs)
+    for step in range(steps):
+        x, y = _batch(step, rank, case.loss, dev)
+        losses = []
+        for m, opt, sch, fn in ((m_o, opt_o, sch_o, loss_o), (m_t, opt_t, sch_t, loss_t)):
+            torch.manual_seed(1000 + 10 * step + rank)  # per-rank dropout masks, same for both
+            opt.zero_grad()
+            loss = fn(m(x), y)
+            loss.backward()
+            opt.step()
+            sch.step()
+            losses.append(loss.detach())
+        n = f"{case.name}/step{step}"
+        checks.same(f"{n}/loss", losses[0], losses[1])
+        checks.same(f"{n}/lr", sch_o.get_last_lr(), sch_t.get_last_lr())
+        checks.same(f"{n}/params", list(m_o.parameters()), list(m_t.parameters()))
+        checks.same(f"{n}/buffers", list(m_o.buffers()), list(m_t.buffers()))
+    return opt_o_cls is not opt_t_cls
+
+
+def _ddp_syncbn(checks: Checks, dev: torch.device, steps: int = 4) -> None:
+    """Ours: DDP over SyncBatchNorm (converted from our BatchNorm1d), every rank its own
+    batch. Torch: one process, plain BatchNorm1d over all ranks' batches together."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ids = [dev.index] if dev.type == "cuda" else None
+    local = _mlp(reimpl.nn.BatchNorm1d, None, 0.0)
+    m_o = DDP(reimpl.nn.SyncBatchNorm.convert_sync_batchnorm(local).to(dev), device_ids=ids)
+    m_t = _mlp(torch.nn.BatchNorm1d, None, 0.0).to(dev)
+    opt_o_cls, opt_t_cls = _opt_classes("SGD")
+    kw: dict[str, Any] = {"lr": 0.2, "momentum": 0.5}
+    opt_o, opt_t = opt_o_cls(m_o.parameters(), **kw), opt_t_cls(m_t.parameters(), **kw)
+    with checks.check("ddp_syncbn/converted"):
+        assert isinstance(m_o.module[1], reimpl.nn.SyncBatchNorm)
+    for step in range(steps):
+        batches = [_batch(step, r, "CrossEntropyLoss", dev) for r in range(world)]
+        x, y = batches[rank]
+        opt_o.zero_grad()
+        loss = reimpl.nn.CrossEntropyLoss()(m_o(x), y)
+        loss.backward()
+        opt_o.step()
+        g_loss = loss.detach().clone()
+        dist.all_reduce(g_loss)
+        opt_t.zero_grad()
+        xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        ref = torch.nn.CrossEntropyLoss()(m_t(xs), ys)
+        ref.backward()
+        opt_t.step()
+        n = f"ddp_syncbn/step{step}"
+        checks.same(f"{n}/global_loss", g_loss / world, ref.detach())
+        checks.same(f"{n}/params", list(m_o.parameters()), list(m_t.parameters()))
+        checks.same(f"{n}/buffers", list(m_o.buffers()), list(m_t.buffers()))
+
+
+def ddp() -> Result:
+    checks = Checks()
+    dev = _device()
+    ours_optim = [_ddp_case(checks, case, dev) for case in DDP_CASES]
+    _ddp_syncbn(checks, dev)
+    return {"checks": checks.results, "our_optimizers": all(ours_optim)}
+
+
+# --------------------------------------------------------------------------- FSDP2 / ZeRO
+
+
+@dataclass
+class OptCase:
+    name: str
+    optimizer: str
+    kwargs: dict[str, Any]
+    #: torch's kwargs where they differ (torch has no DTensor rule for some fused kernels)
+    ref_kwargs: dict[str, Any] | None = None
+
+
+FSDP_CASES = [
+    OptCase("adam_single_tensor", "Adam", {"lr": 1e-2, "foreach": False}),
+    OptCase("adam_foreach", "Adam", {"lr": 1e-2, "foreach": True}),
+    OptCase("adam_fused", "Adam", {"lr": 1e-2, "fused": True}),
+    OptCase(
+        "adamw_foreach_amsgrad",
+        "AdamW",
+        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True, "foreach": True},
+    ),
+    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
+    OptCase(
+        "sgd_foreach_nesterov",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "foreach": True},
+    ),
+    OptCase("sgd_single_tensor", "SGD", {"lr": 0.1, "momentum": 0.9, "foreach": False}),
+    # torch's fused SGD and Adagrad kernels have no DTensor sharding rule (only Adam's and
+    # AdamW's do): those cases compare with torch's for-loop path
+    OptCase(
+        "sgd_fused",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "fused": True},
+        {"lr": 0.1, "momentum": 0.9, "foreach": False},
+    ),
+    OptCase("rmsprop_foreach", "RMSprop", {"lr": 1e-2, "momentum": 0.5, "foreach": True}),
+    # fused RMSprop is reimpl's only (torch has none): compared with torch's for-loop path
+    OptCase(
+        "rmsprop_fused",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "fused": True},
+        {"lr": 1e-2, "momentum": 0.5, "foreach": False},
+    ),
+    OptCase("adagrad_foreach", "Adagrad", {"lr": 0.1, "foreach": True}),
+    OptCase(
+        "adagrad_fused",
+        "Adagrad",
+        {"lr": 0.1, "lr_decay": 0.01, "fused": True},
+        {"lr": 0.1, "lr_decay": 0.01, "foreach": False},
+    ),
+    # no flags: both pick their default path for DTensors (torch: the per-tensor loop)
+    OptCase("adam_default_flags", "Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.01}),
+]
+
+
+def _fsdp_model(dev: torch.device) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6), torch.nn.Tanh()
+    )
+    m = m.double().to(dev)
+    for layer in m:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(m)
+    return m
+
+
+def _train_step(m: torch.nn.Module, opt: torch.optim.Optimizer, step: int, dev: torch.device):
+    gen = torch.Generator().manual_seed(10 * step + dist.get_rank())
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64).to(dev)
+    opt.zero_grad()
+    loss = m(x).square().mean()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    ours_cls = getattr(reimpl.optim, case.optimizer)
+    theirs_cls = getattr(torch.optim, case.optimizer)
+    m_o, m_t = _fsdp_model(dev), _fsdp_model(dev)
+    opt_o = ours_cls(m_o.parameters(), **case.kwargs)
+    opt_t = theirs_cls(m_t.parameters(), **(case.ref_kwargs or case.kwargs))
+    for step in range(steps):
+        with checks.check(f"{case.name}/step{step}/runs"):
+            lo = _train_step(m_o, opt_o, step, dev)
+        lt = _train_step(m_t, opt_t, step, dev)
+        checks.same(f"{case.name}/step{step}/loss", lo, lt)
+        checks.same(
+            f"{case.name}/step{step}/params",
+            _full(list(m_o.parameters())),
+            _full(list(m_t.parameters())),
+        )
+    with checks.check(f"{case.name}/param_is_dtensor"):
+        from torch.distributed.tensor import DTensor
+
+        assert all(isinstance(p, DTensor) for p in m_o.parameters())
+    sd_o = get_optimizer_state_dict(m_o, opt_o)
+    sd_t = get_optimizer_state_dict(m_t, opt_t)
+    full_o, full_t = _full(sd_o), _full(sd_t)
+    if case.ref_kwargs is not None:  # the flags told apart on purpose may differ
+        for sd in (full_o, full_t):
+            for g in sd["param_groups"]:
+                g.pop("foreach", None)
+                g.pop("fused", None)
+    checks.same(f"{case.name}/state_dict", full_o, full_t)
+    # Full (gathered) form: plain tensors, the same as the sharded one gathered.
+    opts = StateDictOptions(full_state_dict=True)
+    gathered_o: Any = get_optimizer_state_dict(m_o, opt_o, options=opts)
+    with checks.check(f"{case.name}/full_state_dict_plain_tensors"):
+        from torch.distributed.tensor import DTensor
+
+        for state in gathered_o["state"].values():
+            assert not any(isinstance(v, DTensor) for v in state.values())
+    checks.same(f"{case.name}/full_state_dict", gathered_o, _full(sd_o))
+    # Round trip into a fresh optimizer of ours, then one more step on both.
+    fresh = ours_cls(m_o.parameters(), **case.kwargs)
+    set_optimizer_state_dict(m_o, fresh, sd_o)
+    _train_step(m_o, fresh, steps, dev)
+    _train_step(m_t, opt_t, steps, dev)
+    checks.same(
+        f"{case.name}/params_after_reload",
+        _full(list(m_o.parameters())),
+        _full(list(m_t.parameters())),
+    )
+
+
+def fsdp() -> Result:
+    checks = Checks()
+    dev = _device()
+    for case in FSDP_CASES:
+        _fsdp_case(checks, case, dev)
+    return {"checks": checks.results}
+
+
+ZERO_CASES = [
+    OptCase("adam", "Adam", {"lr": 1e-2}),
+    OptCase("adamw_foreach", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "foreach": True}),
+    OptCase("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}),
+    # ZeRO's own option (parameters as views into flat buckets) next to the optimizer's
+    OptCase(
+        "rmsprop_centered_bucket_view",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "centered": True, "parameters_as_bucket_view": True},
+    ),
+    OptCase("adagrad_fused", "Adagrad", {"lr": 0.1, "fused": True}),
+    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
+]
+
+
+def _zero_model(dev: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(3):
+        layers += [torch.nn.Linear(8, 8), torch.nn.Tanh()]
+    m = torch.nn.Sequential(*layers).double().to(dev)
+    return DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _zero_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+
+    ours_cls = getattr(reimpl.optim, case.optimizer)
+    theirs_cls = getattr(torch.optim, case.optimizer)
+    m_o, m_t = _zero_model(dev), _zero_model(dev)
+    z_o = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
+    z_t = ZeRO(m_t.parameters(), optimizer_class=theirs_cls, **case.kwargs)
+    with checks.check(f"{case.name}/local_optimizer_is_ours"):
+        assert type(z_o.optim) is ours_cls
+    for step in range(steps):
+        lo = _train_step(m_o, z_o, step, dev)
+        lt = _train_step(m_t, z_t, step, dev)
+        checks.same(f"{case.name}/step{step}/loss", lo, lt)
+        checks.same(
+            f"{case.name}/step{step}/params", list(m_o.parameters()), list(m_t.parameters())
+        )
+    z_o.consolidate_state_dict(to=0)
+    z_t.consolidate_state_dict(to=0)
+    sd_o = z_o.state_dict() if dist.get_rank() == 0 else None
+    if dist.get_rank() == 0:
+        checks.same(f"{case.name}/consolidated_state_dict", sd_o, z_t.state_dict())
+    # Every rank loads the consolidated state_dict into a fresh ZeRO over ours.
+    box = [sd_o]
+    dist.broadcast_object_list(box, src=0)
+    fresh = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
+    assert box[0] is not None
+    fresh.load_state_dict(box[0])
+    _train_step(m_o, fresh, steps, dev)
+    _train_step(m_t, z_t, steps, dev)
+    checks.same(f"{case.name}/params_after_reload", list(m_o.parameters()), list(m_t.parameters()))
+
+
+def zero() -> Result:
+    checks = Checks()
+    dev = _device()
+    for case in ZERO_CASES:
+        _zero_case(checks, case, dev)
+    return {"checks": checks.results}
+
+
+def fsdp_and_zero() -> Result:
+    """Both optimizer scenarios in one process group (process start-up dominates)."""
+    a, b = fsdp(), zero()
+    checks = {f"fsdp/{k}": v for k, v in a["checks"].items()}
+    checks.update({f"zero/{k}": v for k, v in b["checks"].items()})
+    return {"checks": checks}
+
+
+def hang() -> Result:
+    """Rank 1 never reaches the barrier (for the launcher's timeout test)."""
+    if dist.get_rank() == 1:
+        time.sleep(3600)
+    dist.barrier()
+    return {"checks": {}}
+
+
+def fail() -> Result:
+    """Rank 1 raises while rank 0 waits in a collective (for the launcher's test)."""
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    dist.barrier()
+    return {"checks": {}}
+
+
+SCENARIOS: dict[str, Callable[[], Result]] = {
+    "hang": hang,
+    "fail": fail,
+    "syncbn": syncbn,
+    "ddp": ddp,
+    "syncbn_and_ddp": lambda: {
+        "checks": {**syncbn()["checks"], **(d := ddp())["checks"]},
+        "our_optimizers": d["our_optimizers"],
+    },
+    "fsdp": fsdp,
+    "zero": zero,
+    "fsdp_and_zero": fsdp_and_zero,
+}
