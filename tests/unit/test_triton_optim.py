@@ -465,6 +465,16 @@ def test_fused_optimizers_take_the_triton_path(row: str, monkeypatch: pytest.Mon
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(triton_optim, name, spy)
+    import dataclasses
+
+    import numpy as np
+
     case = next(c for c in OPTIM_CASES if c.name == f"optim.{row}")
-    check_case(case, torch.float32, "cpu", max_examples=3)
+
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        # the interpreter runs on numpy, which warns about 0/0 (lr = eps = 0); a GPU does not
+        with np.errstate(all="ignore"):
+            return case.ours(*args, **kwargs)
+
+    check_case(dataclasses.replace(case, ours=quiet), torch.float32, "cpu", max_examples=3)
     assert calls, "the fused hook did not reach the Triton kernel"

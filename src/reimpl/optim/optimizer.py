@@ -258,7 +258,14 @@ def run_triton(kernel: str, lists: list[list[Any]], **kwargs: Any) -> bool:
     params = lists[0]
     if not params or is_compiling() or not triton_available(params[0]):
         return False
-    if not all(triton_available(p) and not p.is_complex() and p.is_contiguous() for p in params):
+    # plain tensors only: a DTensor (FSDP2) reports a data_ptr() the kernel cannot use
+    plain = (torch.Tensor, torch.nn.Parameter)
+    if not all(
+        type(t) in plain and triton_available(t) and not t.is_complex() and t.is_contiguous()
+        for lst in lists
+        for t in lst
+        if t is not None
+    ):
         return False
     from reimpl.kernels import triton_optim
 

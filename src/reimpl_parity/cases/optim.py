@@ -213,6 +213,13 @@ _lrs = st.sampled_from([0.0, 1e-3, 1e-2, 0.1, 1.0])
 _decays = st.sampled_from([0.0, 1e-2, 0.1])
 
 
+def _always_fused(
+    kwargs: st.SearchStrategy[dict[str, Any]], fused: bool
+) -> st.SearchStrategy[dict[str, Any]]:
+    """A fused row always passes fused=True (the other keywords may be left out)."""
+    return kwargs.map(lambda kw: {**kw, "fused": True}) if fused else kwargs
+
+
 def _sgd_kwargs(fused: bool) -> KwargsFor:
     def make(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
         s: dict[str, st.SearchStrategy[Any]] = {
@@ -224,10 +231,10 @@ def _sgd_kwargs(fused: bool) -> KwargsFor:
             "nesterov": st.booleans(),
             "maximize": st.booleans(),
         }
-        s.update({"fused": st.just(True)} if fused else {"foreach": _paths})
         if not fused:
+            s["foreach"] = _paths
             s["differentiable"] = st.booleans()
-        return optional_kwargs(s)
+        return _always_fused(optional_kwargs(s), fused)
 
     return make
 
@@ -242,10 +249,10 @@ def _adagrad_kwargs(fused: bool) -> KwargsFor:
             "eps": st.sampled_from([1e-10, 1e-6, 0.0]),
             "maximize": st.booleans(),
         }
-        s.update({"fused": st.just(True)} if fused else {"foreach": _paths})
         if not fused:
+            s["foreach"] = _paths
             s["differentiable"] = st.booleans()
-        return optional_kwargs(s)
+        return _always_fused(optional_kwargs(s), fused)
 
     return make
 
@@ -292,12 +299,12 @@ def _adam_kwargs(decoupled: bool | None, fused: bool) -> KwargsFor:
             "amsgrad": st.booleans(),
             "maximize": st.booleans(),
         }
-        s.update({"fused": st.just(True)} if fused else {"foreach": _paths})
         if not fused:
+            s["foreach"] = _paths
             s["differentiable"] = st.booleans()
         if decoupled is None:
             s["decoupled_weight_decay"] = st.booleans()
-        return optional_kwargs(s)
+        return _always_fused(optional_kwargs(s), fused)
 
     return make
 
