@@ -100,3 +100,30 @@ def test_error_messages_say_what_is_wrong(call: Callable[[], object], match: str
 def test_size_mismatch_warns_like_torch() -> None:
     with pytest.warns(UserWarning, match="broadcast"):
         F.mse_loss(torch.randn(3, 1), torch.randn(3))
+
+
+def _extra_saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward, not counting the input itself."""
+    sizes: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() != x.data_ptr():
+            sizes[t.data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(sizes.values())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_keeps_one_logits_buffer_where_torch_keeps_more(smoothing: float) -> None:
+    """The memory-lean path stores only the logits gradient (1× the logits); torch's composite
+    stores the log-probabilities and more."""
+    x = torch.randn(64, 1000, requires_grad=True)
+    t = torch.randint(0, 1000, (64,))
+    logits = x.numel() * x.element_size()
+    ours = _extra_saved_bytes(lambda z: F.cross_entropy(z, t, label_smoothing=smoothing), x)
+    theirs = _extra_saved_bytes(lambda z: TF.cross_entropy(z, t, label_smoothing=smoothing), x)
+    assert ours <= logits + 4096, (ours, logits)
+    assert theirs >= logits, (theirs, logits)

@@ -94,8 +94,8 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     device and contiguity but has no storage of its own (``data_ptr()`` is 0): the kernel
     would write through a null pointer; they take the multi-tensor path instead."""
     first = tensor_lists[0]
-    if not first or first[0] is None or library() is None:
-        return False
+    if not first or first[0] is None or torch.compiler.is_compiling() or library() is None:
+        return False  # (a traced step keeps to torch ops: the multi-tensor path)
     dtype = first[0].dtype
     if dtype not in _DTYPES:
         return False
