@@ -1,103 +1,180 @@
-/* reimpl's fused CPU optimizer updates: one pass over memory per tensor per step.
+/* reimpl's fused CPU optimizer updates: one pass over memory per step, for a whole list of
+ * tensors in one call.
  *
- * Each function updates one contiguous tensor in place; the caller (cpu_fused.py) has
- * already turned the step count into the scalars below, and formed 1 - beta style weights
- * in double precision (1 - 0.999999f in float would be off by 1%). The update is the same
- * formula as the multi-tensor path in reimpl/optim/<name>.py, written once per dtype by
- * the DEFINE_* macros. OpenMP splits the elements over threads.
+ * Each function takes k tensors as arrays of data pointers and sizes (all contiguous, one
+ * dtype), plus the scalars the caller (cpu_fused.py) has formed in double precision: the
+ * per-tensor step-dependent ones (bias corrections, Adagrad's decayed lr) as arrays, the
+ * 1 - beta style weights as numbers (1 - 0.999999f in float would be off by 1%). The
+ * element update is the same formula as the multi-tensor path in reimpl/optim/<name>.py.
+ *
+ * One OpenMP parallel region covers all k tensors; within it each tensor's elements are
+ * split over the threads with no barrier in between. The options are hoisted out of the
+ * element loops (one loop body per combination, picked once per call), so every loop is a
+ * straight vectorizable body: maximize is a sign (exact), decoupled decay a factor.
  */
 #include <math.h>
 #include <stdint.h>
 
-/* torch's lerp: self + w (end - self), or end - (end - self)(1 - w) when w >= 1/2 */
-#define LERP(a, b, w) ((w) < 0.5 ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
+#define ELEMENTS _Pragma("omp for simd schedule(static) nowait") for (int64_t i = 0; i < nn; i++)
 
-/* One Adam loop; the options are hoisted out of it (below) so the loop stays a straight
- * vectorizable body. maximize is a sign (exact), decoupled decay a factor (exact when 1). */
-#define ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, LERP_LOW)                                      \
-  _Pragma("omp parallel for simd schedule(static)")                                        \
-  for (int64_t i = 0; i < n; i++) {                                                        \
-    T pi = p[i] * shrink;                                                                  \
-    T gi = g[i] * sign;                                                                    \
-    if (COUPLED) gi += wd * p[i];                                                          \
-    T mi = LERP_LOW ? m[i] + w1 * (gi - m[i]) : gi - (gi - m[i]) * (1 - w1);               \
-    T vi = v[i] * b2 + w2 * gi * gi;                                                       \
-    m[i] = mi;                                                                             \
-    v[i] = vi;                                                                             \
-    if (AMSGRAD) { vi = vmax[i] > vi ? vmax[i] : vi; vmax[i] = vi; }                       \
-    p[i] = pi - step_size * (mi / (SQRT(vi) / bc2_sqrt + eps));                            \
-  }
+/* torch's lerp: a + w (b - a) for w < 1/2, b - (b - a)(1 - w) otherwise */
+#define LERP(a, b, w, LOW) ((LOW) ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
-#define ADAM_LERP(T, SQRT, COUPLED, AMSGRAD)                                                \
-  if (w1 < 0.5) { ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, 1) }                                \
-  else { ADAM_LOOP(T, SQRT, COUPLED, AMSGRAD, 0) }
+/* ----------------------------------------------------------------------------- Adam(W) */
 
-#define DEFINE_ADAM(T, SQRT, NAME)                                                          \
-  void NAME(T *p, const T *g, T *m, T *v, T *vmax, int64_t n, T w1, T b2, T w2, T eps,      \
-            T wd, T shrink_if_decoupled, T step_size, T bc2_sqrt, int maximize,            \
-            int decoupled) {                                                               \
-    const T sign = maximize ? -1 : 1;                                                      \
-    const T shrink = (decoupled && wd != 0) ? shrink_if_decoupled : 1;                     \
-    const int coupled = !decoupled && wd != 0;                                             \
-    if (coupled) {                                                                         \
-      if (vmax) { ADAM_LERP(T, SQRT, 1, 1) } else { ADAM_LERP(T, SQRT, 1, 0) }             \
-    } else {                                                                               \
-      if (vmax) { ADAM_LERP(T, SQRT, 0, 1) } else { ADAM_LERP(T, SQRT, 0, 0) }             \
+#define ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, LOW)                                           \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *mp = (T *)m[j], *vp = (T *)v[j];                                   \
+    const T *gp = (const T *)g[j];                                                         \
+    T *xp = AMSGRAD ? (T *)vmax[j] : 0;                                                    \
+    const T ss = (T)step_size[j], bc = (T)bc2_sqrt[j];                                     \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      T gi = gp[i] * sign;                                                                 \
+      if (COUPLED) gi += wd_ * pp[i];                                                      \
+      T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
+      T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
+      mp[i] = mi;                                                                          \
+      vp[i] = vi;                                                                          \
+      if (AMSGRAD) { vi = xp[i] > vi ? xp[i] : vi; xp[i] = vi; }                           \
+      pp[i] = pp[i] * shrink_ - ss * (mi / (SQRT(vi) / bc + eps_));                        \
     }                                                                                      \
   }
 
-#define DEFINE_SGD(T, NAME)                                                                 \
-  void NAME(T *p, const T *g, T *buf, int64_t n, T lr, T wd, T momentum, T undamped,       \
-            int nesterov, int maximize, int first) {                                       \
-    _Pragma("omp parallel for simd schedule(static)")                                      \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T gi = maximize ? -g[i] : g[i];                                                      \
-      if (wd != 0) gi += wd * p[i];                                                        \
-      if (buf) {                                                                           \
-        T bi = first ? gi : buf[i] * momentum + undamped * gi;                             \
-        buf[i] = bi;                                                                       \
-        gi = nesterov ? gi + momentum * bi : bi;                                           \
+#define ADAM_LOW(T, SQRT, COUPLED, AMSGRAD)                                                 \
+  if (w1_ < (T)0.5) { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 1) }                            \
+  else { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 0) }
+
+#define DEFINE_ADAM(T, SQRT, NAME)                                                          \
+  void NAME(int64_t k, void **p, void **g, void **m, void **v, void **vmax,                \
+            const int64_t *n, const double *step_size, const double *bc2_sqrt, double w1,  \
+            double b2, double w2, double eps, double wd, double shrink, int maximize,      \
+            int decoupled, int amsgrad) {                                                  \
+    const T sign = maximize ? -1 : 1, w1_ = w1, b2_ = b2, w2_ = w2, eps_ = eps, wd_ = wd;  \
+    const T shrink_ = (decoupled && wd != 0) ? (T)shrink : 1;                              \
+    const int coupled = !decoupled && wd != 0;                                             \
+    _Pragma("omp parallel") {                                                              \
+      if (coupled) {                                                                       \
+        if (amsgrad) { ADAM_LOW(T, SQRT, 1, 1) } else { ADAM_LOW(T, SQRT, 1, 0) }          \
+      } else {                                                                             \
+        if (amsgrad) { ADAM_LOW(T, SQRT, 0, 1) } else { ADAM_LOW(T, SQRT, 0, 0) }          \
       }                                                                                    \
-      p[i] -= lr * gi;                                                                     \
+    }                                                                                      \
+  }
+
+/* ----------------------------------------------------------------------------- SGD */
+
+/* MODE 0: no momentum; 1: momentum, buffer created this step (= d); 2: momentum */
+#define SGD_BODY(T, DECAY, MODE, NESTEROV)                                                  \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *bp = MODE ? (T *)buf[j] : 0;                                       \
+    const T *gp = (const T *)g[j];                                                         \
+    const int64_t nn = n[j];                                                               \
+    if (MODE && (first[j] != 0) != (MODE == 1)) continue;                                  \
+    ELEMENTS {                                                                             \
+      T gi = gp[i] * sign;                                                                 \
+      if (DECAY) gi += wd_ * pp[i];                                                        \
+      if (MODE) {                                                                          \
+        T bi = MODE == 1 ? gi : bp[i] * mom_ + undamped_ * gi;                             \
+        bp[i] = bi;                                                                        \
+        gi = NESTEROV ? gi + mom_ * bi : bi;                                               \
+      }                                                                                    \
+      pp[i] -= lr_ * gi;                                                                   \
+    }                                                                                      \
+  }
+
+#define SGD_MOM(T, DECAY)                                                                   \
+  if (!buf) { SGD_BODY(T, DECAY, 0, 0) }                                                   \
+  else if (nesterov) { SGD_BODY(T, DECAY, 1, 1) SGD_BODY(T, DECAY, 2, 1) }                 \
+  else { SGD_BODY(T, DECAY, 1, 0) SGD_BODY(T, DECAY, 2, 0) }
+
+#define DEFINE_SGD(T, NAME)                                                                 \
+  void NAME(int64_t k, void **p, void **g, void **buf, const int64_t *n,                   \
+            const int32_t *first, double lr, double wd, double momentum, double undamped,  \
+            int nesterov, int maximize) {                                                  \
+    const T sign = maximize ? -1 : 1, lr_ = lr, wd_ = wd, mom_ = momentum;                 \
+    const T undamped_ = undamped;                                                          \
+    _Pragma("omp parallel") {                                                              \
+      if (wd != 0) { SGD_MOM(T, 1) } else { SGD_MOM(T, 0) }                                \
+    }                                                                                      \
+  }
+
+/* ----------------------------------------------------------------------------- Adagrad */
+
+#define ADAGRAD_BODY(T, SQRT, DECAY)                                                        \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *sp = (T *)sum[j];                                                  \
+    const T *gp = (const T *)g[j];                                                         \
+    const T c = (T)clr[j];                                                                 \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      T gi = gp[i] * sign;                                                                 \
+      if (DECAY) gi += wd_ * pp[i];                                                        \
+      T si = sp[i] + gi * gi;                                                              \
+      sp[i] = si;                                                                          \
+      pp[i] -= c * (gi / (SQRT(si) + eps_));                                               \
     }                                                                                      \
   }
 
 #define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
-  void NAME(T *p, const T *g, T *sum, int64_t n, T clr, T wd, T eps, int maximize) {       \
-    _Pragma("omp parallel for simd schedule(static)")                                      \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T gi = maximize ? -g[i] : g[i];                                                      \
-      if (wd != 0) gi += wd * p[i];                                                        \
-      T si = sum[i] + gi * gi;                                                             \
-      sum[i] = si;                                                                         \
-      p[i] -= clr * (gi / (SQRT(si) + eps));                                               \
+  void NAME(int64_t k, void **p, void **g, void **sum, const int64_t *n, const double *clr, \
+            double wd, double eps, int maximize) {                                         \
+    const T sign = maximize ? -1 : 1, wd_ = wd, eps_ = eps;                                \
+    _Pragma("omp parallel") {                                                              \
+      if (wd != 0) { ADAGRAD_BODY(T, SQRT, 1) } else { ADAGRAD_BODY(T, SQRT, 0) }          \
     }                                                                                      \
   }
 
-#define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
-  void NAME(T *p, const T *g, T *sq, T *gavg, T *buf, int64_t n, T lr, T alpha, T w,      \
-            T eps, T wd, T momentum, int maximize) {                                       \
-    _Pragma("omp parallel for simd schedule(static)")                                      \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T gi = maximize ? -g[i] : g[i];                                                      \
-      if (wd != 0) gi += wd * p[i];                                                        \
-      T si = sq[i] * alpha + w * gi * gi;                                                  \
-      sq[i] = si;                                                                          \
+/* ----------------------------------------------------------------------------- RMSprop */
+
+#define RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, LOW)                               \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *qp = (T *)sq[j];                                                   \
+    T *ap = CENTERED ? (T *)gavg[j] : 0, *bp = MOMENTUM ? (T *)buf[j] : 0;                 \
+    const T *gp = (const T *)g[j];                                                         \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      T gi = gp[i] * sign;                                                                 \
+      if (DECAY) gi += wd_ * pp[i];                                                        \
+      T si = qp[i] * alpha_ + w_ * gi * gi;                                                \
+      qp[i] = si;                                                                          \
       T avg;                                                                               \
-      if (gavg) {                                                                          \
-        T ai = LERP(gavg[i], gi, w);                                                       \
-        gavg[i] = ai;                                                                      \
-        avg = SQRT(si - ai * ai) + eps;                                                    \
+      if (CENTERED) {                                                                      \
+        T ai = LERP(ap[i], gi, w_, LOW);                                                   \
+        ap[i] = ai;                                                                        \
+        avg = SQRT(si - ai * ai) + eps_;                                                   \
       } else {                                                                             \
-        avg = SQRT(si) + eps;                                                              \
+        avg = SQRT(si) + eps_;                                                             \
       }                                                                                    \
-      if (buf) {                                                                           \
-        T bi = buf[i] * momentum + gi / avg;                                               \
-        buf[i] = bi;                                                                       \
-        p[i] -= lr * bi;                                                                   \
+      if (MOMENTUM) {                                                                      \
+        T bi = bp[i] * mom_ + gi / avg;                                                    \
+        bp[i] = bi;                                                                        \
+        pp[i] -= lr_ * bi;                                                                 \
       } else {                                                                             \
-        p[i] -= lr * (gi / avg);                                                           \
+        pp[i] -= lr_ * (gi / avg);                                                         \
       }                                                                                    \
+    }                                                                                      \
+  }
+
+#define RMSPROP_LOW(T, SQRT, DECAY, CENTERED, MOMENTUM)                                     \
+  if (w_ < (T)0.5) { RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, 1) }                 \
+  else { RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, 0) }
+
+#define RMSPROP_OPTS(T, SQRT, DECAY)                                                        \
+  if (gavg) {                                                                              \
+    if (buf) { RMSPROP_LOW(T, SQRT, DECAY, 1, 1) } else { RMSPROP_LOW(T, SQRT, DECAY, 1, 0) } \
+  } else {                                                                                 \
+    if (buf) { RMSPROP_LOW(T, SQRT, DECAY, 0, 1) } else { RMSPROP_LOW(T, SQRT, DECAY, 0, 0) } \
+  }
+
+#define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
+  void NAME(int64_t k, void **p, void **g, void **sq, void **gavg, void **buf,             \
+            const int64_t *n, double lr, double alpha, double w, double eps, double wd,    \
+            double momentum, int maximize) {                                               \
+    const T sign = maximize ? -1 : 1, lr_ = lr, alpha_ = alpha, w_ = w, eps_ = eps;        \
+    const T wd_ = wd, mom_ = momentum;                                                     \
+    _Pragma("omp parallel") {                                                              \
+      if (wd != 0) { RMSPROP_OPTS(T, SQRT, 1) } else { RMSPROP_OPTS(T, SQRT, 0) }          \
     }                                                                                      \
   }
 

@@ -24,19 +24,21 @@ import torch
 from torch import Tensor
 
 _SRC = Path(__file__).with_name("cpu_fused.c")
-_P = ctypes.c_void_p
-_I64 = ctypes.c_int64
-_INT = ctypes.c_int
+_PP = ctypes.POINTER(ctypes.c_void_p)  # an array of data pointers, one per tensor
+_I64P = ctypes.POINTER(ctypes.c_int64)
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_DP = ctypes.POINTER(ctypes.c_double)
+_D = ctypes.c_double
+_I = ctypes.c_int
 
-# argument layouts after the pointers and length, per kernel family
-_SIGNATURES: dict[str, tuple[int, list[str]]] = {
-    # name: (number of tensor pointers, scalar kinds: "T" = float/double, "i" = int)
-    "adam": (5, ["T"] * 8 + ["i", "i"]),
-    "sgd": (3, ["T"] * 4 + ["i", "i", "i"]),
-    "adagrad": (3, ["T"] * 3 + ["i"]),
-    "rmsprop": (5, ["T"] * 6 + ["i"]),
+# argument types after the tensor count, per kernel family (see cpu_fused.c)
+_SIGNATURES: dict[str, list[Any]] = {
+    "adam": [_PP] * 5 + [_I64P, _DP, _DP] + [_D] * 6 + [_I] * 3,
+    "sgd": [_PP] * 3 + [_I64P, _I32P] + [_D] * 4 + [_I] * 2,
+    "adagrad": [_PP] * 3 + [_I64P, _DP] + [_D] * 2 + [_I],
+    "rmsprop": [_PP] * 5 + [_I64P] + [_D] * 6 + [_I],
 }
-_DTYPES = {torch.float32: ("f32", ctypes.c_float), torch.float64: ("f64", ctypes.c_double)}
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def _compiler() -> str | None:
@@ -51,7 +53,8 @@ def _build(target: Path) -> bool:
     if cc is None:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    base = [cc, "-O3", "-fno-math-errno", "-shared", "-fPIC", str(_SRC)]
+    # no FMA contraction: v - a*a must round like the separate multiply and subtract
+    base = [cc, "-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC", str(_SRC)]
     # -march=native where the compiler takes it; OpenMP where available
     for flags in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -68,7 +71,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them if needed; None where that is not possible."""
     if os.environ.get("REIMPL_DISABLE_CPU_FUSED") == "1" or sys.platform == "win32":
         return None
-    digest = hashlib.sha256(_SRC.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(_SRC.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("REIMPL_CACHE_DIR", Path.home() / ".cache" / "reimpl"))
     target = root / f"cpu_fused-{digest}.so"
     try:
@@ -77,10 +80,10 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except OSError:
         return None
-    for family, (n_ptr, scalars) in _SIGNATURES.items():
-        for suffix, ctype in _DTYPES.values():
+    for family, argtypes in _SIGNATURES.items():
+        for suffix in _DTYPES.values():
             fn = getattr(lib, f"{family}_{suffix}")
-            fn.argtypes = [_P] * n_ptr + [_I64] + [ctype if s == "T" else _INT for s in scalars]
+            fn.argtypes = [ctypes.c_int64, *argtypes]
             fn.restype = None
     return lib
 
@@ -112,16 +115,40 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     )
 
 
-def call(family: str, tensors: list[Tensor | None], *scalars: Any) -> None:
-    """Run ``<family>_<dtype>`` on one set of same-shaped tensors (None: a null pointer).
-    ``tensors[1]`` is the gradient, which the kernels only read."""
+def _pointers(ts: list[Tensor] | None) -> Any:
+    if ts is None:
+        return None
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+
+
+def call(
+    family: str,
+    tensors: list[list[Tensor] | None],
+    arrays: list[list[float]] | None = None,
+    *scalars: Any,
+    first: list[int] | None = None,
+) -> None:
+    """Run ``<family>_<dtype>`` over lists of same-shaped tensors in one call. ``tensors``:
+    params, grads, then the states (None: a state this configuration does not have);
+    ``arrays``: per-tensor float scalars; ``first``: SGD's per-tensor "buffer is new"."""
     lib = library()
     assert lib is not None
-    first = next(t for t in tensors if t is not None)
-    suffix, _ = _DTYPES[first.dtype]
-    ptrs = [t.data_ptr() if t is not None else None for t in tensors]
-    getattr(lib, f"{family}_{suffix}")(*ptrs, first.numel(), *scalars)
-    # the kernel wrote behind autograd's back: bump version counters as an in-place op would
-    for i, t in enumerate(tensors):
-        if t is not None and i != 1:
-            torch.autograd.graph.increment_version(t)
+    params = tensors[0]
+    assert params is not None
+    k = len(params)
+    fn = getattr(lib, f"{family}_{_DTYPES[params[0].dtype]}")
+    args: list[Any] = [k, *(_pointers(ts) for ts in tensors)]
+    args.append((ctypes.c_int64 * k)(*[t.numel() for t in params]))
+    if first is not None:
+        args.append((ctypes.c_int32 * k)(*first))
+    elif family == "sgd":
+        args.append(None)
+    for values in arrays or []:
+        args.append((ctypes.c_double * k)(*values))
+    fn(*args, *scalars)
+    # the kernel wrote behind autograd's back: bump version counters as in-place ops would
+    # (tensors[1] holds the gradients, which are only read)
+    for j, ts in enumerate(tensors):
+        if ts is not None and j != 1:
+            for t in ts:
+                torch.autograd.graph.increment_version(t)

@@ -327,10 +327,9 @@ def _fused_adagrad(
         return
     if cpu_fused.usable(params, grads, sums):
         lr = plain_value(lr)
-        for i, p in enumerate(params):
-            steps[i] += 1
-            clr = lr / (1 + (plain_value(steps[i]) - 1) * lr_decay)
-            cpu_fused.call("adagrad", [p, grads[i], sums[i]], clr, weight_decay, eps, int(maximize))
+        torch._foreach_add_(steps, 1)
+        clrs = [lr / (1 + (plain_value(s) - 1) * lr_decay) for s in steps]
+        cpu_fused.call("adagrad", [params, grads, sums], [clrs], weight_decay, eps, int(maximize))
         return
     run_widened(
         _multi_tensor_adagrad,

@@ -517,23 +517,22 @@ def _fused_adam(
         return
     if not has_complex and cpu_fused.usable(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
         lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
-        for i, p in enumerate(params):
-            steps[i] += 1
-            t = plain_value(steps[i])
-            cpu_fused.call(
-                "adam",
-                [p, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad else None],
-                1 - beta1,  # the 1 - beta weights are formed here, in double precision
-                beta2,
-                1 - beta2,
-                eps,
-                weight_decay,
-                1 - lr * weight_decay,
-                lr / (1 - beta1**t),  # step size
-                (1 - beta2**t) ** 0.5,  # sqrt of the second bias correction
-                int(maximize),
-                int(decoupled_weight_decay),
-            )
+        torch._foreach_add_(steps, 1)
+        ts = [plain_value(s) for s in steps]
+        cpu_fused.call(
+            "adam",
+            [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
+            [[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
+            1 - beta1,  # the 1 - beta weights are formed here, in double precision
+            beta2,
+            1 - beta2,
+            eps,
+            weight_decay,
+            1 - lr * weight_decay,
+            int(maximize),
+            int(decoupled_weight_decay),
+            int(amsgrad),
+        )
         return
     on_accel = all(p.device.type != "cpu" for p in params)
     run_widened(

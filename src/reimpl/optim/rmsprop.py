@@ -361,25 +361,25 @@ def _fused_rmsprop(
         return
     if cpu_fused.usable(params, grads, square_avgs, grad_avgs, momentum_bufs):
         lr = plain_value(lr)
-        for i, p in enumerate(params):
-            steps[i] += 1
-            cpu_fused.call(
-                "rmsprop",
-                [
-                    p,
-                    grads[i],
-                    square_avgs[i],
-                    grad_avgs[i] if centered else None,
-                    momentum_bufs[i] if momentum > 0 else None,
-                ],
-                lr,
-                alpha,
-                1 - alpha,  # formed in double precision
-                eps,
-                weight_decay,
-                momentum,
-                int(maximize),
-            )
+        torch._foreach_add_(steps, 1)
+        cpu_fused.call(
+            "rmsprop",
+            [
+                params,
+                grads,
+                square_avgs,
+                grad_avgs if centered else None,
+                momentum_bufs if momentum > 0 else None,
+            ],
+            None,
+            lr,
+            alpha,
+            1 - alpha,  # formed in double precision
+            eps,
+            weight_decay,
+            momentum,
+            int(maximize),
+        )
         return
     run_widened(
         _multi_tensor_rmsprop,

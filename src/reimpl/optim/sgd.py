@@ -270,21 +270,23 @@ def _fused_sgd(
         return
     if cpu_fused.usable(params, grads, bufs):
         lr, weight_decay = plain_value(lr), plain_value(weight_decay)
-        for i, p in enumerate(params):
-            first = momentum != 0 and bufs[i] is None
-            if first:
-                bufs[i] = torch.empty_like(p)
-            cpu_fused.call(
-                "sgd",
-                [p, grads[i], bufs[i] if momentum != 0 else None],
-                lr,
-                weight_decay,
-                momentum,
-                1 - dampening,
-                int(nesterov),
-                int(maximize),
-                int(first),
-            )
+        first = [0] * len(params)
+        if momentum != 0:
+            for i, p in enumerate(params):
+                if bufs[i] is None:
+                    bufs[i], first[i] = torch.empty_like(p), 1
+        cpu_fused.call(
+            "sgd",
+            [params, grads, bufs if momentum != 0 else None],  # type: ignore[list-item]
+            None,
+            lr,
+            weight_decay,
+            momentum,
+            1 - dampening,
+            int(nesterov),
+            int(maximize),
+            first=first,
+        )
         return
     run_widened(
         _multi_tensor_sgd,
