@@ -39,6 +39,10 @@ _SIGNATURES: dict[str, list[Any]] = {
     "rmsprop": [_PP] * 5 + [_I64P] + [_D] * 6 + [_I],
 }
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+# torch >= 2.6 bumps a whole list of version counters in one call
+_VERSION_TAKES_LISTS = "Iterable" in str(
+    getattr(torch.autograd.graph.increment_version, "__annotations__", {}).get("tensor", "")
+)
 
 
 def _compiler() -> str | None:
@@ -102,17 +106,19 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     dtype = first[0].dtype
     if dtype not in _DTYPES:
         return False
-    return all(
-        type(t) in _PLAIN
-        and t.device.type == "cpu"
-        and t.dtype == dtype
-        and t.layout == torch.strided
-        and t.is_contiguous()
-        and not t.is_complex()
-        for ts in tensor_lists
-        for t in ts
-        if t is not None
-    )
+    strided = torch.strided
+    for ts in tensor_lists:
+        for t in ts:
+            # (a float32/float64 dtype already rules out complex tensors)
+            if t is not None and not (
+                type(t) in _PLAIN
+                and t.is_cpu
+                and t.dtype == dtype
+                and t.layout == strided
+                and t.is_contiguous()
+            ):
+                return False
+    return True
 
 
 def _pointers(ts: list[Tensor] | None) -> Any:
@@ -148,7 +154,9 @@ def call(
     fn(*args, *scalars)
     # the kernel wrote behind autograd's back: bump version counters as in-place ops would
     # (tensors[1] holds the gradients, which are only read)
-    for j, ts in enumerate(tensors):
-        if ts is not None and j != 1:
-            for t in ts:
-                torch.autograd.graph.increment_version(t)
+    written = [t for j, ts in enumerate(tensors) if ts is not None and j != 1 for t in ts]
+    if _VERSION_TAKES_LISTS:
+        torch.autograd.graph.increment_version(written)
+    else:
+        for t in written:
+            torch.autograd.graph.increment_version(t)
