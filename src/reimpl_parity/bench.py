@@ -113,6 +113,16 @@ def _loss_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
             fwd_bwd(getattr(F, name), logits, *args, **kw),
             fwd_bwd(getattr(TF, name), logits, *args, **kw),
         )
+    if device.startswith("cuda"):
+        # the memory-lean cross-entropy targets: large vocabularies, fp32 and bf16
+        for rows, classes, dtype in ((8192, 32768, torch.float32), (8192, 131072, torch.bfloat16)):
+            big = torch.randn(rows, classes, device=device, dtype=dtype, generator=g)
+            tgt = torch.randint(0, classes, (rows,), device=device, generator=g)
+            yield (
+                f"cross_entropy fwd+bwd {rows}x{classes} {str(dtype)[6:]}",
+                fwd_bwd(F.cross_entropy, big, tgt),
+                fwd_bwd(TF.cross_entropy, big, tgt),
+            )
 
 
 def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
