@@ -616,6 +616,24 @@ class _Pointwise(torch.autograd.Function):
         )
 
 
+def _weighted_regression_inputs(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None,
+    reduce: bool | None,
+    reduction: str,
+    weight: Tensor | None,
+) -> tuple[Tensor, Tensor, str]:
+    """MSE's and L1's shared preamble, in torch's order: warn on a size mismatch, map the
+    legacy flags, broadcast, check the element weight's size."""
+    _warn_size_mismatch(input, target)
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_reduction(size_average, reduce)
+    x, t = torch.broadcast_tensors(input, target)
+    _elementwise_weight(weight, input)
+    return x, t, reduction
+
+
 def mse_loss(
     input: Tensor,
     target: Tensor,
@@ -625,11 +643,9 @@ def mse_loss(
     weight: Tensor | None = None,
 ) -> Tensor:
     """l = (x - t)^2 (times ``weight``; the weighted mean divides by sum(weight))."""
-    _warn_size_mismatch(input, target)
-    if size_average is not None or reduce is not None:
-        reduction = _reduction.legacy_reduction(size_average, reduce)
-    x, t = torch.broadcast_tensors(input, target)
-    _elementwise_weight(weight, input)
+    x, t, reduction = _weighted_regression_inputs(
+        input, target, size_average, reduce, reduction, weight
+    )
     if weight is not None:
         return _reduction.weighted((x - t) ** 2, weight, reduction, mean_by_weight=True)
     _reduction.check(reduction)
@@ -646,11 +662,9 @@ def l1_loss(
     weight: Tensor | None = None,
 ) -> Tensor:
     """l = |x - t| (times ``weight``; the weighted mean divides by sum(weight))."""
-    _warn_size_mismatch(input, target)
-    if size_average is not None or reduce is not None:
-        reduction = _reduction.legacy_reduction(size_average, reduce)
-    x, t = torch.broadcast_tensors(input, target)
-    _elementwise_weight(weight, input)
+    x, t, reduction = _weighted_regression_inputs(
+        input, target, size_average, reduce, reduction, weight
+    )
     if weight is not None:
         return _reduction.weighted(torch.abs(x - t), weight, reduction, mean_by_weight=True)
     _reduction.check(reduction)
