@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -473,7 +474,8 @@ def test_fused_optimizers_take_the_triton_path(row: str, monkeypatch: pytest.Mon
 
     def quiet(*args: Any, **kwargs: Any) -> Any:
         # the interpreter runs on numpy, which warns about 0/0 (lr = eps = 0); a GPU does not
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             return case.ours(*args, **kwargs)
 
     check_case(dataclasses.replace(case, ours=quiet), torch.float32, "cpu", max_examples=3)

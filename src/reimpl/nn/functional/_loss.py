@@ -311,14 +311,15 @@ def _cross_entropy_composite(
         if weight is None:
             denom = keep.sum()
         else:
-            if target.dtype == torch.uint8:
-                # torch fails here (its gather wants int64); refuse too rather than differ
+            if target.dtype == torch.uint8 and bool(keep.any()):
+                # torch fails here (its gather wants int64 indices, and gets some unless
+                # every sample is ignored); refuse too rather than differ
                 raise RuntimeError(
                     "uint8 class-index targets are not supported with label_smoothing, weight "
                     "and reduction='mean'; convert the target with target.long()"
                 )
             denom = torch.where(
-                keep, weight[torch.where(keep, target.reshape(keep.shape), 0)], 0
+                keep, weight[torch.where(keep, target.reshape(keep.shape).long(), 0)], 0
             ).sum()
         smooth = smooth.sum() / denom
     return (1 - label_smoothing) * nll + smooth * (label_smoothing / n_classes)
