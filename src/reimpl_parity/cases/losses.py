@@ -176,9 +176,10 @@ _TWO_ULP = {torch.float16: (2e-3, 1e-5), torch.bfloat16: (3.2e-2, 1e-5)}
 # log(1-x) - log(x) cancels near x = 1/2, so a 16-bit target gradient there is only good
 # to about one ulp of the logs themselves: an absolute floor on top of two ulp.
 _BCE_16 = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (3.2e-2, 1e-2)}
-# torch sums 16-bit spatial nll_loss terms in 16 bits; where they cancel, the result is good
-# to about one ulp of the terms (O(1) here), not of the sum.
-_SUM_16 = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (3.2e-2, 1e-2)}
+# torch sums 16-bit spatial nll_loss terms in 16 bits: the result is good to about one ulp
+# of the running partial sums (up to ~10 for the drawn sizes: 0.008 in float16, 0.06 in
+# bfloat16), not of the final sum, which may cancel to much less.
+_SUM_16 = {torch.float16: (2e-3, 1e-2), torch.bfloat16: (3.2e-2, 8e-2)}
 
 LOSS_CASES: list[Case] = [
     Case("log_softmax", F.log_softmax, TF.log_softmax, _log_softmax_call, family="losses"),
