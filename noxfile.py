@@ -42,4 +42,4 @@ def check(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     _install(session, "bench,check")
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("reimpl", "bench", *session.posargs)
