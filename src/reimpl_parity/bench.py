@@ -240,7 +240,7 @@ def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str,
     except ImportError:
         print("matplotlib not installed (pip install reimpl[bench]): no PNG chart")
         return paths
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(results) + 1.5))
     names = [r.case for r in results]
     ratios = [r.ratio for r in results]
     ax.barh(names, ratios, color=["tab:green" if x <= 1.0 else "tab:orange" for x in ratios])
