@@ -186,3 +186,64 @@ DEFINE_ADAGRAD(float, sqrtf, adagrad_f32)
 DEFINE_ADAGRAD(double, sqrt, adagrad_f64)
 DEFINE_RMSPROP(float, sqrtf, rmsprop_f32)
 DEFINE_RMSPROP(double, sqrt, rmsprop_f64)
+
+/* ----------------------------------------------------------------- pointwise losses
+ * kind 0: MSE d^2; 1: smooth L1 (threshold b); 2: Huber (threshold b); d = x - t.
+ * Forward: with out, writes the per-element loss; without, returns the sum (in double).
+ * Backward: gx = dl/dd * (scale, or g[i] per element); gt = -gx when asked for.
+ * A nan difference stays nan through both (comparisons are false for nan).
+ */
+#define LOSS_OF(d, ad, kind, b)                                                             \
+  ((kind) == 0 ? (d) * (d)                                                                 \
+   : (kind) == 1 ? ((ad) < (b) ? half * (ad) * (ad) / (b) : (ad) - half * (b))              \
+                 : ((ad) < (b) ? half * (ad) * (ad) : (b) * ((ad) - half * (b))))
+
+/* KIND is a constant in each loop below, so each loop is straight code */
+#define PW_FWD_LOOP(T, KIND)                                                                \
+  if (out) {                                                                               \
+    _Pragma("omp parallel for simd schedule(static)")                                      \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T d = x[i] - t[i], ad = d < 0 ? -d : d;                                              \
+      out[i] = LOSS_OF(d, ad, KIND, b_);                                                   \
+    }                                                                                      \
+  } else {                                                                                 \
+    _Pragma("omp parallel for simd schedule(static) reduction(+ : sum)")                   \
+    for (int64_t i = 0; i < n; i++) {                                                      \
+      T d = x[i] - t[i], ad = d < 0 ? -d : d;                                              \
+      sum += (double)(T)LOSS_OF(d, ad, KIND, b_);                                          \
+    }                                                                                      \
+  }
+
+#define PW_SLOPE(T, KIND, d)                                                                \
+  ((KIND) == 0 ? 2 * (d)                                                                   \
+   : (KIND) == 1 ? ((d) / b_ <= -1 ? (T)-1 : ((d) / b_ >= 1 ? (T)1 : (d) / b_))           \
+                 : ((d) <= -b_ ? -b_ : ((d) >= b_ ? b_ : (d))))
+
+#define PW_BWD_LOOP(T, KIND, PER_ELEMENT)                                                   \
+  _Pragma("omp parallel for simd schedule(static)")                                        \
+  for (int64_t i = 0; i < n; i++) {                                                        \
+    T d = x[i] - t[i];                                                                     \
+    T gi = PW_SLOPE(T, KIND, d) * (PER_ELEMENT ? g[i] : s_);                               \
+    gx[i] = gi;                                                                            \
+    if (gt) gt[i] = -gi;                                                                   \
+  }
+
+#define PW_BWD(T, KIND) if (g) { PW_BWD_LOOP(T, KIND, 1) } else { PW_BWD_LOOP(T, KIND, 0) }
+
+#define DEFINE_POINTWISE(T, NAME_F, NAME_B)                                                 \
+  double NAME_F(int kind, const T *x, const T *t, T *out, int64_t n, double b) {           \
+    const T b_ = b, half = 0.5; /* arithmetic in T, as torch's kernels */                  \
+    double sum = 0;                                                                        \
+    if (kind == 0) { PW_FWD_LOOP(T, 0) }                                                   \
+    else if (kind == 1) { PW_FWD_LOOP(T, 1) }                                              \
+    else { PW_FWD_LOOP(T, 2) }                                                             \
+    return sum;                                                                            \
+  }                                                                                        \
+  void NAME_B(int kind, const T *x, const T *t, const T *g, T *gx, T *gt, int64_t n,       \
+              double b, double scale) {                                                    \
+    const T b_ = b, s_ = scale;                                                            \
+    if (kind == 0) { PW_BWD(T, 0) } else if (kind == 1) { PW_BWD(T, 1) } else { PW_BWD(T, 2) } \
+  }
+
+DEFINE_POINTWISE(float, pointwise_fwd_f32, pointwise_bwd_f32)
+DEFINE_POINTWISE(double, pointwise_fwd_f64, pointwise_bwd_f64)

@@ -29,6 +29,7 @@ _I64P = ctypes.POINTER(ctypes.c_int64)
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _DP = ctypes.POINTER(ctypes.c_double)
 _D = ctypes.c_double
+_P1 = ctypes.c_void_p  # one tensor's data
 _I = ctypes.c_int
 
 # argument types after the tensor count, per kernel family (see cpu_fused.c)
@@ -89,6 +90,12 @@ def library() -> ctypes.CDLL | None:
             fn = getattr(lib, f"{family}_{suffix}")
             fn.argtypes = [ctypes.c_int64, *argtypes]
             fn.restype = None
+    for suffix in _DTYPES.values():
+        fwd, bwd = getattr(lib, f"pointwise_fwd_{suffix}"), getattr(lib, f"pointwise_bwd_{suffix}")
+        fwd.argtypes = [_I, _P1, _P1, _P1, ctypes.c_int64, _D]
+        fwd.restype = _D
+        bwd.argtypes = [_I, _P1, _P1, _P1, _P1, _P1, ctypes.c_int64, _D, _D]
+        bwd.restype = None
     return lib
 
 
@@ -160,3 +167,56 @@ def call(
     else:
         for t in written:
             torch.autograd.graph.increment_version(t)
+
+
+POINTWISE_KINDS = {"mse": 0, "smooth_l1": 1, "huber": 2}
+
+
+def pointwise_usable(x: Tensor, t: Tensor) -> bool:
+    """The pointwise-loss kernels take two same-shaped contiguous CPU float32/float64
+    tensors of one dtype (anything else, e.g. a broadcast target, takes the torch ops)."""
+    return x.numel() > 0 and x.shape == t.shape and usable([x], [t])
+
+
+def pointwise_forward(kind: str, x: Tensor, t: Tensor, b: float, reduction: str) -> Tensor:
+    """Per-element loss (``reduction='none'``) or its sum/mean, in one pass."""
+    lib = library()
+    assert lib is not None
+    suffix = _DTYPES[x.dtype]
+    fn = getattr(lib, f"pointwise_fwd_{suffix}")
+    if reduction == "none":
+        out = torch.empty_like(x)
+        fn(POINTWISE_KINDS[kind], x.data_ptr(), t.data_ptr(), out.data_ptr(), x.numel(), b)
+        return out
+    total = fn(POINTWISE_KINDS[kind], x.data_ptr(), t.data_ptr(), None, x.numel(), b)
+    if reduction == "mean":
+        total = total / x.numel() if x.numel() else float("nan")
+    return torch.tensor(total, dtype=x.dtype)
+
+
+def pointwise_backward(
+    kind: str, x: Tensor, t: Tensor, g: Tensor, b: float, scale: float | None, need_t: bool
+) -> tuple[Tensor, Tensor | None]:
+    """dl/dx (and dl/dt = -dl/dx) in one pass: the slope times ``scale`` (a reduced loss's
+    upstream gradient over its count) or times ``g`` element-wise (``reduction='none'``)."""
+    lib = library()
+    assert lib is not None
+    fn = getattr(lib, f"pointwise_bwd_{_DTYPES[x.dtype]}")
+    gx = torch.empty_like(x)
+    gt = torch.empty_like(x) if need_t else None
+    gp = None
+    if scale is None:
+        g = g.expand_as(x).to(x.dtype).contiguous()
+        gp = g.data_ptr()
+    fn(
+        POINTWISE_KINDS[kind],
+        x.data_ptr(),
+        t.data_ptr(),
+        gp,
+        gx.data_ptr(),
+        gt.data_ptr() if gt is not None else None,
+        x.numel(),
+        b,
+        0.0 if scale is None else scale,
+    )
+    return gx, gt
