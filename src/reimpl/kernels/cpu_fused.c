@@ -1,5 +1,5 @@
-/* reimpl's fused CPU optimizer updates: one pass over memory per step, for a whole list of
- * tensors in one call.
+/* reimpl's one-pass CPU kernels: the fused optimizer updates (a whole list of tensors per
+ * call) and, at the end, the pointwise losses.
  *
  * Each function takes k tensors as arrays of data pointers and sizes (all contiguous, one
  * dtype), plus the scalars the caller (cpu_fused.py) has formed in double precision: the

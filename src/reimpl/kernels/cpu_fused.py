@@ -1,10 +1,12 @@
-"""Loader for the fused CPU optimizer kernels in ``cpu_fused.c``.
+"""Loader for the one-pass CPU kernels in ``cpu_fused.c``: the fused optimizer updates
+(``fused=True``) and the pointwise losses (MSE, SmoothL1, Huber).
 
 The C file is compiled on first use with the system C compiler (``cc``/``gcc``, ``-O3
 -march=native -fopenmp``) into a per-user cache folder keyed by the source's hash
 (``$REIMPL_CACHE_DIR``, default ``~/.cache/reimpl``), so later processes just load it.
-No compiler, or a failed build: :func:`library` returns None and the optimizers use their
-multi-tensor path instead (``fused=True`` stays correct, only not single-pass).
+No compiler, or a failed build: :func:`library` returns None and callers use torch ops
+instead (the optimizers' multi-tensor path, the losses' composite form): still correct,
+only not single-pass. ``REIMPL_DISABLE_CPU_FUSED=1`` forces that.
 """
 
 from __future__ import annotations
