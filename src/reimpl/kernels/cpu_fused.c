@@ -1,11 +1,14 @@
 /* reimpl's one-pass CPU kernels: the fused optimizer updates (a whole list of tensors per
  * call) and, at the end, the pointwise losses.
  *
- * Each function takes k tensors as arrays of data pointers and sizes (all contiguous, one
- * dtype), plus the scalars the caller (cpu_fused.py) has formed in double precision: the
- * per-tensor step-dependent ones (bias corrections, Adagrad's decayed lr) as arrays, the
- * 1 - beta style weights as numbers (1 - 0.999999f in float would be off by 1%). The
- * element update is the same formula as the multi-tensor path in reimpl/optim/<name>.py.
+ * Each optimizer kernel takes two structs, mirrored field by field by ctypes Structures in
+ * cpu_fused.py: a batch_t (k tensors as tables of data pointers by role, their sizes, the
+ * per-tensor step-dependent scalars such as bias corrections) and the family's options
+ * (<family>_opts, named scalars). The caller has checked every tensor against its param
+ * (shape, dtype, device, contiguity, no overlap) before building the batch: the kernels
+ * trust n[j] for every role. Scalars come formed in double precision (1 - 0.999999f in
+ * float would be off by 1%). The element update is the same formula as the multi-tensor
+ * path in reimpl/optim/<name>.py.
  *
  * One OpenMP parallel region covers all k tensors; within it each tensor's elements are
  * split over the threads with no barrier in between. The options are hoisted out of the
@@ -14,6 +17,43 @@
  */
 #include <math.h>
 #include <stdint.h>
+
+#define MAX_ROLES 6
+
+/* k tensors of one dtype: t[r][j] is the data of role r (0 param, 1 grad, then the
+ * states in the family's order; a NULL table: that state is absent), n[j] its length */
+typedef struct {
+  int64_t k;
+  const int64_t *n;
+  void **t[MAX_ROLES];
+  const double *per[2]; /* per-tensor scalars, by family */
+  const int32_t *first; /* SGD: 1 where the momentum buffer starts this step */
+} batch_t;
+
+typedef struct {
+  double w1, b2, w2, eps, wd, shrink;
+  int32_t maximize, decoupled, amsgrad;
+} adam_opts;
+typedef struct {
+  double lr, wd, momentum, undamped;
+  int32_t nesterov, maximize;
+} sgd_opts;
+typedef struct {
+  double wd, eps;
+  int32_t maximize;
+} adagrad_opts;
+typedef struct {
+  double lr, alpha, w, eps, wd, momentum;
+  int32_t maximize;
+} rmsprop_opts;
+/* pointwise losses: kind 0 MSE, 1 smooth L1, 2 Huber */
+typedef struct {
+  const void *x, *t, *g; /* g: per-element upstream gradient, or NULL (then scale) */
+  void *out, *gx, *gt;   /* out: per-element loss, or NULL (then the sum is returned) */
+  int64_t n;
+  int32_t kind;
+  double b, scale;
+} pointwise_t;
 
 #define ELEMENTS _Pragma("omp for simd schedule(static) nowait") for (int64_t i = 0; i < nn; i++)
 
@@ -46,13 +86,15 @@
   else { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 0) }
 
 #define DEFINE_ADAM(T, SQRT, NAME)                                                          \
-  void NAME(int64_t k, void **p, void **g, void **m, void **v, void **vmax,                \
-            const int64_t *n, const double *step_size, const double *bc2_sqrt, double w1,  \
-            double b2, double w2, double eps, double wd, double shrink, int maximize,      \
-            int decoupled, int amsgrad) {                                                  \
-    const T sign = maximize ? -1 : 1, w1_ = w1, b2_ = b2, w2_ = w2, eps_ = eps, wd_ = wd;  \
-    const T shrink_ = (decoupled && wd != 0) ? (T)shrink : 1;                              \
-    const int coupled = !decoupled && wd != 0;                                             \
+  void NAME(const batch_t *b, const adam_opts *o) {                                       \
+    const int64_t k = b->k, *n = b->n;                                                     \
+    void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3], **vmax = b->t[4];     \
+    const double *step_size = b->per[0], *bc2_sqrt = b->per[1];                            \
+    const int amsgrad = o->amsgrad && vmax;                                                \
+    const T sign = o->maximize ? -1 : 1, w1_ = o->w1, b2_ = o->b2, w2_ = o->w2;            \
+    const T eps_ = o->eps, wd_ = o->wd;                                                    \
+    const T shrink_ = (o->decoupled && o->wd != 0) ? (T)o->shrink : 1;                     \
+    const int coupled = !o->decoupled && o->wd != 0;                                       \
     _Pragma("omp parallel") {                                                              \
       if (coupled) {                                                                       \
         if (amsgrad) { ADAM_LOW(T, SQRT, 1, 1) } else { ADAM_LOW(T, SQRT, 1, 0) }          \
@@ -89,13 +131,16 @@
   else { SGD_BODY(T, DECAY, 1, 0) SGD_BODY(T, DECAY, 2, 0) }
 
 #define DEFINE_SGD(T, NAME)                                                                 \
-  void NAME(int64_t k, void **p, void **g, void **buf, const int64_t *n,                   \
-            const int32_t *first, double lr, double wd, double momentum, double undamped,  \
-            int nesterov, int maximize) {                                                  \
-    const T sign = maximize ? -1 : 1, lr_ = lr, wd_ = wd, mom_ = momentum;                 \
-    const T undamped_ = undamped;                                                          \
+  void NAME(const batch_t *b, const sgd_opts *o) {                                        \
+    const int64_t k = b->k, *n = b->n;                                                     \
+    void **p = b->t[0], **g = b->t[1], **buf = b->t[2];                                    \
+    const int32_t *first = b->first;                                                       \
+    const int nesterov = o->nesterov;                                                      \
+    const T sign = o->maximize ? -1 : 1, lr_ = o->lr, wd_ = o->wd, mom_ = o->momentum;     \
+    const T undamped_ = o->undamped;                                                       \
+    if (buf && !first) return; /* the caller always says which buffers are new */          \
     _Pragma("omp parallel") {                                                              \
-      if (wd != 0) { SGD_MOM(T, 1) } else { SGD_MOM(T, 0) }                                \
+      if (o->wd != 0) { SGD_MOM(T, 1) } else { SGD_MOM(T, 0) }                             \
     }                                                                                      \
   }
 
@@ -117,11 +162,13 @@
   }
 
 #define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
-  void NAME(int64_t k, void **p, void **g, void **sum, const int64_t *n, const double *clr, \
-            double wd, double eps, int maximize) {                                         \
-    const T sign = maximize ? -1 : 1, wd_ = wd, eps_ = eps;                                \
+  void NAME(const batch_t *b, const adagrad_opts *o) {                                    \
+    const int64_t k = b->k, *n = b->n;                                                     \
+    void **p = b->t[0], **g = b->t[1], **sum = b->t[2];                                    \
+    const double *clr = b->per[0];                                                         \
+    const T sign = o->maximize ? -1 : 1, wd_ = o->wd, eps_ = o->eps;                       \
     _Pragma("omp parallel") {                                                              \
-      if (wd != 0) { ADAGRAD_BODY(T, SQRT, 1) } else { ADAGRAD_BODY(T, SQRT, 0) }          \
+      if (o->wd != 0) { ADAGRAD_BODY(T, SQRT, 1) } else { ADAGRAD_BODY(T, SQRT, 0) }       \
     }                                                                                      \
   }
 
@@ -168,13 +215,13 @@
   }
 
 #define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
-  void NAME(int64_t k, void **p, void **g, void **sq, void **gavg, void **buf,             \
-            const int64_t *n, double lr, double alpha, double w, double eps, double wd,    \
-            double momentum, int maximize) {                                               \
-    const T sign = maximize ? -1 : 1, lr_ = lr, alpha_ = alpha, w_ = w, eps_ = eps;        \
-    const T wd_ = wd, mom_ = momentum;                                                     \
+  void NAME(const batch_t *b, const rmsprop_opts *o) {                                    \
+    const int64_t k = b->k, *n = b->n;                                                     \
+    void **p = b->t[0], **g = b->t[1], **sq = b->t[2], **gavg = b->t[3], **buf = b->t[4];  \
+    const T sign = o->maximize ? -1 : 1, lr_ = o->lr, alpha_ = o->alpha, w_ = o->w;        \
+    const T eps_ = o->eps, wd_ = o->wd, mom_ = o->momentum;                                \
     _Pragma("omp parallel") {                                                              \
-      if (wd != 0) { RMSPROP_OPTS(T, SQRT, 1) } else { RMSPROP_OPTS(T, SQRT, 0) }          \
+      if (o->wd != 0) { RMSPROP_OPTS(T, SQRT, 1) } else { RMSPROP_OPTS(T, SQRT, 0) }       \
     }                                                                                      \
   }
 
@@ -231,17 +278,24 @@ DEFINE_RMSPROP(double, sqrt, rmsprop_f64)
 #define PW_BWD(T, KIND) if (g) { PW_BWD_LOOP(T, KIND, 1) } else { PW_BWD_LOOP(T, KIND, 0) }
 
 #define DEFINE_POINTWISE(T, NAME_F, NAME_B)                                                 \
-  double NAME_F(int kind, const T *x, const T *t, T *out, int64_t n, double b) {           \
-    const T b_ = b, half = 0.5; /* arithmetic in T, as torch's kernels */                  \
+  double NAME_F(const pointwise_t *a) {                                                    \
+    const T *x = (const T *)a->x, *t = (const T *)a->t;                                    \
+    T *out = (T *)a->out;                                                                  \
+    const int64_t n = a->n;                                                                \
+    const int kind = a->kind;                                                              \
+    const T b_ = a->b, half = 0.5; /* arithmetic in T, as torch's kernels */               \
     double sum = 0;                                                                        \
     if (kind == 0) { PW_FWD_LOOP(T, 0) }                                                   \
     else if (kind == 1) { PW_FWD_LOOP(T, 1) }                                              \
     else { PW_FWD_LOOP(T, 2) }                                                             \
     return sum;                                                                            \
   }                                                                                        \
-  void NAME_B(int kind, const T *x, const T *t, const T *g, T *gx, T *gt, int64_t n,       \
-              double b, double scale) {                                                    \
-    const T b_ = b, s_ = scale;                                                            \
+  void NAME_B(const pointwise_t *a) {                                                      \
+    const T *x = (const T *)a->x, *t = (const T *)a->t, *g = (const T *)a->g;              \
+    T *gx = (T *)a->gx, *gt = (T *)a->gt;                                                  \
+    const int64_t n = a->n;                                                                \
+    const int kind = a->kind;                                                              \
+    const T b_ = a->b, s_ = a->scale;                                                      \
     if (kind == 0) { PW_BWD(T, 0) } else if (kind == 1) { PW_BWD(T, 1) } else { PW_BWD(T, 2) } \
   }
 

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,27 +26,96 @@ from typing import Any
 import torch
 from torch import Tensor
 
-_SRC = Path(__file__).with_name("cpu_fused.c")
-_PP = ctypes.POINTER(ctypes.c_void_p)  # an array of data pointers, one per tensor
-_I64P = ctypes.POINTER(ctypes.c_int64)
-_I32P = ctypes.POINTER(ctypes.c_int32)
-_DP = ctypes.POINTER(ctypes.c_double)
-_D = ctypes.c_double
-_P1 = ctypes.c_void_p  # one tensor's data
-_I = ctypes.c_int
+from reimpl.kernels import guard
+from reimpl.kernels.guard import Roles
 
-# argument types after the tensor count, per kernel family (see cpu_fused.c)
-_SIGNATURES: dict[str, list[Any]] = {
-    "adam": [_PP] * 5 + [_I64P, _DP, _DP] + [_D] * 6 + [_I] * 3,
-    "sgd": [_PP] * 3 + [_I64P, _I32P] + [_D] * 4 + [_I] * 2,
-    "adagrad": [_PP] * 3 + [_I64P, _DP] + [_D] * 2 + [_I],
-    "rmsprop": [_PP] * 5 + [_I64P] + [_D] * 6 + [_I],
+_SRC = Path(__file__).with_name("cpu_fused.c")
+_D = ctypes.c_double
+_I32 = ctypes.c_int32
+MAX_ROLES = 6  # as in cpu_fused.c
+
+
+# ---------------------------------------------------------------- the C structs, mirrored
+class Batch(ctypes.Structure):
+    """``batch_t``: k tensors by role (pointer tables), their sizes, per-tensor scalars."""
+
+    _fields_ = [
+        ("k", ctypes.c_int64),
+        ("n", ctypes.POINTER(ctypes.c_int64)),
+        ("t", ctypes.POINTER(ctypes.c_void_p) * MAX_ROLES),
+        ("per", ctypes.POINTER(ctypes.c_double) * 2),
+        ("first", ctypes.POINTER(ctypes.c_int32)),
+    ]
+
+
+class AdamOpts(ctypes.Structure):
+    """``adam_opts``: w1 = 1 - beta1, b2 = beta2, w2 = 1 - beta2, shrink = 1 - lr*wd."""
+
+    _fields_ = [
+        *((f, _D) for f in ("w1", "b2", "w2", "eps", "wd", "shrink")),
+        *((f, _I32) for f in ("maximize", "decoupled", "amsgrad")),
+    ]
+
+
+class SGDOpts(ctypes.Structure):
+    """``sgd_opts``: undamped = 1 - dampening."""
+
+    _fields_ = [
+        *((f, _D) for f in ("lr", "wd", "momentum", "undamped")),
+        *((f, _I32) for f in ("nesterov", "maximize")),
+    ]
+
+
+class AdagradOpts(ctypes.Structure):
+    """``adagrad_opts``."""
+
+    _fields_ = [("wd", _D), ("eps", _D), ("maximize", _I32)]
+
+
+class RMSpropOpts(ctypes.Structure):
+    """``rmsprop_opts``: w = 1 - alpha."""
+
+    _fields_ = [
+        *((f, _D) for f in ("lr", "alpha", "w", "eps", "wd", "momentum")),
+        ("maximize", _I32),
+    ]
+
+
+class Pointwise(ctypes.Structure):
+    """``pointwise_t``: one pointwise-loss call (forward or backward)."""
+
+    _fields_ = [
+        *((f, ctypes.c_void_p) for f in ("x", "t", "g", "out", "gx", "gt")),
+        ("n", ctypes.c_int64),
+        ("kind", _I32),
+        ("b", _D),
+        ("scale", _D),
+    ]
+
+
+#: kernel family -> its options struct (the C function is ``<family>_<f32|f64>``)
+OPTIONS: dict[str, type[ctypes.Structure]] = {
+    "adam": AdamOpts,
+    "sgd": SGDOpts,
+    "adagrad": AdagradOpts,
+    "rmsprop": RMSpropOpts,
 }
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # torch >= 2.6 bumps a whole list of version counters in one call
 _VERSION_TAKES_LISTS = "Iterable" in str(
     getattr(torch.autograd.graph.increment_version, "__annotations__", {}).get("tensor", "")
 )
+#: REIMPL_SANITIZE=1 builds with AddressSanitizer + UBSan (load with libasan preloaded)
+_SANITIZE = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
+
+
+def sanitizing() -> bool:
+    return os.environ.get("REIMPL_SANITIZE") == "1"
 
 
 def _compiler() -> str | None:
@@ -62,6 +132,8 @@ def _build(target: Path) -> bool:
     target.parent.mkdir(parents=True, exist_ok=True)
     # no FMA contraction: v - a*a must round like the separate multiply and subtract
     base = [cc, "-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC", str(_SRC)]
+    if sanitizing():
+        base[1:2] = ["-O1", *_SANITIZE]
     # -march=native where the compiler takes it; OpenMP where available
     for flags in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
@@ -80,24 +152,22 @@ def library() -> ctypes.CDLL | None:
         return None
     digest = hashlib.sha256(_SRC.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("REIMPL_CACHE_DIR", Path.home() / ".cache" / "reimpl"))
-    target = root / f"cpu_fused-{digest}.so"
+    target = root / f"cpu_fused-{digest}{'-asan' if sanitizing() else ''}.so"
     try:
         if not target.exists() and not _build(target):
             return None
         lib = ctypes.CDLL(str(target))
     except OSError:
         return None
-    for family, argtypes in _SIGNATURES.items():
+    for family, opts in OPTIONS.items():
         for suffix in _DTYPES.values():
             fn = getattr(lib, f"{family}_{suffix}")
-            fn.argtypes = [ctypes.c_int64, *argtypes]
+            fn.argtypes = [ctypes.POINTER(Batch), ctypes.POINTER(opts)]
             fn.restype = None
     for suffix in _DTYPES.values():
         fwd, bwd = getattr(lib, f"pointwise_fwd_{suffix}"), getattr(lib, f"pointwise_bwd_{suffix}")
-        fwd.argtypes = [_I, _P1, _P1, _P1, ctypes.c_int64, _D]
-        fwd.restype = _D
-        bwd.argtypes = [_I, _P1, _P1, _P1, _P1, _P1, ctypes.c_int64, _D, _D]
-        bwd.restype = None
+        fwd.argtypes = bwd.argtypes = [ctypes.POINTER(Pointwise)]
+        fwd.restype, bwd.restype = _D, None
     return lib
 
 
@@ -130,40 +200,64 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
     return True
 
 
-def _pointers(ts: list[Tensor] | None) -> Any:
+def _table(ts: Sequence[Tensor | None] | None) -> Any:
     if ts is None:
         return None
-    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # type: ignore[union-attr]
 
 
 def call(
     family: str,
-    tensors: list[list[Tensor] | None],
-    arrays: list[list[float]] | None = None,
-    *scalars: Any,
-    first: list[int] | None = None,
+    where: str,
+    roles: Roles,
+    opts: ctypes.Structure,
+    per: Sequence[Sequence[float]] = (),
+    first: Sequence[int] | None = None,
 ) -> None:
-    """Run ``<family>_<dtype>`` over lists of same-shaped tensors in one call. ``tensors``:
-    params, grads, then the states (None: a state this configuration does not have);
-    ``arrays``: per-tensor float scalars; ``first``: SGD's per-tensor "buffer is new"."""
+    """Run ``<family>_<dtype>`` over a batch of same-shaped tensors in one call: the one
+    place a batch is built, so every call is checked first (:func:`guard.check_operands`:
+    each tensor against its parameter, contiguity, storage, no overlap; RuntimeError
+    naming the parameter and state otherwise). ``roles``: (name, tensors) in the C
+    function's order, params then grads then states (None: a state this configuration
+    does not have); ``per``: per-tensor scalars; ``first``: SGD's "buffer is new"."""
     lib = library()
     assert lib is not None
-    params = tensors[0]
-    assert params is not None
+    if not isinstance(opts, OPTIONS[family]):
+        raise TypeError(
+            f"{family} kernels take {OPTIONS[family].__name__}, not {type(opts).__name__}"
+        )
+    if len(roles) > MAX_ROLES or len(per) > 2:
+        raise ValueError(f"at most {MAX_ROLES} roles and 2 per-tensor scalar lists")
+    guard.check_operands(where, roles, device_type="cpu")
+    params = roles[0][1]
+    assert params
     k = len(params)
-    fn = getattr(lib, f"{family}_{_DTYPES[params[0].dtype]}")
-    args: list[Any] = [k, *(_pointers(ts) for ts in tensors)]
-    args.append((ctypes.c_int64 * k)(*[t.numel() for t in params]))
+    dtype = params[0].dtype  # type: ignore[union-attr]
+    if dtype not in _DTYPES:
+        raise RuntimeError(f"{where}: the CPU kernel takes float32/float64, not {dtype}")
+    for values in (*per, *([first] if first is not None else [])):
+        if len(values) != k:
+            raise ValueError(f"{where}: {len(values)} per-tensor values for {k} tensors")
+    for name, ts in roles:
+        if ts is not None and any(t is None for t in ts):
+            raise ValueError(f"{where}: a '{name}' tensor is missing (make it before the call)")
+    batch = Batch(k=k, n=(ctypes.c_int64 * k)(*[t.numel() for t in params]))  # type: ignore[union-attr]
+    for r, (_, ts) in enumerate(roles):
+        batch.t[r] = _table(ts)
+    for r, values in enumerate(per):
+        batch.per[r] = (ctypes.c_double * k)(*values)
     if first is not None:
-        args.append((ctypes.c_int32 * k)(*first))
-    elif family == "sgd":
-        args.append(None)
-    for values in arrays or []:
-        args.append((ctypes.c_double * k)(*values))
-    fn(*args, *scalars)
+        batch.first = (ctypes.c_int32 * k)(*first)
+    getattr(lib, f"{family}_{_DTYPES[dtype]}")(ctypes.byref(batch), ctypes.byref(opts))
     # the kernel wrote behind autograd's back: bump version counters as in-place ops would
-    # (tensors[1] holds the gradients, which are only read)
-    written = [t for j, ts in enumerate(tensors) if ts is not None and j != 1 for t in ts]
+    # (roles[1] holds the gradients, which are only read)
+    written = [
+        t
+        for r, (_, ts) in enumerate(roles)
+        if ts is not None and r != 1
+        for t in ts
+        if t is not None
+    ]
     if _VERSION_TAKES_LISTS:
         torch.autograd.graph.increment_version(written)
     else:
@@ -180,17 +274,35 @@ def pointwise_usable(x: Tensor, t: Tensor) -> bool:
     return x.numel() > 0 and x.shape == t.shape and usable([x], [t])
 
 
+def _pointwise(inputs: dict[str, Tensor | None], outputs: dict[str, Tensor | None]) -> None:
+    """The pointwise kernels' contract: every operand of the input's shape and dtype, on
+    the CPU, contiguous, the outputs overlapping nothing (RuntimeError otherwise)."""
+    roles: list[tuple[str, list[Tensor | None]]] = [
+        *((k, [v]) for k, v in inputs.items()),
+        *((k, [v]) for k, v in outputs.items()),
+    ]
+    guard.check_operands(
+        "pointwise loss kernel", roles, device_type="cpu", read=range(len(inputs)), lone=True
+    )
+    x = inputs["input"]
+    assert x is not None
+    if x.dtype not in _DTYPES:
+        raise RuntimeError(f"the pointwise loss kernel takes float32/float64, not {x.dtype}")
+
+
 def pointwise_forward(kind: str, x: Tensor, t: Tensor, b: float, reduction: str) -> Tensor:
     """Per-element loss (``reduction='none'``) or its sum/mean, in one pass."""
     lib = library()
     assert lib is not None
-    suffix = _DTYPES[x.dtype]
-    fn = getattr(lib, f"pointwise_fwd_{suffix}")
-    if reduction == "none":
-        out = torch.empty_like(x)
-        fn(POINTWISE_KINDS[kind], x.data_ptr(), t.data_ptr(), out.data_ptr(), x.numel(), b)
+    fn = getattr(lib, f"pointwise_fwd_{_DTYPES.get(x.dtype, 'f32')}")
+    out = torch.empty_like(x) if reduction == "none" else None
+    _pointwise({"input": x, "target": t}, {"loss": out})
+    args = Pointwise(x=x.data_ptr(), t=t.data_ptr(), n=x.numel(), kind=POINTWISE_KINDS[kind], b=b)
+    if out is not None:
+        args.out = out.data_ptr()
+        fn(ctypes.byref(args))
         return out
-    total = fn(POINTWISE_KINDS[kind], x.data_ptr(), t.data_ptr(), None, x.numel(), b)
+    total = fn(ctypes.byref(args))
     if reduction == "mean":
         total = total / x.numel() if x.numel() else float("nan")
     return torch.tensor(total, dtype=x.dtype)
@@ -203,22 +315,23 @@ def pointwise_backward(
     upstream gradient over its count) or times ``g`` element-wise (``reduction='none'``)."""
     lib = library()
     assert lib is not None
-    fn = getattr(lib, f"pointwise_bwd_{_DTYPES[x.dtype]}")
+    fn = getattr(lib, f"pointwise_bwd_{_DTYPES.get(x.dtype, 'f32')}")
     gx = torch.empty_like(x)
     gt = torch.empty_like(x) if need_t else None
-    gp = None
+    inputs: dict[str, Tensor | None] = {"input": x, "target": t}
     if scale is None:
-        g = g.expand_as(x).to(x.dtype).contiguous()
-        gp = g.data_ptr()
-    fn(
-        POINTWISE_KINDS[kind],
-        x.data_ptr(),
-        t.data_ptr(),
-        gp,
-        gx.data_ptr(),
-        gt.data_ptr() if gt is not None else None,
-        x.numel(),
-        b,
-        0.0 if scale is None else scale,
+        g = inputs["upstream gradient"] = g.expand_as(x).to(x.dtype).contiguous()
+    _pointwise(inputs, {"input gradient": gx, "target gradient": gt})
+    args = Pointwise(
+        x=x.data_ptr(),
+        t=t.data_ptr(),
+        g=g.data_ptr() if scale is None else None,
+        gx=gx.data_ptr(),
+        gt=gt.data_ptr() if gt is not None else None,
+        n=x.numel(),
+        kind=POINTWISE_KINDS[kind],
+        b=b,
+        scale=0.0 if scale is None else scale,
     )
+    fn(ctypes.byref(args))
     return gx, gt

@@ -41,9 +41,10 @@ tensor's last partial block masked; the element math is written once, in ``_<nam
 The block map is cached by the params' sizes and each address table by its tensors'
 addresses (uploaded asynchronously from pinned memory when built), so steady-state steps
 only read ``data_ptr()``/``numel()`` on the host: no host sync, two launches (one tiny
-launch increments the steps, one updates everything). Inputs are validated when a table is
-built, not on every step. Building tables is not CUDA-graph capturable; replaying a
-captured steady-state step is (same addresses), though that is untested.
+launch increments the steps, one updates everything). Every step checks every tensor
+first (``reimpl.kernels.guard``, O(tensors), on the host). Building tables is not
+CUDA-graph capturable; replaying a captured steady-state step is (same addresses), though
+that is untested.
 """
 
 from collections import OrderedDict
@@ -54,6 +55,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from reimpl.kernels import guard
 
 # Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
 # doubles, not rounded to float32 as plain Python floats are. Triton reads the annotation
@@ -522,10 +525,11 @@ def _plan(
 ) -> _Plan:
     """The tables for these tensors, cached: the block map by the params' sizes, each
     address table by its tensors' addresses (so new grads at new addresses rebuild only
-    theirs). Inputs are checked whenever something is built; a steady-state step only
-    reads ``data_ptr()`` and ``numel()`` (so a tensor swapped in at an address already
-    checked, with another dtype or shape, is not caught).
+    theirs). Every call checks every tensor first (O(tensors)): an address seen before may
+    now hold another tensor (the caching allocator reuses freed blocks), so a cache hit
+    proves nothing about what lies there.
     """
+    _check(roles, names, steps)
     params = roles[0]
     device = params[0].device
     numels = tuple(map(_numel, params))
@@ -533,14 +537,12 @@ def _plan(
     keys = [(device, tuple(map(_data_ptr, role))) for role in every]
     maps = _lookup(_BLOCK_MAPS, (device, numels))
     entries = [_lookup(_ADDRESSES, key) for key in keys]
-    if maps is None or any(e is None for e in entries):
-        _check(roles, names, steps)  # before caching: bad inputs are never remembered
-        if maps is None:
-            maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
-        for i, key in enumerate(keys):
-            if entries[i] is None:
-                table = _to_device(list(key[1]), device)
-                entries[i] = _store(_ADDRESSES, key, (table, all(p % 16 == 0 for p in key[1])))
+    if maps is None:
+        maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
+    for i, key in enumerate(keys):
+        if entries[i] is None:
+            table = _to_device(list(key[1]), device)
+            entries[i] = _store(_ADDRESSES, key, (table, all(p % 16 == 0 for p in key[1])))
     tables = [e[0] for e in entries]
     align = 16 if all(e[1] for e in entries[: len(roles)]) else 1
     blk_tensor, blk_start, numels_t = maps
@@ -557,28 +559,31 @@ def _plan(
 def _check(
     roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
 ) -> None:
+    """The kernels' contract (``reimpl.kernels.guard.check_operands``: every tensor shaped,
+    typed and placed like its param, plain, contiguous, no written tensor overlapping
+    another operand) and 1-element float step counters on the params' device.
+    RuntimeError naming the parameter and state otherwise."""
     params = roles[0]
     p0 = params[0]
     if p0.dtype not in _ELEMENT:
-        raise TypeError(f"unsupported param dtype {p0.dtype} (float16/bfloat16/float32/float64)")
-    for role, name in zip(roles, names, strict=True):
-        if len(role) != len(params):
-            raise ValueError(f"{name}: {len(role)} tensors for {len(params)} params")
-        for t, p in zip(role, params, strict=True):
-            if t.device != p0.device or t.dtype != p0.dtype:
-                raise ValueError(f"{name}: all tensors must be {p0.dtype} on {p0.device}")
-            if t.shape != p.shape or not t.is_contiguous():
-                raise ValueError(f"{name}: tensors must be contiguous and shaped like params")
+        raise RuntimeError(f"unsupported param dtype {p0.dtype} (float16/bfloat16/float32/float64)")
+    where = "fused optimizer (Triton)"
+    guard.check_operands(where, list(zip(names, roles, strict=True)), device_type=p0.device.type)
     if steps is not None:
         if len(steps) != len(params):
-            raise ValueError(f"steps: {len(steps)} tensors for {len(params)} params")
+            raise RuntimeError(f"{where}: {len(steps)} step tensors for {len(params)} params")
         s0 = steps[0]
-        if s0.dtype not in (torch.float32, torch.float64):
-            raise TypeError("steps must be float32 or float64 tensors")
-        for s in steps:
-            if s.numel() != 1 or s.device != p0.device or s.dtype != s0.dtype:
-                raise ValueError(
-                    "steps must be 1-element tensors of one dtype on the params' device"
+        for i, s in enumerate(steps):
+            if not (
+                isinstance(s, Tensor)
+                and s.numel() == 1
+                and s.device == p0.device
+                and s.dtype == s0.dtype
+                and s.dtype in (torch.float32, torch.float64)
+            ):
+                raise RuntimeError(
+                    f"{where}: state 'step' of parameter {i} must be a 1-element float32 or "
+                    f"float64 tensor on {p0.device}, like the other steps of its batch"
                 )
 
 
@@ -659,10 +664,10 @@ def adam_(
     if not params:
         return
     roles = [params, grads, exp_avgs, exp_avg_sqs]
-    names = ["params", "grads", "exp_avgs", "exp_avg_sqs"]
+    names = ["param", "grad", "exp_avg", "exp_avg_sq"]
     if amsgrad:
         roles.append(max_exp_avg_sqs)
-        names.append("max_exp_avg_sqs")
+        names.append("max_exp_avg_sq")
     plan = _plan(roles, names, steps)
     args = _common(params, plan, lr, grad_scale, found_inf)
     _increment_steps(steps, plan, found_inf)
@@ -714,7 +719,7 @@ def sgd_(
             # zeros, not empty: if found_inf skips this step, the next one reads them
             momentum_buffers[:] = [torch.zeros_like(p) for p in params]
         roles.append([b for b in momentum_buffers if b is not None])
-    plan = _plan(roles, ["params", "grads", "momentum_buffers"][: len(roles)], None)
+    plan = _plan(roles, ["param", "grad", "momentum_buffer"][: len(roles)], None)
     if len(plan.blk_tensor):
         p, g, *buf = plan.tables
         _sgd_kernel[(len(plan.blk_tensor),)](
@@ -743,7 +748,7 @@ def adagrad_(
     """Adagrad on all tensors in one launch."""
     if not params:
         return
-    plan = _plan([params, grads, state_sums], ["params", "grads", "state_sums"], steps)
+    plan = _plan([params, grads, state_sums], ["param", "grad", "sum"], steps)
     args = _common(params, plan, lr, grad_scale, found_inf)
     _increment_steps(steps, plan, found_inf)
     if len(plan.blk_tensor):
@@ -778,13 +783,13 @@ def rmsprop_(
     if not params:
         return
     roles = [params, grads, square_avgs]
-    names = ["params", "grads", "square_avgs"]
+    names = ["param", "grad", "square_avg"]
     if centered:
         roles.append(grad_avgs)
-        names.append("grad_avgs")
+        names.append("grad_avg")
     if momentum > 0:
         roles.append(momentum_buffers)
-        names.append("momentum_buffers")
+        names.append("momentum_buffer")
     plan = _plan(roles, names, steps)
     args = _common(params, plan, lr, grad_scale, found_inf)
     _increment_steps(steps, plan, found_inf)

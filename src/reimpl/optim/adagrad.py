@@ -17,7 +17,9 @@ from reimpl.optim.optimizer import (
     as_real,
     check_fused_flags,
     check_fused_param,
+    check_fused_state,
     check_nonnegative,
+    check_steps,
     choose_path,
     group_by_device_and_dtype,
     new_step,
@@ -170,6 +172,7 @@ class Adagrad(Optimizer):
                 fused=group["fused"],
                 differentiable=group["differentiable"],
             )
+            check_steps(steps)
             update = {"single": _single_tensor_adagrad, "multi": _multi_tensor_adagrad}.get(
                 path, _fused_adagrad
             )
@@ -315,9 +318,11 @@ def _fused_adagrad(
         )
     if differentiable:
         raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
+    check_fused_state("Adagrad(fused=True)", params, grads, {"sum": sums}, steps)
     if run_triton(
         "adagrad_",
         [params, grads, sums, steps],
+        steps_at=3,
         lr=lr,
         lr_decay=lr_decay,
         weight_decay=weight_decay,
@@ -329,7 +334,13 @@ def _fused_adagrad(
         lr = plain_value(lr)
         torch._foreach_add_(steps, 1)
         clrs = [lr / (1 + (plain_value(s) - 1) * lr_decay) for s in steps]
-        cpu_fused.call("adagrad", [params, grads, sums], [clrs], weight_decay, eps, int(maximize))
+        cpu_fused.call(
+            "adagrad",
+            "Adagrad(fused=True)",
+            [("param", params), ("grad", grads), ("sum", sums)],
+            cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize),
+            per=[clrs],
+        )
         return
     run_widened(
         _multi_tensor_adagrad,

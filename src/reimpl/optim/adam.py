@@ -18,7 +18,9 @@ from reimpl.optim.optimizer import (
     check_capturable_devices,
     check_fused_flags,
     check_fused_param,
+    check_fused_state,
     check_nonnegative,
+    check_steps,
     check_tensor_hparam,
     choose_path,
     group_by_device_and_dtype,
@@ -214,6 +216,7 @@ class Adam(Optimizer):
                 differentiable=group["differentiable"],
                 tensor_lr_needs_loop=isinstance(group["lr"], Tensor) and not group["capturable"],
             )
+            check_steps(steps)
             update = {"single": _single_tensor_adam, "multi": _multi_tensor_adam}.get(
                 path, _fused_adam
             )
@@ -502,9 +505,14 @@ def _fused_adam(
         return
     if differentiable:
         raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
+    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
+    if amsgrad:
+        states["max_exp_avg_sq"] = max_exp_avg_sqs
+    check_fused_state("Adam(fused=True)", params, grads, states, steps)
     if not has_complex and run_triton(
         "adam_",
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
+        steps_at=5,
         lr=lr,
         beta1=beta1,
         beta2=beta2,
@@ -521,17 +529,20 @@ def _fused_adam(
         ts = [plain_value(s) for s in steps]
         cpu_fused.call(
             "adam",
-            [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
-            [[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
-            1 - beta1,  # the 1 - beta weights are formed here, in double precision
-            beta2,
-            1 - beta2,
-            eps,
-            weight_decay,
-            1 - lr * weight_decay,
-            int(maximize),
-            int(decoupled_weight_decay),
-            int(amsgrad),
+            "Adam(fused=True)",
+            [("param", params), ("grad", grads), *states.items()],
+            cpu_fused.AdamOpts(
+                w1=1 - beta1,  # the 1 - beta weights are formed here, in double precision
+                b2=beta2,
+                w2=1 - beta2,
+                eps=eps,
+                wd=weight_decay,
+                shrink=1 - lr * weight_decay,
+                maximize=maximize,
+                decoupled=decoupled_weight_decay,
+                amsgrad=amsgrad,
+            ),
+            per=[[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
         )
         return
     on_accel = all(p.device.type != "cpu" for p in params)

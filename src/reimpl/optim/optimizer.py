@@ -12,14 +12,14 @@ The base class is torch's own :class:`torch.optim.Optimizer`, so ``param_groups`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
 
-from reimpl.kernels import triton_available
+from reimpl.kernels import guard, triton_available
 
 __all__ = [
     "Optimizer",
@@ -30,7 +30,9 @@ __all__ = [
     "check_capturable_devices",
     "check_fused_flags",
     "check_fused_param",
+    "check_fused_state",
     "check_nonnegative",
+    "check_steps",
     "check_tensor_hparam",
     "choose_path",
     "default_foreach",
@@ -118,6 +120,42 @@ def check_capturable_devices(params: Sequence[Tensor], steps: Sequence[Tensor]) 
                 "capturable=True needs the params and their step counters on the same "
                 f"device, one of {list(_CAPTURABLE_DEVICES)}; got a param on "
                 f"{p.device.type} and its step on {s.device.type}"
+            )
+
+
+def check_steps(steps: Sequence[Any]) -> None:
+    """Every ``step`` state is a tensor (a number there is an old or hand-made checkpoint
+    that was not loaded through ``load_state_dict``): ``RuntimeError``, as torch."""
+    for i, s in enumerate(steps):
+        if not isinstance(s, Tensor):
+            raise RuntimeError(
+                f"state 'step' of parameter {i} is a {type(s).__name__}; it must be a "
+                "one-element tensor (load checkpoints with load_state_dict, which converts it)"
+            )
+
+
+def check_fused_state(
+    where: str,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    states: Mapping[str, Sequence[Tensor | None] | None],
+    steps: Sequence[Any] | None = None,
+) -> None:
+    """What every ``fused=True`` step checks before any path computes (O(tensors)): each
+    gradient and state tensor has its parameter's shape, dtype, device and a dense layout
+    (:func:`reimpl.kernels.guard.check_like_params`), and each ``step`` is a one-element
+    floating-point tensor on its parameter's device. ``RuntimeError`` otherwise, naming the
+    parameter's index (among those with a gradient in the group) and the state key."""
+    guard.check_like_params(where, [("param", params), ("grad", grads), *states.items()])
+    if steps is None:
+        return
+    check_steps(steps)
+    for i, (s, p) in enumerate(zip(steps, params, strict=True)):
+        if s.numel() != 1 or not s.is_floating_point() or s.device != p.device:
+            raise RuntimeError(
+                f"{where}: state 'step' of parameter {i} is a {s.dtype} tensor of "
+                f"{s.numel()} elements on {s.device}; fused steps keep a one-element "
+                f"float32/float64 tensor on the parameter's device ({p.device})"
             )
 
 
@@ -250,13 +288,18 @@ def group_by_device_and_dtype(
 _NARROW = (torch.float16, torch.bfloat16)
 
 
-def run_triton(kernel: str, lists: list[list[Any]], **kwargs: Any) -> bool:
+def run_triton(
+    kernel: str, lists: list[list[Any]], *, steps_at: int | None = None, **kwargs: Any
+) -> bool:
     """Run the Triton kernel ``reimpl.kernels.triton_optim.<kernel>`` once per (device,
     dtype) batch: the fused path on GPUs (and on CPU under the interpreter, for tests).
     Returns False, having done nothing, where the kernel cannot take the tensors (no
-    Triton, CPU, complex or non-contiguous params); the caller then runs its fallback."""
+    Triton, CPU, complex or non-contiguous params, ``lists[steps_at]`` holding step
+    counters of more than one dtype); the caller then runs its fallback."""
     params = lists[0]
     if not params or is_compiling() or not triton_available(params[0]):
+        return False
+    if steps_at is not None and len({s.dtype for s in lists[steps_at]}) > 1:
         return False
     # plain tensors only: a DTensor (FSDP2) reports a data_ptr() the kernel cannot use
     plain = (torch.Tensor, torch.nn.Parameter)

@@ -18,7 +18,9 @@ from reimpl.optim.optimizer import (
     check_capturable_devices,
     check_fused_flags,
     check_fused_param,
+    check_fused_state,
     check_nonnegative,
+    check_steps,
     choose_path,
     group_by_device_and_dtype,
     new_step,
@@ -186,6 +188,7 @@ class RMSprop(Optimizer):
                 fused=group.get("fused"),  # reimpl's own option; absent unless asked for
                 differentiable=group["differentiable"],
             )
+            check_steps(steps)
             update = {"single": _single_tensor_rmsprop, "multi": _multi_tensor_rmsprop}.get(
                 path, _fused_rmsprop
             )
@@ -347,9 +350,16 @@ def _fused_rmsprop(
         raise RuntimeError("RMSprop with fused=True does not support complex params")
     for p in params:
         check_fused_param(p)
+    states = {
+        "square_avg": square_avgs,
+        "grad_avg": grad_avgs if centered else None,
+        "momentum_buffer": momentum_bufs if momentum > 0 else None,
+    }
+    check_fused_state("RMSprop(fused=True)", params, grads, states, steps)
     if run_triton(
         "rmsprop_",
         [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
+        steps_at=5,
         lr=lr,
         alpha=alpha,
         eps=eps,
@@ -364,21 +374,17 @@ def _fused_rmsprop(
         torch._foreach_add_(steps, 1)
         cpu_fused.call(
             "rmsprop",
-            [
-                params,
-                grads,
-                square_avgs,
-                grad_avgs if centered else None,
-                momentum_bufs if momentum > 0 else None,
-            ],
-            None,
-            lr,
-            alpha,
-            1 - alpha,  # formed in double precision
-            eps,
-            weight_decay,
-            momentum,
-            int(maximize),
+            "RMSprop(fused=True)",
+            [("param", params), ("grad", grads), *states.items()],
+            cpu_fused.RMSpropOpts(
+                lr=lr,
+                alpha=alpha,
+                w=1 - alpha,  # formed in double precision
+                eps=eps,
+                wd=weight_decay,
+                momentum=momentum,
+                maximize=maximize,
+            ),
         )
         return
     run_widened(

@@ -15,6 +15,7 @@ from reimpl.optim.optimizer import (
     TensorList,
     check_fused_flags,
     check_fused_param,
+    check_fused_state,
     check_nonnegative,
     choose_path,
     group_by_device_and_dtype,
@@ -257,7 +258,12 @@ def _fused_sgd(
     computed in float32 like torch's fused kernels."""
     if has_sparse_grad:
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
-    if run_triton(
+    states = {"momentum_buffer": bufs if momentum != 0 else None}
+    check_fused_state("SGD(fused=True)", params, grads, states)
+    # the Triton kernel starts all buffers or none in one launch; a checkpoint missing some
+    # (torch's for-loop starts those anew) takes the C kernel or the multi-tensor path
+    missing = [b is None for b in bufs]
+    if (momentum == 0 or all(missing) or not any(missing)) and run_triton(
         "sgd_",
         [params, grads, bufs],
         lr=lr,
@@ -277,14 +283,16 @@ def _fused_sgd(
                     bufs[i], first[i] = torch.empty_like(p), 1
         cpu_fused.call(
             "sgd",
-            [params, grads, bufs if momentum != 0 else None],  # type: ignore[list-item]
-            None,
-            lr,
-            weight_decay,
-            momentum,
-            1 - dampening,
-            int(nesterov),
-            int(maximize),
+            "SGD(fused=True)",
+            [("param", params), ("grad", grads), *states.items()],
+            cpu_fused.SGDOpts(
+                lr=lr,
+                wd=weight_decay,
+                momentum=momentum,
+                undamped=1 - dampening,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
             first=first,
         )
         return

@@ -398,6 +398,10 @@ def _ours_side(row: OptimRow) -> Callable[..., Any]:
 _sgd_groups = _groups(lr=_lrs, momentum=st.sampled_from([0.0, 0.9]), weight_decay=_decays)
 _adagrad_groups = _groups(lr=_lrs, lr_decay=st.sampled_from([0.0, 0.1]), weight_decay=_decays)
 _rms_groups = _groups(lr=_lrs, alpha=st.sampled_from([0.9, 0.99]), centered=st.booleans())
+# a group that turns centered on must not inherit the fused row's alpha = 0 (see above)
+_rms_fused_groups = _rms_groups.map(
+    lambda g: g | {"alpha": g.get("alpha", 0.9)} if g.get("centered") else g
+)
 _adam_groups = _groups(lr=_lrs, weight_decay=_decays, amsgrad=st.booleans())
 
 ROWS: list[OptimRow] = [
@@ -479,7 +483,7 @@ ROWS: list[OptimRow] = [
         ours.RMSprop,
         _torch_rmsprop_unfused,  # type: ignore[arg-type]
         _rmsprop_fused_kwargs,
-        _rms_groups,
+        _rms_fused_groups,
         dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside
         tol=_FUSED_TOL,
         why="fused (reimpl only): one pass per element, against torch's per-tensor loop",

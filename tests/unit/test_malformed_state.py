@@ -1,0 +1,165 @@
+"""Malformed optimizer state never reaches a native kernel (issue: memory safety).
+
+Each (optimizer, path) runs in a child process (``reimpl_parity.malformed``), so a kernel
+that writes past a buffer fails this test with the case it died in instead of killing the
+run. Held to torch: on the for-loop and foreach paths reimpl's outcome (exception type, or
+the updated parameters) is torch's on the same path; on the fused paths it is torch's
+fused kernel's where that kernel survives the case, else torch's for-loop's, except the
+refusals each case names with its reason (``Malformed.fused_refuses``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reimpl.kernels import cpu_fused, guard, triton_installed
+from reimpl_parity.malformed import CASES, OPTIMS
+
+FUSED_ATOL = 1e-5  # one pass per element in another order (float32 params of size ~1)
+_BY_NAME = {c.name: c for c in CASES}
+
+
+def _run_child(opt: str, path: str) -> list[dict]:
+    env = dict(os.environ)
+    if path == "triton":
+        env.update(TRITON_INTERPRET="1", REIMPL_TRITON_CPU="1", REIMPL_DISABLE_CPU_FUSED="1")
+    res = subprocess.run(
+        [sys.executable, "-m", "reimpl_parity.malformed", opt, path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    started = [x["start"] for x in lines if "start" in x]
+    assert res.returncode == 0, (
+        f"{opt} on the {path} path died (exit {res.returncode}) in case "
+        f"{started[-1] if started else '?'}:\n{res.stderr[-3000:]}"
+    )
+    return [x["done"] for x in lines if "done" in x]
+
+
+def _expected_fused(row: dict, torch_fused: bool) -> str:
+    if row["torch_path"] == "fused" or row["torch_loop"] != "ok":
+        return row["torch"] if row["torch_path"] == "fused" else row["torch_loop"]
+    return "RuntimeError" if _BY_NAME[row["case"]].fused_refuses else "ok"
+
+
+def _is_a(ours: str, want: str) -> bool:
+    """Same outcome, or an exception that ``except want`` catches (NotImplementedError is a
+    RuntimeError: the layout check raises it, where torch's ops raise one or the other)."""
+    if ours == want or "ok" in (ours, want):
+        return ours == want
+    a, b = getattr(builtins, ours, None), getattr(builtins, want, None)
+    return isinstance(a, type) and isinstance(b, type) and issubclass(a, b)
+
+
+PATHS = ["loop", "foreach", "fused"] + (["triton"] if triton_installed() else [])
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("opt", list(OPTIMS))
+def test_malformed_state_raises_like_torch_and_never_crashes(opt: str, path: str) -> None:
+    if path == "fused" and cpu_fused.library() is None:
+        pytest.skip("no C compiler: the fused path is the multi-tensor one")
+    if path == "triton" and torch.cuda.is_available():
+        pytest.skip("the interpreter run is for CPU-only machines")
+    rows = _run_child(opt, path)
+    assert len(rows) >= 14, f"only {len(rows)} cases ran"
+    wrong = []
+    for row in rows:
+        fused = path in ("fused", "triton")
+        want = _expected_fused(row, OPTIMS[opt].torch_fused) if fused else row["torch"]
+        where = f"{opt} {path} '{row['case']}' on {row['key']}"
+        if not _is_a(row["ours"], want):
+            wrong.append(f"{where}: reimpl {row['ours']} ({row['ours_msg']}), expected {want}")
+            continue
+        if "max_diff" in row and row["max_diff"] > (FUSED_ATOL if fused else 0.0):
+            wrong.append(f"{where}: params differ from torch's by {row['max_diff']:.3g}")
+        # our own refusals name the parameter (index 1 is the malformed one) and the key
+        if fused and row["ours"] in ("RuntimeError", "NotImplementedError"):
+            msg = row["ours_msg"]
+            if f"'{row['key']}'" not in msg or "parameter 1" not in msg:
+                wrong.append(f"{where}: message does not name parameter 1 and the key: {msg}")
+    assert not wrong, "\n".join(wrong)
+
+
+# ------------------------------------------------------------- the builders themselves
+
+
+@pytest.mark.skipif(cpu_fused.library() is None, reason="no C compiler")
+def test_cpu_batch_builder_checks_every_call() -> None:
+    p = [torch.zeros(8), torch.zeros(8)]
+    g = [torch.zeros(8), torch.zeros(8)]
+    opts = cpu_fused.AdagradOpts(wd=0.0, eps=1e-10, maximize=False)
+    call = cpu_fused.call
+    with pytest.raises(RuntimeError, match=r"state 'sum' of parameter 1 has shape \(4,\)"):
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", [torch.zeros(8), torch.zeros(4)])],
+             opts, per=[[0.1, 0.1]])  # fmt: skip
+    with pytest.raises(RuntimeError, match="state 'sum' of parameter 0 is not contiguous"):
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", [torch.zeros(16)[::2], g[1]])],
+             opts, per=[[0.1, 0.1]])  # fmt: skip
+    with pytest.raises(RuntimeError, match="shares memory"):
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", [p[0], torch.zeros(8)])],
+             opts, per=[[0.1, 0.1]])  # fmt: skip
+    with pytest.raises(RuntimeError, match="shares memory"):  # a param overlapping a grad
+        call("adagrad", "t", [("param", p), ("grad", [p[0], g[1]]), ("sum", [g[0], g[1] + 1])],
+             opts, per=[[0.1, 0.1]])  # fmt: skip
+    with pytest.raises(ValueError, match="per-tensor values"):
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", [g[0] + 1, g[1] + 1])],
+             opts, per=[[0.1]])  # fmt: skip
+    with pytest.raises(TypeError, match="AdagradOpts"):
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", g)], cpu_fused.SGDOpts())
+
+
+@pytest.mark.skipif(cpu_fused.library() is None, reason="no C compiler")
+def test_pointwise_kernels_check_their_operands() -> None:
+    x = torch.randn(6)
+    with pytest.raises(RuntimeError, match=r"target has shape \(5,\)"):
+        cpu_fused.pointwise_forward("mse", x, torch.randn(5), 1.0, "sum")
+    with pytest.raises(RuntimeError, match=r"target is torch\.float64"):
+        cpu_fused.pointwise_forward("mse", x, torch.randn(6, dtype=torch.float64), 1.0, "sum")
+    with pytest.raises(RuntimeError, match="target is not contiguous"):
+        cpu_fused.pointwise_forward("mse", x, torch.randn(12)[::2], 1.0, "sum")
+    with pytest.raises(RuntimeError, match="takes float32/float64"):
+        h = torch.randn(6).half()
+        cpu_fused.pointwise_forward("mse", h, h.clone(), 1.0, "sum")
+    # the input and the target may be one tensor (both only read)
+    assert float(cpu_fused.pointwise_forward("mse", x, x, 1.0, "sum")) == 0.0
+    with pytest.raises(RuntimeError):  # (expand_as refuses it before the kernel's check)
+        cpu_fused.pointwise_backward("mse", x, x, torch.randn(2, 3)[0], 1.0, None, True)
+
+
+def test_overlap_check_finds_any_overlapping_pair() -> None:
+    buf = torch.zeros(100)
+    roles = [
+        ("param", [buf[0:10], buf[20:30], buf[40:50]]),
+        ("grad", [buf[60:70], buf[5:15].clone(), buf[70:80]]),
+        ("s", [buf[80:90], buf[90:100], buf[10:20]]),
+    ]
+    guard.check_operands("t", roles, device_type="cpu")  # all disjoint
+    roles[1] = ("grad", [buf[60:70], buf[25:35], buf[70:80]])  # grad 1 overlaps param 1
+    with pytest.raises(
+        RuntimeError, match="parameter 1 shares memory with the gradient of parameter 1"
+    ):
+        guard.check_operands("t", roles, device_type="cpu")
+    roles[1] = ("grad", [buf[60:70], buf[61:71], buf[70:80]])  # grads may overlap each other
+    guard.check_operands("t", roles, device_type="cpu")
+    roles[2] = ("s", [buf[80:90], buf[89:99], buf[10:20]])
+    with pytest.raises(RuntimeError, match="state 's' of parameter 1 shares memory"):
+        guard.check_operands("t", roles, device_type="cpu")
+
+
+def test_storage_too_small_is_refused() -> None:
+    t = torch.zeros(16)
+    view = t[8:]
+    t.untyped_storage().resize_(8 * t.element_size())  # the view now points past the end
+    with pytest.raises(RuntimeError, match="storage smaller than its elements"):
+        guard.check_operands("t", [("param", [view])], device_type="cpu")
