@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -16,8 +21,9 @@ def _install(session: nox.Session, extras: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     _install(session, "test")
-    session.run("pytest", "-n", "auto", "-q", *session.posargs,
-                env={"REIMPL_HYPOTHESIS_PROFILE": "ci"})
+    session.run(
+        "pytest", "-n", "auto", "-q", *session.posargs, env={"REIMPL_HYPOTHESIS_PROFILE": "ci"}
+    )
 
 
 @nox.session
@@ -43,3 +49,42 @@ def check(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     _install(session, "bench,check")
     session.run("reimpl", "bench", *session.posargs)
+
+
+#: the tests that run native code: fused optimizer paths, malformed state, pointwise losses
+SANITIZED = [
+    "tests/unit/test_malformed_state.py",
+    "tests/unit/test_cpu_fused_subclass.py",
+    "tests/unit/test_loss_gradgrad.py",
+    "tests/parity/test_losses.py",
+    "tests/parity/test_optim.py",
+]
+
+
+@nox.session(venv_backend="none")
+def sanitize(session: nox.Session) -> None:
+    """The C kernels built with AddressSanitizer + UBSan (REIMPL_SANITIZE=1), the tests that
+    reach them run against that build in the current environment (``make`` puts nox in
+    .venv). Any report aborts the process, and so fails the run; leak reports are off
+    (CPython itself does not free everything at exit)."""
+    cc = os.environ.get("CC", "cc")
+    preload = []
+    # libasan first; libstdc++ right after, or ASan's C++ exception interceptor finds no
+    # real __cxa_throw to call and aborts on torch's first (caught) C++ exception
+    for name in ("libasan.so", "libstdc++.so"):
+        found = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
+        lib = Path(found.stdout.strip())
+        if found.returncode != 0 or not lib.is_absolute() or not lib.exists():
+            session.error(f"{cc} has no {name}: install the compiler's sanitizer runtime")
+        preload.append(str(lib.resolve()))
+    env = {
+        "REIMPL_SANITIZE": "1",
+        "LD_PRELOAD": " ".join(preload),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:alloc_dealloc_mismatch=0",
+        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        "REIMPL_HYPOTHESIS_PROFILE": "ci",
+        "REIMPL_DISABLE_TRITON": "1",  # the interpreter is Python: nothing native to check
+    }
+    session.run(
+        sys.executable, "-m", "pytest", "-q", "-n", "2", *SANITIZED, *session.posargs, env=env
+    )

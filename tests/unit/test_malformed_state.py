@@ -61,7 +61,8 @@ def _is_a(ours: str, want: str) -> bool:
     return isinstance(a, type) and isinstance(b, type) and issubclass(a, b)
 
 
-PATHS = ["loop", "foreach", "fused"] + (["triton"] if triton_installed() else [])
+_TRITON = triton_installed() and os.environ.get("REIMPL_DISABLE_TRITON") != "1"
+PATHS = ["loop", "foreach", "fused"] + (["triton"] if _TRITON else [])
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -163,3 +164,32 @@ def test_storage_too_small_is_refused() -> None:
     t.untyped_storage().resize_(8 * t.element_size())  # the view now points past the end
     with pytest.raises(RuntimeError, match="storage smaller than its elements"):
         guard.check_operands("t", [("param", [view])], device_type="cpu")
+
+
+_OUT_OF_BOUNDS = """
+import ctypes, torch
+from reimpl.kernels import cpu_fused
+lib = cpu_fused.library()
+p, g, s = torch.zeros(64), torch.zeros(64), torch.zeros(8)  # the state is too small
+b = cpu_fused.Batch(k=1, n=(ctypes.c_int64 * 1)(64))
+for r, t in enumerate((p, g, s)):
+    b.t[r] = (ctypes.c_void_p * 1)(t.data_ptr())
+b.per[0] = (ctypes.c_double * 1)(0.1)
+opts = cpu_fused.AdagradOpts(wd=0.0, eps=1e-10, maximize=0)
+lib.adagrad_f32(ctypes.byref(b), ctypes.byref(opts))  # the guard bypassed on purpose
+print("not caught")
+"""
+
+
+@pytest.mark.skipif(
+    not cpu_fused.sanitizing(), reason="only in the sanitizer run (nox -s sanitize)"
+)
+def test_sanitizer_run_is_live() -> None:
+    """The sanitizer build really checks: a kernel called around the guard with a state
+    smaller than its parameter is stopped by AddressSanitizer (so a clean sanitizer run
+    means something)."""
+    assert cpu_fused.library() is not None, "the sanitizer build failed"
+    res = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_BOUNDS], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode != 0 and "AddressSanitizer" in res.stderr, res.stderr[-2000:]

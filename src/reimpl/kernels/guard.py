@@ -11,7 +11,8 @@ block. Two levels:
   ``RuntimeError`` (``NotImplementedError``, a subclass, for a sparse state: the types
   torch's own paths raise for them), naming the parameter's
   index and the state key. Every ``fused=True`` step runs it first, whichever path then
-  computes, so a mismatch is never stepped with.
+  computes, so a mismatch is never stepped with; and :func:`check_disjoint` with it, so a
+  state that shares memory with another is refused on every fused path alike.
 * :func:`check_operands` -- the kernel's contract on top: plain tensors (a wrapper such as
   DTensor has no storage of its own), dense and contiguous, the storage really holding
   the elements, and no overlap between a tensor the kernel writes and any other operand.
@@ -30,7 +31,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-__all__ = ["Roles", "check_like_params", "check_operands", "describe"]
+__all__ = ["Roles", "check_disjoint", "check_like_params", "check_operands", "describe"]
 
 #: (name, tensors) pairs: roles[0] are the params, then the grads, then the states; a
 #: None list is a state this configuration does not have, a None entry one not yet made
@@ -114,31 +115,40 @@ def check_operands(
     Raises ``RuntimeError``; a caller that can compute without the kernel (a
     non-contiguous state, say) decides that before, with ``usable``-style checks."""
     check_like_params(where, roles, lone=lone)
-    written: list[tuple[int, int, str, int]] = []
-    inputs: list[tuple[int, int, str, int]] = []
-    for r, (name, ts) in enumerate(roles):
-        if ts is None:
-            continue
-        for i, t in enumerate(ts):
+    for name, ts in roles:
+        for i, t in enumerate(ts or ()):
             if t is None:
                 continue
-            if lone:
-                i = -1
+            j = -1 if lone else i
             if type(t) not in _PLAIN:
-                raise _fail(
-                    where, name, i, f"is a {type(t).__name__}; the kernel takes plain tensors"
-                )
+                kind = type(t).__name__
+                raise _fail(where, name, j, f"is a {kind}; the kernel takes plain tensors")
             if t.device.type != device_type:
-                raise _fail(where, name, i, f"is on {t.device}; this kernel runs on {device_type}")
+                raise _fail(where, name, j, f"is on {t.device}; this kernel runs on {device_type}")
             if not t.is_contiguous():
-                raise _fail(where, name, i, "is not contiguous")
+                raise _fail(where, name, j, "is not contiguous")
             if t.numel() == 0:
                 continue
             storage = t.untyped_storage()
             if (t.storage_offset() + t.numel()) * t.element_size() > storage.nbytes():
-                raise _fail(where, name, i, "has a storage smaller than its elements")
+                raise _fail(where, name, j, "has a storage smaller than its elements")
+    check_disjoint(where, roles, read=read, lone=lone)
+
+
+def check_disjoint(
+    where: str, roles: Roles, *, read: Collection[int] = (1,), lone: bool = False
+) -> None:
+    """No tensor that is written (every role not in ``read``) overlaps another operand.
+    Only plain contiguous tensors are looked at: a wrapper's ``data_ptr()`` says nothing,
+    and a strided view never reaches a kernel (torch ops compute with it)."""
+    written: list[tuple[int, int, str, int]] = []
+    inputs: list[tuple[int, int, str, int]] = []
+    for r, (name, ts) in enumerate(roles):
+        for i, t in enumerate(ts or ()):
+            if t is None or type(t) not in _PLAIN or t.numel() == 0 or not t.is_contiguous():
+                continue
             lo, hi = _span(t)
-            (inputs if r in read else written).append((lo, hi, name, i))
+            (inputs if r in read else written).append((lo, hi, name, -1 if lone else i))
     written.sort()
     for a, b in pairwise(written):
         if b[0] < a[1]:

@@ -143,10 +143,13 @@ def check_fused_state(
 ) -> None:
     """What every ``fused=True`` step checks before any path computes (O(tensors)): each
     gradient and state tensor has its parameter's shape, dtype, device and a dense layout
-    (:func:`reimpl.kernels.guard.check_like_params`), and each ``step`` is a one-element
+    (:func:`reimpl.kernels.guard.check_like_params`), no state or param overlaps another
+    (:func:`~reimpl.kernels.guard.check_disjoint`), and each ``step`` is a one-element
     floating-point tensor on its parameter's device. ``RuntimeError`` otherwise, naming the
     parameter's index (among those with a gradient in the group) and the state key."""
-    guard.check_like_params(where, [("param", params), ("grad", grads), *states.items()])
+    roles = [("param", params), ("grad", grads), *states.items()]
+    guard.check_like_params(where, roles)
+    guard.check_disjoint(where, roles)  # refused on every path, not only where a kernel runs
     if steps is None:
         return
     check_steps(steps)
