@@ -117,7 +117,8 @@ def test_cpu_batch_builder_checks_every_call() -> None:
         call("adagrad", "t", [("param", p), ("grad", g), ("sum", [g[0] + 1, g[1] + 1])],
              opts, per=[[0.1]])  # fmt: skip
     with pytest.raises(TypeError, match="AdagradOpts"):
-        call("adagrad", "t", [("param", p), ("grad", g), ("sum", g)], cpu_fused.SGDOpts())
+        sums = [torch.zeros(8), torch.zeros(8)]
+        call("adagrad", "t", [("param", p), ("grad", g), ("sum", sums)], cpu_fused.SGDOpts())
 
 
 @pytest.mark.skipif(cpu_fused.library() is None, reason="no C compiler")

@@ -206,6 +206,96 @@ def _table(ts: Sequence[Tensor | None] | None) -> Any:
     return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # type: ignore[union-attr]
 
 
+class Prepared:
+    """A checked batch (see :func:`prepare`), to :meth:`run` once. Entries that were None
+    when it was checked (SGD's momentum buffers that start this step) must be filled
+    before the run with fresh tensors; those are checked then."""
+
+    def __init__(self, where: str, roles: Roles) -> None:
+        self.where, self.roles = where, roles
+        self.missing = [
+            (r, i) for r, (_, ts) in enumerate(roles) for i, t in enumerate(ts or ()) if t is None
+        ]
+
+    def run(
+        self,
+        family: str,
+        opts: ctypes.Structure,
+        per: Sequence[Sequence[float]] = (),
+        first: Sequence[int] | None = None,
+    ) -> None:
+        """``<family>_<dtype>`` over the batch in one call. ``opts``: the family's options
+        struct; ``per``: per-tensor scalars; ``first``: SGD's "buffer starts now"."""
+        lib, where, roles = library(), self.where, self.roles
+        assert lib is not None
+        if not isinstance(opts, OPTIONS[family]):
+            want, got = OPTIONS[family].__name__, type(opts).__name__
+            raise TypeError(f"{family} kernels take {want}, not {got}")
+        params = roles[0][1]
+        assert params
+        k = len(params)
+        for values in (*per, *([first] if first is not None else [])):
+            if len(values) != k:
+                raise ValueError(f"{where}: {len(values)} per-tensor values for {k} tensors")
+        if len(per) > 2:
+            raise ValueError(f"{where}: at most 2 per-tensor scalar lists")
+        for r, i in self.missing:  # made after the check: fresh tensors shaped like params
+            name, ts = roles[r]
+            t, p = ts[i], params[i]  # type: ignore[index]
+            if not (
+                isinstance(t, Tensor)
+                and type(t) in _PLAIN
+                and t.shape == p.shape  # type: ignore[union-attr]
+                and t.dtype == p.dtype  # type: ignore[union-attr]
+                and t.is_cpu
+                and t.is_contiguous()
+            ):
+                raise ValueError(f"{where}: {guard.describe(name, i)} was not made before the run")
+        batch = Batch(k=k, n=(ctypes.c_int64 * k)(*[t.numel() for t in params]))  # type: ignore[union-attr]
+        for r, (_, ts) in enumerate(roles):
+            batch.t[r] = _table(ts)
+        for r, values in enumerate(per):
+            batch.per[r] = (ctypes.c_double * k)(*values)
+        if first is not None:
+            batch.first = (ctypes.c_int32 * k)(*first)
+        dtype = params[0].dtype  # type: ignore[union-attr]
+        getattr(lib, f"{family}_{_DTYPES[dtype]}")(ctypes.byref(batch), ctypes.byref(opts))
+        # the kernel wrote behind autograd's back: bump version counters as in-place ops
+        # would (roles[1] holds the gradients, which are only read)
+        written = [
+            t for r, (_, ts) in enumerate(roles) if r != 1 for t in ts or () if t is not None
+        ]
+        if _VERSION_TAKES_LISTS:
+            torch.autograd.graph.increment_version(written)
+        else:
+            for t in written:
+                torch.autograd.graph.increment_version(t)
+
+
+def prepare(where: str, roles: Roles, *, strict: bool = False) -> Prepared | None:
+    """Check a batch for the C kernels -- the one place every kernel call goes through.
+
+    ``roles``: (name, tensors) in the C function's order, params then grads then states
+    (a None list: a state this configuration does not have). Every tensor is checked
+    against its parameter and the kernel's contract (:func:`guard.check_operands`, one
+    pass, O(tensors)): a mismatch, a storage too small or an overlap raises RuntimeError
+    naming the parameter and state. Valid tensors the kernel cannot take (no compiler,
+    tracing, 16-bit, a subclass such as DTensor, a strided view) give None, and the caller
+    computes with torch ops; ``strict`` raises for those too."""
+    params = roles[0][1]
+    if len(roles) > MAX_ROLES:
+        raise ValueError(f"{where}: at most {MAX_ROLES} roles")
+    if not params:
+        return None
+    runnable = library() is not None and not torch.compiler.is_compiling()
+    if params[0].dtype not in _DTYPES or not runnable:  # type: ignore[union-attr]
+        if strict:
+            raise RuntimeError(f"{where}: the CPU kernels cannot run these tensors")
+        return None
+    ok = guard.check_operands(where, roles, device_type="cpu", strict=strict)
+    return Prepared(where, roles) if ok else None
+
+
 def call(
     family: str,
     where: str,
@@ -214,55 +304,10 @@ def call(
     per: Sequence[Sequence[float]] = (),
     first: Sequence[int] | None = None,
 ) -> None:
-    """Run ``<family>_<dtype>`` over a batch of same-shaped tensors in one call: the one
-    place a batch is built, so every call is checked first (:func:`guard.check_operands`:
-    each tensor against its parameter, contiguity, storage, no overlap; RuntimeError
-    naming the parameter and state otherwise). ``roles``: (name, tensors) in the C
-    function's order, params then grads then states (None: a state this configuration
-    does not have); ``per``: per-tensor scalars; ``first``: SGD's "buffer is new"."""
-    lib = library()
-    assert lib is not None
-    if not isinstance(opts, OPTIONS[family]):
-        raise TypeError(
-            f"{family} kernels take {OPTIONS[family].__name__}, not {type(opts).__name__}"
-        )
-    if len(roles) > MAX_ROLES or len(per) > 2:
-        raise ValueError(f"at most {MAX_ROLES} roles and 2 per-tensor scalar lists")
-    guard.check_operands(where, roles, device_type="cpu")
-    params = roles[0][1]
-    assert params
-    k = len(params)
-    dtype = params[0].dtype  # type: ignore[union-attr]
-    if dtype not in _DTYPES:
-        raise RuntimeError(f"{where}: the CPU kernel takes float32/float64, not {dtype}")
-    for values in (*per, *([first] if first is not None else [])):
-        if len(values) != k:
-            raise ValueError(f"{where}: {len(values)} per-tensor values for {k} tensors")
-    for name, ts in roles:
-        if ts is not None and any(t is None for t in ts):
-            raise ValueError(f"{where}: a '{name}' tensor is missing (make it before the call)")
-    batch = Batch(k=k, n=(ctypes.c_int64 * k)(*[t.numel() for t in params]))  # type: ignore[union-attr]
-    for r, (_, ts) in enumerate(roles):
-        batch.t[r] = _table(ts)
-    for r, values in enumerate(per):
-        batch.per[r] = (ctypes.c_double * k)(*values)
-    if first is not None:
-        batch.first = (ctypes.c_int32 * k)(*first)
-    getattr(lib, f"{family}_{_DTYPES[dtype]}")(ctypes.byref(batch), ctypes.byref(opts))
-    # the kernel wrote behind autograd's back: bump version counters as in-place ops would
-    # (roles[1] holds the gradients, which are only read)
-    written = [
-        t
-        for r, (_, ts) in enumerate(roles)
-        if ts is not None and r != 1
-        for t in ts
-        if t is not None
-    ]
-    if _VERSION_TAKES_LISTS:
-        torch.autograd.graph.increment_version(written)
-    else:
-        for t in written:
-            torch.autograd.graph.increment_version(t)
+    """:func:`prepare` (strict) and :meth:`Prepared.run` in one."""
+    prepared = prepare(where, roles, strict=True)
+    assert prepared is not None
+    prepared.run(family, opts, per, first)
 
 
 POINTWISE_KINDS = {"mse": 0, "smooth_l1": 1, "huber": 2}

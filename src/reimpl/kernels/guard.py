@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Collection, Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,47 +57,55 @@ def _fail(
     return kind(f"{where}: {describe(name, i)} {problem}")
 
 
+_Meta = tuple[torch.Size, torch.dtype, torch.device]
+
+
+def _metas(params: Sequence[Tensor]) -> list[_Meta]:
+    """Each parameter's (shape, dtype, device), read once per check."""
+    return [(p.shape, p.dtype, p.device) for p in params]
+
+
+def _like(where: str, name: str, i: int, t: Any, meta: _Meta) -> None:
+    if not isinstance(t, Tensor):
+        raise _fail(where, name, i, f"is a {type(t).__name__}, not a Tensor")
+    shape, dtype, device = meta
+    if t.shape != shape:
+        raise _fail(
+            where,
+            name,
+            i,
+            f"has shape {tuple(t.shape)} but the parameter has shape {tuple(shape)}"
+            " (a checkpoint saved for another model?)",
+        )
+    if t.dtype != dtype:  # torch's fused and multi-tensor paths refuse it too
+        raise _fail(where, name, i, f"is {t.dtype} but the parameter is {dtype}")
+    if t.device != device:
+        raise _fail(where, name, i, f"is on {t.device} but the parameter on {device}")
+    if t.layout != torch.strided:  # (torch's ops raise NotImplementedError here)
+        problem = f"has layout {t.layout}; a dense tensor is needed"
+        raise _fail(where, name, i, problem, NotImplementedError)
+
+
+def _params(where: str, roles: Roles) -> Sequence[Tensor]:
+    params = roles[0][1]
+    assert params is not None
+    for name, ts in roles[1:]:
+        if ts is not None and len(ts) != len(params):
+            raise RuntimeError(f"{where}: {len(ts)} '{name}' tensors for {len(params)} parameters")
+    return params  # type: ignore[return-value]
+
+
 def check_like_params(where: str, roles: Roles, *, lone: bool = False) -> None:
     """Raise ``RuntimeError`` unless every tensor of every role has its parameter's shape,
     dtype and device and a strided layout (``roles[0]`` are the parameters)."""
-    params = roles[0][1]
-    assert params is not None
-    k = len(params)
+    metas = _metas(_params(where, roles))
     for name, ts in roles[1:]:
-        if ts is None:
-            continue
-        if len(ts) != k:
-            raise RuntimeError(f"{where}: {len(ts)} '{name}' tensors for {k} parameters")
-        for i, t in enumerate(ts):
-            if t is None:
-                continue
-            p = params[i]
-            i = -1 if lone else i
-            assert p is not None
-            if not isinstance(t, Tensor):
-                raise _fail(where, name, i, f"is a {type(t).__name__}, not a Tensor")
-            if t.shape != p.shape:
-                raise _fail(
-                    where,
-                    name,
-                    i,
-                    f"has shape {tuple(t.shape)} but the parameter has shape {tuple(p.shape)}"
-                    " (a checkpoint saved for another model?)",
-                )
-            if t.dtype != p.dtype:
-                raise _fail(
-                    where, name, i, f"is {t.dtype} but the parameter is {p.dtype}"
-                )  # torch's fused and multi-tensor paths refuse it too
-            if t.device != p.device:
-                raise _fail(where, name, i, f"is on {t.device} but the parameter on {p.device}")
-            if t.layout != torch.strided:  # (torch's ops raise NotImplementedError here)
-                problem = f"has layout {t.layout}; a dense tensor is needed"
-                raise _fail(where, name, i, problem, NotImplementedError)
+        for i, t in enumerate(ts or ()):
+            if t is not None:
+                _like(where, name, -1 if lone else i, t, metas[i])
 
 
-def _span(t: Tensor) -> tuple[int, int]:
-    start = t.data_ptr()
-    return start, start + t.numel() * t.element_size()
+_Span = tuple[int, int, str, int]
 
 
 def check_operands(
@@ -106,33 +115,52 @@ def check_operands(
     device_type: str,
     read: Collection[int] = (1,),
     lone: bool = False,
-) -> None:
+    strict: bool = True,
+) -> bool:
     """Everything :func:`check_like_params` checks, plus what a kernel that walks
     ``numel`` elements from ``data_ptr()`` needs: plain, contiguous tensors on
     ``device_type`` whose storage holds them, and no overlap between a tensor the kernel
     writes (every role not in ``read``: by default all but the grads) and any other
     operand. ``lone``: one tensor per role, named by its role alone in messages.
-    Raises ``RuntimeError``; a caller that can compute without the kernel (a
-    non-contiguous state, say) decides that before, with ``usable``-style checks."""
-    check_like_params(where, roles, lone=lone)
-    for name, ts in roles:
+
+    One pass, every call. A mismatch with the params, a storage too small or an overlap
+    raises ``RuntimeError``. Tensors that are valid but that the kernel cannot take (a
+    wrapper subclass, a non-contiguous view, another device) raise too when ``strict``;
+    otherwise the answer is False, and the caller computes with torch ops instead."""
+    params = _params(where, roles)
+    ready = True
+    for i, p in enumerate(params):  # (the other roles are on their param's device)
+        if p.layout != torch.strided or p.device.type != device_type:
+            if strict:
+                raise _fail(where, "param", -1 if lone else i, f"is on {p.device}, {p.layout}")
+            ready = False
+    metas = _metas(params)
+    written: list[_Span] = []
+    inputs: list[_Span] = []
+    for r, (name, ts) in enumerate(roles):
+        spans = inputs if r in read else written
         for i, t in enumerate(ts or ()):
             if t is None:
                 continue
             j = -1 if lone else i
-            if type(t) not in _PLAIN:
-                kind = type(t).__name__
-                raise _fail(where, name, j, f"is a {kind}; the kernel takes plain tensors")
-            if t.device.type != device_type:
-                raise _fail(where, name, j, f"is on {t.device}; this kernel runs on {device_type}")
-            if not t.is_contiguous():
-                raise _fail(where, name, j, "is not contiguous")
-            if t.numel() == 0:
+            if r:
+                _like(where, name, j, t, metas[i])
+            if type(t) not in _PLAIN or not t.is_contiguous():
+                if strict:
+                    problem = "is not contiguous" if type(t) in _PLAIN else "is a tensor subclass"
+                    raise _fail(where, name, j, problem + "; the kernel takes plain dense tensors")
+                ready = False
                 continue
-            storage = t.untyped_storage()
-            if (t.storage_offset() + t.numel()) * t.element_size() > storage.nbytes():
+            n = t.nbytes
+            if n == 0:
+                continue
+            if t.storage_offset() * t.element_size() + n > t.untyped_storage().nbytes():
                 raise _fail(where, name, j, "has a storage smaller than its elements")
-    check_disjoint(where, roles, read=read, lone=lone)
+            lo = t.data_ptr()
+            spans.append((lo, lo + n, name, j))
+    if ready:
+        _disjoint(where, written, inputs)
+    return ready
 
 
 def check_disjoint(
@@ -141,14 +169,18 @@ def check_disjoint(
     """No tensor that is written (every role not in ``read``) overlaps another operand.
     Only plain contiguous tensors are looked at: a wrapper's ``data_ptr()`` says nothing,
     and a strided view never reaches a kernel (torch ops compute with it)."""
-    written: list[tuple[int, int, str, int]] = []
-    inputs: list[tuple[int, int, str, int]] = []
+    written: list[_Span] = []
+    inputs: list[_Span] = []
     for r, (name, ts) in enumerate(roles):
         for i, t in enumerate(ts or ()):
-            if t is None or type(t) not in _PLAIN or t.numel() == 0 or not t.is_contiguous():
+            if t is None or type(t) not in _PLAIN or not t.is_contiguous() or t.nbytes == 0:
                 continue
-            lo, hi = _span(t)
-            (inputs if r in read else written).append((lo, hi, name, -1 if lone else i))
+            lo = t.data_ptr()
+            (inputs if r in read else written).append((lo, lo + t.nbytes, name, -1 if lone else i))
+    _disjoint(where, written, inputs)
+
+
+def _disjoint(where: str, written: list[_Span], inputs: list[_Span]) -> None:
     written.sort()
     for a, b in pairwise(written):
         if b[0] < a[1]:

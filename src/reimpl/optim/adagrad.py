@@ -18,6 +18,7 @@ from reimpl.optim.optimizer import (
     check_fused_flags,
     check_fused_param,
     check_fused_state,
+    check_fused_steps,
     check_nonnegative,
     check_steps,
     choose_path,
@@ -318,7 +319,8 @@ def _fused_adagrad(
         )
     if differentiable:
         raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
-    check_fused_state("Adagrad(fused=True)", params, grads, {"sum": sums}, steps)
+    where = "Adagrad(fused=True)"
+    check_fused_steps(where, params, steps)
     if run_triton(
         "adagrad_",
         [params, grads, sums, steps],
@@ -330,18 +332,17 @@ def _fused_adagrad(
         maximize=maximize,
     ):
         return
-    if cpu_fused.usable(params, grads, sums):
+    roles = [("param", params), ("grad", grads), ("sum", sums)]
+    batch = cpu_fused.prepare(where, roles)
+    if batch is not None:
         lr = plain_value(lr)
         torch._foreach_add_(steps, 1)
         clrs = [lr / (1 + (plain_value(s) - 1) * lr_decay) for s in steps]
-        cpu_fused.call(
-            "adagrad",
-            "Adagrad(fused=True)",
-            [("param", params), ("grad", grads), ("sum", sums)],
-            cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize),
-            per=[clrs],
+        batch.run(
+            "adagrad", cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize), [clrs]
         )
         return
+    check_fused_state(where, roles)
     run_widened(
         _multi_tensor_adagrad,
         [params, grads, sums, steps],

@@ -19,6 +19,7 @@ from reimpl.optim.optimizer import (
     check_fused_flags,
     check_fused_param,
     check_fused_state,
+    check_fused_steps,
     check_nonnegative,
     check_steps,
     check_tensor_hparam,
@@ -505,10 +506,8 @@ def _fused_adam(
         return
     if differentiable:
         raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
-    states = {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}
-    if amsgrad:
-        states["max_exp_avg_sq"] = max_exp_avg_sqs
-    check_fused_state("Adam(fused=True)", params, grads, states, steps)
+    where = "Adam(fused=True)"
+    check_fused_steps(where, params, steps)
     if not has_complex and run_triton(
         "adam_",
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
@@ -523,14 +522,16 @@ def _fused_adam(
         decoupled_weight_decay=decoupled_weight_decay,
     ):
         return
-    if not has_complex and cpu_fused.usable(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+    roles = [("param", params), ("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)]
+    if amsgrad:
+        roles.append(("max_exp_avg_sq", max_exp_avg_sqs))
+    batch = None if has_complex else cpu_fused.prepare(where, roles)
+    if batch is not None:
         lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
         torch._foreach_add_(steps, 1)
         ts = [plain_value(s) for s in steps]
-        cpu_fused.call(
+        batch.run(
             "adam",
-            "Adam(fused=True)",
-            [("param", params), ("grad", grads), *states.items()],
             cpu_fused.AdamOpts(
                 w1=1 - beta1,  # the 1 - beta weights are formed here, in double precision
                 b2=beta2,
@@ -545,6 +546,7 @@ def _fused_adam(
             per=[[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
         )
         return
+    check_fused_state(where, roles)
     on_accel = all(p.device.type != "cpu" for p in params)
     run_widened(
         _multi_tensor_adam,

@@ -12,7 +12,7 @@ The base class is torch's own :class:`torch.optim.Optimizer`, so ``param_groups`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "check_fused_flags",
     "check_fused_param",
     "check_fused_state",
+    "check_fused_steps",
     "check_nonnegative",
     "check_steps",
     "check_tensor_hparam",
@@ -134,24 +135,9 @@ def check_steps(steps: Sequence[Any]) -> None:
             )
 
 
-def check_fused_state(
-    where: str,
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    states: Mapping[str, Sequence[Tensor | None] | None],
-    steps: Sequence[Any] | None = None,
-) -> None:
-    """What every ``fused=True`` step checks before any path computes (O(tensors)): each
-    gradient and state tensor has its parameter's shape, dtype, device and a dense layout
-    (:func:`reimpl.kernels.guard.check_like_params`), no state or param overlaps another
-    (:func:`~reimpl.kernels.guard.check_disjoint`), and each ``step`` is a one-element
-    floating-point tensor on its parameter's device. ``RuntimeError`` otherwise, naming the
-    parameter's index (among those with a gradient in the group) and the state key."""
-    roles = [("param", params), ("grad", grads), *states.items()]
-    guard.check_like_params(where, roles)
-    guard.check_disjoint(where, roles)  # refused on every path, not only where a kernel runs
-    if steps is None:
-        return
+def check_fused_steps(where: str, params: Sequence[Tensor], steps: Sequence[Any]) -> None:
+    """Each ``step`` of a fused update is a one-element float32/float64 tensor on its
+    parameter's device (RuntimeError otherwise, as torch's fused paths)."""
     check_steps(steps)
     for i, (s, p) in enumerate(zip(steps, params, strict=True)):
         if s.numel() != 1 or not s.is_floating_point() or s.device != p.device:
@@ -160,6 +146,18 @@ def check_fused_state(
                 f"{s.numel()} elements on {s.device}; fused steps keep a one-element "
                 f"float32/float64 tensor on the parameter's device ({p.device})"
             )
+
+
+def check_fused_state(where: str, roles: guard.Roles) -> None:
+    """What a ``fused=True`` step checks before torch ops compute it (where the C and
+    Triton kernels could not take the tensors; those check the same themselves): each
+    gradient and state tensor has its parameter's shape, dtype, device and a dense layout
+    (:func:`reimpl.kernels.guard.check_like_params`) and no state or param overlaps
+    another (:func:`~reimpl.kernels.guard.check_disjoint`). ``RuntimeError`` otherwise,
+    naming the parameter's index (among those with a gradient in the group) and the key;
+    so every fused path refuses what one refuses."""
+    guard.check_like_params(where, roles)
+    guard.check_disjoint(where, roles)
 
 
 # ------------------------------------------------------------------ path selection
@@ -306,13 +304,19 @@ def run_triton(
         return False
     # plain tensors only: a DTensor (FSDP2) reports a data_ptr() the kernel cannot use
     plain = (torch.Tensor, torch.nn.Parameter)
-    if not all(
-        type(t) in plain and triton_available(t) and not t.is_complex() and t.is_contiguous()
-        for lst in lists
-        for t in lst
-        if t is not None
-    ):
-        return False
+    for j, lst in enumerate(lists):
+        for i, t in enumerate(lst):
+            if t is None:
+                continue
+            if not (
+                type(t) in plain
+                and triton_available(t)
+                and not t.is_complex()
+                and t.is_contiguous()
+            ):
+                return False
+            if j != steps_at and (t.dtype != params[i].dtype or t.shape != params[i].shape):
+                return False  # a mismatch: the C path's or the fallback's check names it
     from reimpl.kernels import triton_optim
 
     update = getattr(triton_optim, kernel)

@@ -19,6 +19,7 @@ from reimpl.optim.optimizer import (
     check_fused_flags,
     check_fused_param,
     check_fused_state,
+    check_fused_steps,
     check_nonnegative,
     check_steps,
     choose_path,
@@ -350,12 +351,8 @@ def _fused_rmsprop(
         raise RuntimeError("RMSprop with fused=True does not support complex params")
     for p in params:
         check_fused_param(p)
-    states = {
-        "square_avg": square_avgs,
-        "grad_avg": grad_avgs if centered else None,
-        "momentum_buffer": momentum_bufs if momentum > 0 else None,
-    }
-    check_fused_state("RMSprop(fused=True)", params, grads, states, steps)
+    where = "RMSprop(fused=True)"
+    check_fused_steps(where, params, steps)
     if run_triton(
         "rmsprop_",
         [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
@@ -369,13 +366,19 @@ def _fused_rmsprop(
         maximize=maximize,
     ):
         return
-    if cpu_fused.usable(params, grads, square_avgs, grad_avgs, momentum_bufs):
+    roles = [
+        ("param", params),
+        ("grad", grads),
+        ("square_avg", square_avgs),
+        ("grad_avg", grad_avgs if centered else None),
+        ("momentum_buffer", momentum_bufs if momentum > 0 else None),
+    ]
+    batch = cpu_fused.prepare(where, roles)
+    if batch is not None:
         lr = plain_value(lr)
         torch._foreach_add_(steps, 1)
-        cpu_fused.call(
+        batch.run(
             "rmsprop",
-            "RMSprop(fused=True)",
-            [("param", params), ("grad", grads), *states.items()],
             cpu_fused.RMSpropOpts(
                 lr=lr,
                 alpha=alpha,
@@ -387,6 +390,7 @@ def _fused_rmsprop(
             ),
         )
         return
+    check_fused_state(where, roles)
     run_widened(
         _multi_tensor_rmsprop,
         [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],

@@ -258,8 +258,7 @@ def _fused_sgd(
     computed in float32 like torch's fused kernels."""
     if has_sparse_grad:
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
-    states = {"momentum_buffer": bufs if momentum != 0 else None}
-    check_fused_state("SGD(fused=True)", params, grads, states)
+    where = "SGD(fused=True)"
     # the Triton kernel starts all buffers or none in one launch; a checkpoint missing some
     # (torch's for-loop starts those anew) takes the C kernel or the multi-tensor path
     missing = [b is None for b in bufs]
@@ -274,17 +273,17 @@ def _fused_sgd(
         maximize=maximize,
     ):
         return
-    if cpu_fused.usable(params, grads, bufs):
+    roles = [("param", params), ("grad", grads), ("momentum_buffer", bufs if momentum else None)]
+    batch = cpu_fused.prepare(where, roles)  # type: ignore[arg-type]
+    if batch is not None:
         lr, weight_decay = plain_value(lr), plain_value(weight_decay)
         first = [0] * len(params)
         if momentum != 0:
             for i, p in enumerate(params):
                 if bufs[i] is None:
                     bufs[i], first[i] = torch.empty_like(p), 1
-        cpu_fused.call(
+        batch.run(
             "sgd",
-            "SGD(fused=True)",
-            [("param", params), ("grad", grads), *states.items()],
             cpu_fused.SGDOpts(
                 lr=lr,
                 wd=weight_decay,
@@ -296,6 +295,7 @@ def _fused_sgd(
             first=first,
         )
         return
+    check_fused_state(where, roles)  # type: ignore[arg-type]
     run_widened(
         _multi_tensor_sgd,
         [params, grads, bufs],
