@@ -36,7 +36,7 @@ from reimpl.optim.optimizer import (
 __all__ = ["Adagrad"]
 
 
-class Adagrad(Optimizer):
+class Adagrad(torch.optim.Adagrad):
     r"""AdaGrad.
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -93,7 +93,7 @@ class Adagrad(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
@@ -107,7 +107,7 @@ class Adagrad(Optimizer):
         state["sum"] = torch.full_like(p, fill, memory_format=torch.preserve_format)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        Optimizer.__setstate__(self, state)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)

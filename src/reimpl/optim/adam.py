@@ -40,7 +40,7 @@ from reimpl.optim.optimizer import (
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(Optimizer):
+class Adam(torch.optim.Adam):
     r"""Adam, optionally AMSGrad, optionally with decoupled weight decay (= AdamW).
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -114,11 +114,11 @@ class Adam(Optimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        Optimizer.__setstate__(self, state)
         for group in self.param_groups:
             for key, value in (
                 ("amsgrad", False),
@@ -244,7 +244,7 @@ class Adam(Optimizer):
         return loss
 
 
-class AdamW(Adam):
+class AdamW(Adam, torch.optim.AdamW):
     r"""AdamW: :class:`Adam` with decoupled weight decay (default ``weight_decay=1e-2``).
 
     The decay shrinks the weights directly instead of entering the gradient, so it is not

@@ -31,6 +31,7 @@ from typing import Any, Literal, SupportsFloat
 
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim import lr_scheduler as _torch
 from torch.optim.lr_scheduler import LRScheduler as _TorchLRSchedulerBase
 
 __all__ = [
@@ -292,7 +293,7 @@ class _LambdaScheduler(LRScheduler):
                 fn.__dict__.update(attrs)
 
 
-class LambdaLR(_LambdaScheduler):
+class LambdaLR(_LambdaScheduler, _torch.LambdaLR):
     """``η_t = η_0 · λ(t)``, one ``λ`` per group or one for all."""
 
     def get_lr(self) -> list[Lr]:
@@ -303,7 +304,7 @@ class LambdaLR(_LambdaScheduler):
         ]
 
 
-class MultiplicativeLR(_LambdaScheduler):
+class MultiplicativeLR(_LambdaScheduler, _torch.MultiplicativeLR):
     """``η_t = η_{t−1} · λ(t)`` for ``t ≥ 1`` (no closed form)."""
 
     def _check_lambdas(self) -> None:
@@ -321,7 +322,7 @@ class MultiplicativeLR(_LambdaScheduler):
         ]
 
 
-class StepLR(LRScheduler):
+class StepLR(LRScheduler, _torch.StepLR):
     """``η_t = η_0 · γ^⌊t / step_size⌋``."""
 
     def __init__(
@@ -341,7 +342,7 @@ class StepLR(LRScheduler):
         return [b * self.gamma ** (self.last_epoch // self.step_size) for b in self.base_lrs]
 
 
-class MultiStepLR(LRScheduler):
+class MultiStepLR(LRScheduler, _torch.MultiStepLR):
     """``η_t = η_0 · γ^(number of milestones ≤ t)``; a repeated milestone counts repeatedly."""
 
     def __init__(
@@ -366,7 +367,7 @@ class MultiStepLR(LRScheduler):
         return [b * self.gamma**passed for b in self.base_lrs]
 
 
-class ConstantLR(LRScheduler):
+class ConstantLR(LRScheduler, _torch.ConstantLR):
     """``η_t = η_0 · factor`` for ``t < total_iters``, then ``η_0``."""
 
     def __init__(
@@ -395,7 +396,7 @@ class ConstantLR(LRScheduler):
         return [b * (self.factor + done * (1 - self.factor)) for b in self.base_lrs]
 
 
-class LinearLR(LRScheduler):
+class LinearLR(LRScheduler, _torch.LinearLR):
     """``η_t = η_0 · (s + (e − s) · min(t, T) / T)``: factor ``s`` → ``e`` over ``T`` steps."""
 
     def __init__(
@@ -430,7 +431,7 @@ class LinearLR(LRScheduler):
         return [b * (s + (e - s) * min(n, self.last_epoch) / n) for b in self.base_lrs]
 
 
-class ExponentialLR(LRScheduler):
+class ExponentialLR(LRScheduler, _torch.ExponentialLR):
     """``η_t = η_0 · γ^t``."""
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
@@ -445,7 +446,7 @@ class ExponentialLR(LRScheduler):
         return [b * self.gamma**self.last_epoch for b in self.base_lrs]
 
 
-class PolynomialLR(LRScheduler):
+class PolynomialLR(LRScheduler, _torch.PolynomialLR):
     """``η_t = η_0 · (1 − min(t, T) / T)^power``."""
 
     def __init__(
@@ -472,7 +473,7 @@ def _half_cosine(t: float, period: float) -> float:
     return (1 + math.cos(math.pi * t / period)) / 2
 
 
-class CosineAnnealingLR(LRScheduler):
+class CosineAnnealingLR(LRScheduler, _torch.CosineAnnealingLR):
     """``η_t = η_min + (η_0 − η_min) · (1 + cos(π t / T_max)) / 2`` (SGDR without restarts).
 
     The chainable form follows the curve from the current lr, and past ``T_max`` keeps
@@ -509,7 +510,7 @@ class CosineAnnealingLR(LRScheduler):
         ]
 
 
-class CosineAnnealingWarmRestarts(LRScheduler):
+class CosineAnnealingWarmRestarts(LRScheduler, _torch.CosineAnnealingWarmRestarts):
     """SGDR: ``η = η_min + (η_0 − η_min) · (1 + cos(π T_cur / T_i)) / 2``.
 
     ``T_cur`` counts epochs since the last restart; a restart happens when it reaches
@@ -534,7 +535,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         self.T_i = T_0
         self.T_mult = T_mult
         self.eta_min = eta_min
-        self.T_cur: float = last_epoch
+        self.T_cur: float = last_epoch  # type: ignore[assignment]
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[Lr]:
@@ -607,7 +608,7 @@ def _momentum_setup(
     return bases, highs
 
 
-class CyclicLR(LRScheduler):
+class CyclicLR(LRScheduler, _torch.CyclicLR):
     """Cyclical lr (Smith 2017), stepped per batch.
 
     A cycle is ``step_size_up + step_size_down`` steps; with ``x`` the position in it,
@@ -644,7 +645,7 @@ class CyclicLR(LRScheduler):
         self.max_lrs = _per_group("max_lr", optimizer, max_lr)
         up = float(step_size_up)
         down = float(step_size_down) if step_size_down is not None else up
-        self.total_size = up + down
+        self.total_size = up + down  # type: ignore[assignment]
         self.step_ratio = up / self.total_size
         if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
             raise ValueError(
@@ -675,6 +676,19 @@ class CyclicLR(LRScheduler):
         elif self.mode == "exp_range":
             self._scale_fn_ref = functools.partial(_exp_range, self.gamma)
             self.scale_mode = "iterations"
+
+    # torch's names for the built-in scale functions (ours, below)
+    @staticmethod
+    def _triangular_scale_fn(x: float) -> float:
+        return _triangular(x)
+
+    @staticmethod
+    def _triangular2_scale_fn(x: float) -> float:
+        return _triangular2(x)
+
+    @staticmethod
+    def _exp_range_scale_fn(gamma: float, x: float) -> float:
+        return _exp_range(gamma, x)
 
     def scale_fn(self, x: float) -> float:
         fn = self._scale_fn_custom if self._scale_fn_custom is not None else self._scale_fn_ref
@@ -730,7 +744,7 @@ def _exp_range(gamma: float, x: float) -> float:
     return gamma**x
 
 
-class OneCycleLR(LRScheduler):
+class OneCycleLR(LRScheduler, _torch.OneCycleLR):
     """1cycle policy (Smith & Topin 2018), stepped per batch.
 
     Phases (each annealed by cos or linear): ``initial_lr = max_lr / div_factor`` → ``max_lr``
@@ -788,7 +802,7 @@ class OneCycleLR(LRScheduler):
             ]
         )  # fmt: skip
         keys = ("end_step", "start_lr", "end_lr", "start_momentum", "end_momentum")
-        self._schedule_phases: list[dict[str, Any]] = [
+        self._schedule_phases: list[dict[str, Any]] = [  # type: ignore[assignment]
             dict(zip(keys, p, strict=True)) for p in phases
         ]
         if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
@@ -806,6 +820,15 @@ class OneCycleLR(LRScheduler):
         if cycle_momentum:
             _momentum_setup(self, optimizer, base_momentum, max_momentum, last_epoch)
         super().__init__(optimizer, last_epoch)
+
+    # torch's names for the two anneal shapes (ours)
+    @staticmethod
+    def _annealing_cos(start: Any, end: Any, pct: float) -> Any:
+        return _anneal_cos(start, end, pct)
+
+    @staticmethod
+    def _annealing_linear(start: Any, end: Any, pct: float) -> Any:
+        return _anneal_linear(start, end, pct)
 
     def _anneal_func(self, start: Any, end: Any, pct: float) -> Any:
         kind = getattr(self, "_anneal_func_type", None)
@@ -898,7 +921,7 @@ def _load_composite_state(sched: Any, state_dict: dict[str, Any]) -> None:
         s.load_state_dict(st)
 
 
-class SequentialLR(LRScheduler):
+class SequentialLR(LRScheduler, _torch.SequentialLR):
     """Run ``schedulers[i]`` between ``milestones[i−1]`` and ``milestones[i]``.
 
     At a milestone the next scheduler starts from its own epoch 0 (closed form, from the
@@ -920,7 +943,7 @@ class SequentialLR(LRScheduler):
                 f"SequentialLR needs one milestone fewer than schedulers: got "
                 f"{len(schedulers)} schedulers and {len(milestones)} milestones"
             )
-        self._schedulers = schedulers
+        self._schedulers = schedulers  # type: ignore[assignment]
         self._milestones = milestones
         self.last_epoch = last_epoch + 1
         self.optimizer = optimizer
@@ -958,7 +981,7 @@ class SequentialLR(LRScheduler):
         _load_composite_state(self, state_dict)
 
 
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(LRScheduler, _torch.ChainedScheduler):
     """Step every scheduler in turn each step; chainable forms compose multiplicatively."""
 
     def __init__(
@@ -987,7 +1010,7 @@ class ChainedScheduler(LRScheduler):
 # ----------------------------------------------------------------------------- plateau
 
 
-class ReduceLROnPlateau(LRScheduler):
+class ReduceLROnPlateau(LRScheduler, _torch.ReduceLROnPlateau):
     """Multiply lrs by ``factor`` once a metric stops improving for ``patience`` epochs.
 
     Improvement (mode, threshold_mode): min/rel ``a < best·(1 − thr)``, min/abs

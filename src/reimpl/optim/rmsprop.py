@@ -38,7 +38,7 @@ from reimpl.optim.optimizer import (
 __all__ = ["RMSprop"]
 
 
-class RMSprop(Optimizer):
+class RMSprop(torch.optim.RMSprop):
     r"""RMSprop.
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -104,11 +104,11 @@ class RMSprop(Optimizer):
         if fused:
             # only when asked for, so default checkpoints stay exactly torch's format
             defaults["fused"] = fused
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        Optimizer.__setstate__(self, state)
         for group in self.param_groups:
             for key, value in (
                 ("momentum", 0),

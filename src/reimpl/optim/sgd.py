@@ -32,7 +32,7 @@ from reimpl.optim.optimizer import (
 __all__ = ["SGD"]
 
 
-class SGD(Optimizer):
+class SGD(torch.optim.SGD):
     r"""Stochastic gradient descent, optionally with momentum.
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -95,11 +95,11 @@ class SGD(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        Optimizer.__setstate__(self, state)
         for group in self.param_groups:
             for key, value in (
                 ("nesterov", False),

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.optim import swa_utils as _torch_swa
 
 from reimpl.optim.lr_scheduler import LRScheduler, _per_group
 
@@ -121,7 +122,7 @@ def _group_by_device_and_dtype(
     return groups
 
 
-class AveragedModel(Module):
+class AveragedModel(_torch_swa.AveragedModel):
     """A deep copy of ``model`` whose weights average the model's over updates.
 
     Args:
@@ -144,7 +145,7 @@ class AveragedModel(Module):
         multi_avg_fn: MultiAvgFn | None = None,
         use_buffers: bool = False,
     ) -> None:
-        super().__init__()
+        Module.__init__(self)  # (torch's AveragedModel.__init__ would set it all up itself)
         if avg_fn is not None and multi_avg_fn is not None:
             raise AssertionError("give AveragedModel either avg_fn or multi_avg_fn, not both")
         self.module = deepcopy(model)
@@ -249,7 +250,7 @@ def _anneal_linear(t: float) -> float:
     return t
 
 
-class SWALR(LRScheduler):
+class SWALR(LRScheduler, _torch_swa.SWALR):
     """Anneal each group's lr to ``swa_lr`` over ``anneal_epochs`` steps, then hold it.
 
     With ``α(s) = a(min(1, s / anneal_epochs))`` (``a`` the cos or linear ramp 0 → 1) and
@@ -276,8 +277,17 @@ class SWALR(LRScheduler):
         self.anneal_epochs = anneal_epochs
         super().__init__(optimizer, last_epoch)
 
+    # torch's names for the two ramps (ours)
+    @staticmethod
+    def _cosine_anneal(t: float) -> float:
+        return _anneal_cos(t)
+
+    @staticmethod
+    def _linear_anneal(t: float) -> float:
+        return _anneal_linear(t)
+
     def _set_anneal_func(self, strategy: str) -> None:
-        self._anneal_strategy = strategy
+        self._anneal_strategy = strategy  # type: ignore[assignment]
         self.anneal_func = _anneal_cos if strategy == "cos" else _anneal_linear
 
     @staticmethod
