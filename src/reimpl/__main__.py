@@ -63,7 +63,8 @@ def check(args: argparse.Namespace) -> int:
         rows.append((fam, rep))
     if sys.stderr.isatty() or args.progress:
         print(file=sys.stderr)
-    failed = [r for _, r in rows if not r.ok]
+    failed = [r for _, r in rows if not r.ok or (args.strict and r.torch_side is not None)]
+    torch_side = [r for _, r in rows if r.ok and r.torch_side is not None]
     head = (
         f"{'component':<44} {'device':<6} {'dtype':<9} {'cases':>5} "
         f"{'max abs':>9} {'max rel':>9}  status"
@@ -72,7 +73,7 @@ def check(args: argparse.Namespace) -> int:
     print("-" * len(head))
     for _fam, r in rows:
         dname = str(r.dtype).replace("torch.", "")
-        status = "ok" if r.ok else "MISMATCH"
+        status = r.status
         print(
             f"{r.case:<44} {r.device:<6} {dname:<9} {r.examples:>5} {r.diff.max_abs:>9.2e} "
             f"{r.diff.max_rel:>9.2e}  {status}"
@@ -82,8 +83,15 @@ def check(args: argparse.Namespace) -> int:
         f"\n{len(rows) - len(failed)} passed, {len(failed)} failed "
         f"(torch {torch.__version__}, {secs:.1f}s)"
     )
+    if torch_side:
+        print(
+            f"{len(torch_side)} with torch-side differences: torch {torch.__version__} raised "
+            "where reimpl computes (fails only with --strict)"
+        )
     for r in failed:
-        print(f"\nMISMATCH {r.case} [{r.dtype}, {r.device}]\n{r.failure}")
+        print(f"\n{r.status} {r.case} [{r.dtype}, {r.device}]\n{r.failure or r.error or ''}")
+    for r in torch_side:
+        print(f"\ntorch-side {r.case} [{r.dtype}, {r.device}]\n{r.torch_side}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
@@ -99,7 +107,10 @@ def check(args: argparse.Namespace) -> int:
                             "max_abs": r.diff.max_abs,
                             "max_rel": r.diff.max_rel,
                             "ok": r.ok,
+                            "status": r.status,
                             "failure": r.failure,
+                            "error": r.error,
+                            "torch_side": r.torch_side,
                         }
                         for fam, r in rows
                     ],
@@ -122,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed.add_argument("--thorough", action="store_true", help="200 random examples per case")
     c.add_argument("--json", metavar="PATH", help="write the results as JSON")
     c.add_argument("--progress", action="store_true", help="progress bar even when not a tty")
+    c.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail on torch-side differences (torch raised where reimpl computes)",
+    )
     c.set_defaults(func=check)
     b = sub.add_parser(
         "bench", help="time reimpl against torch (see benchmarks/README.md)", add_help=False

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from reimpl_parity.compare import Diff, ParityError, compare, tolerance
 from reimpl_parity.strategies import FLOAT_DTYPES, Call
 
+__all__ = ["Case", "CaseReport", "TorchSideDifference", "check_call", "check_case", "torch_gap"]
+
 
 @dataclass(frozen=True)
 class Case:
@@ -74,9 +76,29 @@ def run_side(fn: Callable[..., Any], call: Call, device: str, *, backward: bool)
     return res
 
 
+class TorchSideDifference(ParityError):
+    """torch raised where reimpl computed, and what torch said is a gap of the installed torch
+    (no kernel for this dtype or device), not a verdict on the input: nothing to compare with.
+    ``reimpl check`` reports these apart from mismatches (failing only under ``--strict``)."""
+
+
+def torch_gap(err: BaseException) -> bool:
+    """torch declined for want of a kernel ("... not implemented for 'Half'"), not because the
+    input is bad: reimpl computing there is a difference of torch's, not a mismatch."""
+    text = str(err)
+    return isinstance(err, (NotImplementedError, RuntimeError)) and (
+        "not implemented for" in text or "Could not run" in text
+    )
+
+
 def _same_error(ours: BaseException | None, theirs: BaseException | None, where: str) -> None:
     if theirs is None and ours is None:
         return
+    if ours is None and theirs is not None and torch_gap(theirs):
+        raise TorchSideDifference(
+            f"{where}: torch {torch.__version__} raised {type(theirs).__name__}: {theirs}; "
+            "reimpl computed (a gap of this torch version, not a mismatch)"
+        )
     if theirs is None:
         raise ParityError(f"{where}: reimpl raised {type(ours).__name__}: {ours}; torch did not")
     if ours is None:
@@ -117,16 +139,32 @@ def check_call(case: Case, call: Call, dtype: torch.dtype, device: str) -> Diff:
 
 @dataclass
 class CaseReport:
+    """One row of ``reimpl check``. ``failure``: a real mismatch (reimpl differs from
+    torch); ``error``: the check itself broke (an exception inside the case, a flaky
+    example), with the call that was running; ``torch_side``: torch could not serve as the
+    oracle (see :class:`TorchSideDifference`)."""
+
     case: str
     dtype: torch.dtype
     device: str
     examples: int = 0
     diff: Diff = field(default_factory=Diff)
     failure: str | None = None
+    error: str | None = None
+    torch_side: str | None = None
+    last_call: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.failure is None
+        return self.failure is None and self.error is None
+
+    @property
+    def status(self) -> str:
+        if self.failure is not None:
+            return "MISMATCH"
+        if self.error is not None:
+            return "ERROR"
+        return "torch-side" if self.torch_side is not None else "ok"
 
 
 def check_case(
@@ -158,7 +196,11 @@ def check_case(
     @given(call=case.inputs(dtype))
     def run(call: Call) -> None:
         report.examples += 1
-        report.diff.update(check_call(case, call, dtype, device))
+        report.last_call = f"{case.name}{call!r} on {device}"
+        try:
+            report.diff.update(check_call(case, call, dtype, device))
+        except TorchSideDifference as e:  # recorded, and the search goes on
+            report.torch_side = report.torch_side or str(e)
 
     try:
         run()
@@ -166,6 +208,10 @@ def check_case(
         report.failure = str(e)
         if raise_on_failure:
             raise
+    except Exception as e:  # a row, never a traceback: the check must survive any case
+        if raise_on_failure:
+            raise
+        report.error = f"{type(e).__name__}: {e}\n  while checking {report.last_call}"
     return report
 
 

@@ -60,3 +60,71 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
     assert data["torch"] and data["device"] and data["results"][0]["case"].startswith("mse_loss")
     assert (tmp_path / "cpu.md").read_text().startswith("Device:")
     assert (tmp_path / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------- `reimpl check` never crashes
+
+
+def _one_case(monkeypatch: pytest.MonkeyPatch, **changes: object) -> str:
+    """Make `reimpl check --components losses` run one MSE row, altered by ``changes``."""
+    import dataclasses
+
+    from reimpl_parity.cases import ALL
+
+    case = next(c for c in ALL["losses"] if c.name.startswith("mse_loss"))
+    monkeypatch.setitem(ALL, "losses", [dataclasses.replace(case, **changes)])
+    return case.name
+
+
+def _check(*extra: str) -> list[str]:
+    base = ["check", "--quick", "--device", "cpu", "--components", "losses"]
+    return [*base, "--dtypes", "float32", *extra]
+
+
+def test_a_real_mismatch_exits_nonzero_with_the_call(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import reimpl.nn.functional as F
+
+    def broken(*args: object, **kwargs: object) -> object:  # a deliberately wrong reimpl
+        return F.mse_loss(*args, **kwargs) * 1.01  # type: ignore[operator]
+
+    name = _one_case(monkeypatch, ours=broken)
+    assert main(_check()) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and f"{name}(" in out  # the row, and the call to reproduce it
+
+
+def test_an_exception_inside_a_case_is_a_row_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def explodes(*args: object, **kwargs: object) -> object:
+        raise SystemError("the oracle broke")  # not an error torch's API would raise
+
+    from reimpl_parity import harness
+
+    real = harness.run_side
+
+    def run_side(fn: object, *args: object, **kwargs: object) -> object:
+        if fn is explodes:
+            raise KeyError("inside the harness")
+        return real(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(harness, "run_side", run_side)
+    _one_case(monkeypatch, theirs=explodes)
+    assert main(_check()) == 1
+    out = capsys.readouterr().out
+    assert "ERROR" in out and "KeyError" in out and "while checking mse_loss" in out
+
+
+def test_torch_side_differences_fail_only_when_strict(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def torch_without_kernel(*args: object, **kwargs: object) -> object:
+        raise NotImplementedError("\"mse_backward_cpu_out\" not implemented for 'Float'")
+
+    _one_case(monkeypatch, theirs=torch_without_kernel)
+    assert main(_check()) == 0
+    out = capsys.readouterr().out
+    assert "torch-side" in out and "fails only with --strict" in out
+    assert main(_check("--strict")) == 1
