@@ -26,6 +26,7 @@ from reimpl.optim.optimizer import (
     check_tensor_hparam,
     choose_path,
     found_inf_on_host,
+    graph_capture_health_check,
     group_by_device_and_dtype,
     new_step,
     plain_value,
@@ -200,7 +201,7 @@ class Adam(torch.optim.Adam):
     @use_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update of every param with a gradient; ``closure`` re-evaluates the loss."""
-        self._accelerator_graph_capture_health_check()
+        graph_capture_health_check(self)
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -12,12 +12,14 @@ The base class is torch's own :class:`torch.optim.Optimizer`, so ``param_groups`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import importlib
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT, _use_grad_for_differentiable
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from reimpl.kernels import guard, triton_available
 
@@ -39,6 +41,7 @@ __all__ = [
     "choose_path",
     "default_foreach",
     "found_inf_on_host",
+    "graph_capture_health_check",
     "group_by_device_and_dtype",
     "is_compiling",
     "new_step",
@@ -64,11 +67,40 @@ _CAPTURABLE_DEVICES = ("cuda", "xpu", "hpu", "xla")
 #: plain tensor types (subclasses such as DTensor keep the per-tensor loop by default)
 _NATIVE_TYPES = (Tensor, torch.nn.Parameter)
 
-use_grad_for_differentiable = _use_grad_for_differentiable
+
+def _own_use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``step`` with autograd on exactly when the optimizer is ``differentiable``."""
+
+    @functools.wraps(step)
+    def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            return step(self, *args, **kwargs)
+
+    return wrapper
+
+
+#: torch's decorator (private; it also keeps torch.compile's graph breaks where torch's
+#: optimizers have them), or our own equivalent where a torch version lacks it
+use_grad_for_differentiable: Callable[..., Any] = getattr(
+    importlib.import_module("torch.optim.optimizer"),
+    "_use_grad_for_differentiable",
+    _own_use_grad_for_differentiable,
+)
 
 
 def is_compiling() -> bool:
     return bool(torch.compiler.is_compiling())
+
+
+def graph_capture_health_check(opt: Optimizer) -> None:
+    """torch's check that a step being captured into a CUDA graph is capturable (a private
+    method of torch's Optimizer: ``_accelerator_graph_capture_health_check`` from torch
+    2.6, ``_cuda_graph_capture_health_check`` before; neither: nothing to check)."""
+    for name in ("_accelerator_graph_capture_health_check", "_cuda_graph_capture_health_check"):
+        check = getattr(opt, name, None)
+        if check is not None:
+            check()
+            return
 
 
 # --------------------------------------------------------------------------- checks
@@ -319,10 +351,18 @@ def as_real(params: TensorList, *others: list[Any]) -> None:
 def group_by_device_and_dtype(
     tensorlists: list[list[Any]], with_indices: bool = False
 ) -> dict[Any, tuple[list[list[Any]], list[int]]]:
-    """Batch parallel lists into runs sharing (device, dtype) for the multi-tensor path."""
-    return Optimizer._group_tensors_by_device_and_dtype(  # type: ignore[return-value]
-        tensorlists, with_indices
-    )
+    """Batch parallel lists into runs sharing (device, dtype) for the multi-tensor path:
+    torch's helper (private), or the same grouping in Python where it is missing."""
+    torch_grouping = getattr(Optimizer, "_group_tensors_by_device_and_dtype", None)
+    if torch_grouping is not None:
+        return torch_grouping(tensorlists, with_indices)  # type: ignore[no-any-return]
+    groups: dict[Any, tuple[list[list[Any]], list[int]]] = {}
+    for i, t in enumerate(tensorlists[0]):
+        lists, indices = groups.setdefault((t.device, t.dtype), ([[] for _ in tensorlists], []))
+        for lst, src in zip(lists, tensorlists, strict=True):
+            lst.append(src[i] if src else None)
+        indices.append(i)
+    return groups
 
 
 _NARROW = (torch.float16, torch.bfloat16)
