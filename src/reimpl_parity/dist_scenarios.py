@@ -327,6 +327,19 @@ def _ddp_syncbn(checks: Checks, dev: torch.device, steps: int = 4) -> None:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     ids = [dev.index] if dev.type == "cuda" else None
+    if dev.type == "cpu":
+        # DDP refuses any torch.nn.SyncBatchNorm in a CPU model, and ours is one (class
+        # identity): held to torch's refusal there; the comparison runs on CUDA
+        errors = []
+        for ns in (reimpl.nn, torch.nn):
+            try:
+                DDP(ns.SyncBatchNorm.convert_sync_batchnorm(_mlp(ns.BatchNorm1d, None, 0.0)))
+                errors.append(None)
+            except ValueError as e:
+                errors.append(type(e))
+        with checks.check("ddp_syncbn/cpu_refused_like_torch"):
+            assert errors == [ValueError, ValueError], errors
+        return
     local = _mlp(reimpl.nn.BatchNorm1d, None, 0.0)
     m_o = DDP(reimpl.nn.SyncBatchNorm.convert_sync_batchnorm(local).to(dev), device_ids=ids)
     m_t = _mlp(torch.nn.BatchNorm1d, None, 0.0).to(dev)

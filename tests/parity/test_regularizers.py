@@ -17,7 +17,7 @@ PARAMS = [
 @pytest.mark.parametrize(("case", "dtype"), PARAMS)
 def test_regularizer_parity(case, dtype: torch.dtype, device: str) -> None:
     if device.split(":")[0] not in case.devices:
-        pytest.skip(f"{case.name} is checked on {case.devices} only (CUDA: tests/unit)")
+        pytest.skip(f"{case.name} runs on {case.devices} only")
     check_case(case, dtype, device)
 
 

@@ -1,4 +1,6 @@
-"""Parity table for the losses: every functional loss, drawn over shapes, dtypes and kwargs."""
+"""Parity table for the losses: every functional loss, drawn over shapes, dtypes and kwargs;
+the same rows under ``torch.autocast`` (CPU and CUDA); inputs of mixed dtypes. Bad input:
+:mod:`reimpl_parity.cases.loss_errors` (re-exported here as ``LOSS_ERROR_CASES``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,9 @@ import torch.nn.functional as TF
 from hypothesis import strategies as st
 
 import reimpl.nn.functional as F
+from reimpl_parity.cases import _autocast as autocast
+from reimpl_parity.cases.loss_errors import LOSS_ERROR_CASES
+from reimpl_parity.compare import TOLERANCES
 from reimpl_parity.harness import Case
 from reimpl_parity.strategies import (
     Call,
@@ -181,7 +186,7 @@ _BCE_16 = {torch.float16: (2e-3, 1e-3), torch.bfloat16: (3.2e-2, 1e-2)}
 # bfloat16), not of the final sum, which may cancel to much less.
 _SUM_16 = {torch.float16: (2e-3, 1e-2), torch.bfloat16: (3.2e-2, 8e-2)}
 
-LOSS_CASES: list[Case] = [
+_PLAIN_CASES: list[Case] = [
     Case("log_softmax", F.log_softmax, TF.log_softmax, _log_softmax_call, family="losses"),
     Case(
         "cross_entropy[index]",
@@ -272,171 +277,103 @@ LOSS_CASES: list[Case] = [
 ]
 
 
-# ---------------------------------------------------------------------------- bad input
+# ------------------------------------------------------------------- mixed input dtypes
+
+_OTHER_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def _t(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, **kw: Any) -> TensorSpec:
-    return TensorSpec(tuple(shape), dtype, seed=0, **kw)
+@st.composite
+def _huber_mixed_call(draw: Draw, dtype: torch.dtype) -> Call:
+    """A float input with a target of another dtype (float, integer or bool)."""
+    shape = draw(shapes(0, 3, 0, 5))
+    x = draw(tensors(shape, dtype, requires_grad=True, regimes=("normal", "large", "tiny")))
+    t_dtype = draw(st.sampled_from([d for d in _OTHER_DTYPES if d != dtype] + [torch.int64]))
+    if t_dtype.is_floating_point:
+        t = draw(tensors(shape, t_dtype, requires_grad=draw(st.booleans())))
+    else:
+        t = draw(tensors(shape, t_dtype, kind="int", low=-3, high=4))
+    strategies: dict[str, st.SearchStrategy[Any]] = {
+        "reduction": reductions,
+        "delta": st.sampled_from([0.5, 1.0, 2.0]),
+        "weight": tensors(shape, dtype, kind="positive", low=0.1, high=2.0),
+    }
+    return Call((x, t), draw(optional_kwargs(strategies)), seed=draw(seeds))
 
 
-def _idx(value: int, shape: tuple[int, ...] | int, dtype: torch.dtype = torch.int64) -> TensorSpec:
-    """A class-index target filled with one value."""
-    shape = (shape,) if isinstance(shape, int) else shape
-    return TensorSpec(tuple(shape), dtype, seed=0, kind="fill", low=value)
-
-
-def _error_case(name: str, fn: str, *args: Any, **kwargs: Any) -> Case:
-    call = Call(args, kwargs)
-    return Case(
-        f"{fn}:{name}",
-        getattr(F, fn),
-        getattr(TF, fn),
-        lambda dt: st.just(call),
-        family="loss-errors",
-        dtypes=(torch.float32,),
-        backward=False,
-        devices=("cpu",),
+@st.composite
+def _bce_logits_mixed_call(draw: Draw, dtype: torch.dtype) -> Call:
+    """Logits of one float dtype; target, weight and pos_weight of wider or equal ones
+    (torch rounds into the target's dtype, in place)."""
+    shape = draw(shapes(1, 3, 1, 5))
+    wider = [d for d in (torch.float32, torch.float64) if d.itemsize >= dtype.itemsize]
+    x = draw(tensors(shape, dtype, requires_grad=True))
+    t = draw(tensors(shape, draw(st.sampled_from(wider)), kind="unit"))
+    kw = draw(
+        optional_kwargs(
+            {
+                "weight": tensors(
+                    shape, draw(st.sampled_from(wider)), kind="positive", low=0.1, high=2.0
+                ),
+                "pos_weight": tensors(
+                    shape[-1:], draw(st.sampled_from(wider)), kind="positive", low=0.1, high=5.0
+                ),
+                "reduction": reductions,
+            }
+        )
     )
+    return Call((x, t), kw, seed=draw(seeds))
 
 
-LOSS_ERROR_CASES: list[Case] = [
-    _error_case("int32 target", "cross_entropy", _t((3, 4)), _idx(1, 3, torch.int32)),
-    _error_case("float target of other shape", "cross_entropy", _t((3, 4)), _t((3,))),
-    _error_case("2-D index target", "cross_entropy", _t((3, 4)), _t((3, 5))),
-    _error_case("target out of range", "cross_entropy", _t((3, 4)), _idx(7, 3)),
-    _error_case("negative target", "cross_entropy", _t((3, 4)), _idx(-1, 3)),
-    _error_case("weight of wrong size", "cross_entropy", _t((3, 4)), _idx(1, 3), weight=_t((3,))),
-    _error_case("2-D weight", "cross_entropy", _t((3, 4)), _idx(1, 3), weight=_t((4, 1))),
-    _error_case(
-        "weight dtype", "cross_entropy", _t((3, 4)), _idx(1, 3), weight=_t((4,), torch.float64)
+MIXED_DTYPE_CASES: list[Case] = [
+    # the result has the input's dtype; torch's backward refuses the pair (RuntimeError)
+    Case(
+        "huber_loss[mixed dtypes]",
+        F.huber_loss,
+        TF.huber_loss,
+        _huber_mixed_call,
+        family="losses",
+        tol=_TWO_ULP,
+        why="16-bit: torch reduces the rounded terms in its own order",
     ),
-    _error_case(
-        "label_smoothing > 1", "cross_entropy", _t((3, 4)), _idx(1, 3), label_smoothing=1.5
+    Case(
+        "binary_cross_entropy_with_logits[mixed dtypes]",
+        F.binary_cross_entropy_with_logits,
+        TF.binary_cross_entropy_with_logits,
+        _bce_logits_mixed_call,
+        family="losses",
+        tol=_BCE_16,
+        why="16-bit logits: gradients formed in the wider dtype, then rounded",
     ),
-    _error_case(
-        "label_smoothing > 1, probs", "cross_entropy", _t((3, 4)), _t((3, 4)), label_smoothing=1.5
-    ),
-    _error_case("unknown reduction", "cross_entropy", _t((3, 4)), _idx(1, 3), reduction="avg"),
-    _error_case("batch mismatch", "cross_entropy", _t((3, 4)), _idx(1, 2)),
-    _error_case("0-D input", "cross_entropy", _t(()), _idx(0, ())),
-    _error_case("0-D input, float target", "cross_entropy", _t(()), _t(())),
-    _error_case("spatial target shape", "cross_entropy", _t((2, 3, 4)), _idx(0, (2, 5))),
-    _error_case(
-        "long probabilities",
-        "cross_entropy",
-        _t((3, 4)),
-        _t((3, 4), torch.int64, kind="int", high=2),
-    ),
-    _error_case(
-        "integer input", "cross_entropy", _t((3, 4), torch.int64, kind="int", high=3), _idx(1, 3)
-    ),
-    _error_case("0-D input", "nll_loss", _t(()), _idx(0, ())),
-    _error_case("1-D input with 1-D target", "nll_loss", _t((4,)), _idx(1, 2)),
-    _error_case("float target", "nll_loss", _t((3, 4)), _t((3,))),
-    _error_case("target out of range", "nll_loss", _t((3, 4)), _idx(9, 3)),
-    _error_case("spatial target out of range", "nll_loss", _t((2, 3, 4, 5)), _idx(9, (2, 4, 5))),
-    _error_case(
-        "integer input", "nll_loss", _t((3, 4), torch.int64, kind="int", high=3), _idx(1, 3)
-    ),
-    _error_case(
-        "input above 1",
-        "binary_cross_entropy",
-        _t((3,), kind="fill", low=1.5),
-        _t((3,), kind="unit"),
-    ),
-    _error_case(
-        "nan input",
-        "binary_cross_entropy",
-        _t((3,), kind="fill", low=float("nan")),
-        _t((3,), kind="unit"),
-    ),
-    _error_case(
-        "target below 0",
-        "binary_cross_entropy",
-        _t((3,), kind="unit"),
-        _t((3,), kind="fill", low=-1),
-    ),
-    _error_case(
-        "target size", "binary_cross_entropy", _t((3,), kind="unit"), _t((3, 1), kind="unit")
-    ),
-    _error_case(
-        "weight not broadcastable",
-        "binary_cross_entropy",
-        _t((3, 2), kind="unit"),
-        _t((3, 2), kind="unit"),
-        weight=_t((4,)),
-    ),
-    _error_case(
-        "integer target",
-        "binary_cross_entropy",
-        _t((3,), kind="unit"),
-        _t((3,), torch.int64, kind="int", high=2),
-    ),
-    _error_case(
-        "float64 target",
-        "binary_cross_entropy",
-        _t((3,), kind="unit"),
-        _t((3,), torch.float64, kind="unit"),
-    ),
-    _error_case(
-        "unknown reduction",
-        "binary_cross_entropy",
-        _t((3,), kind="unit"),
-        _t((3,), kind="unit"),
-        reduction="avg",
-    ),
-    _error_case("target size", "binary_cross_entropy_with_logits", _t((3,)), _t((3, 1))),
-    _error_case(
-        "pos_weight size",
-        "binary_cross_entropy_with_logits",
-        _t((3, 2)),
-        _t((3, 2)),
-        pos_weight=_t((3,)),
-    ),
-    _error_case(
-        "weight size", "binary_cross_entropy_with_logits", _t((3, 2)), _t((3, 2)), weight=_t((3,))
-    ),
-    _error_case(
-        "integer target",
-        "binary_cross_entropy_with_logits",
-        _t((3,)),
-        _t((3,), torch.int64, kind="int", high=2),
-    ),
-    _error_case("not broadcastable", "mse_loss", _t((3, 2)), _t((4,))),
-    _error_case(
-        "integer inputs",
-        "mse_loss",
-        _t((2,), torch.int64, kind="int", high=3),
-        _t((2,), torch.int64, kind="int", high=3),
-    ),
-    _error_case("unknown reduction", "mse_loss", _t((3,)), _t((3,)), reduction="bad"),
-    _error_case("weight size", "mse_loss", _t((3,)), _t((3,)), weight=_t((2,))),
-    _error_case(
-        "weighted, unknown reduction",
-        "mse_loss",
-        _t((3,)),
-        _t((3,)),
-        weight=_t((3,)),
-        reduction="bad",
-    ),
-    _error_case(
-        "integer inputs",
-        "l1_loss",
-        _t((2,), torch.int64, kind="int", high=3),
-        _t((2,), torch.int64, kind="int", high=3),
-    ),
-    _error_case("not broadcastable", "l1_loss", _t((3, 2)), _t((4,))),
-    _error_case("negative beta", "smooth_l1_loss", _t((3,)), _t((3,)), beta=-1.0),
-    _error_case(
-        "integer inputs",
-        "smooth_l1_loss",
-        _t((2,), torch.int64, kind="int", high=3),
-        _t((2,), torch.int64, kind="int", high=3),
-    ),
-    _error_case("zero delta", "huber_loss", _t((3,)), _t((3,)), delta=0.0),
-    _error_case("negative delta", "huber_loss", _t((3,)), _t((3,)), delta=-1.0),
-    _error_case("unknown reduction", "huber_loss", _t((3,)), _t((3,)), reduction="bad"),
-    _error_case("weight size", "huber_loss", _t((3,)), _t((3,)), weight=_t((2,))),
-    _error_case("dim out of range", "log_softmax", _t((3, 4)), dim=2),
-    _error_case("integer input", "log_softmax", _t((3,), torch.int64, kind="int", high=3), dim=0),
 ]
+
+# --------------------------------------------------------------------------- autocast
+
+#: on CPU, autocast runs these in float32 (torch's fp32 policy): float32's tolerance holds
+#: whatever the inputs' dtype (log_softmax and the weighted mse/l1 forms are not listed)
+_FP32_ON_CPU = {
+    "cross_entropy[index]",
+    "cross_entropy[probs]",
+    "nll_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "smooth_l1_loss",
+    "huber_loss",
+}
+_F32 = {dt: TOLERANCES[torch.float32] for dt in autocast.INPUT_DTYPES}
+
+
+def _autocast_rows(plain: list[Case]) -> list[Case]:
+    rows = []
+    for case in plain:
+        for device, dtype in autocast.RUNS:
+            if device == "cpu" and case.name in _FP32_ON_CPU:
+                why = "CPU autocast computes this loss in float32 (torch's fp32 policy)"
+                rows.append(autocast.autocast_case(case, device, dtype, tol=_F32, why=why))
+            else:
+                rows.append(autocast.autocast_case(case, device, dtype))
+    return rows
+
+
+LOSS_CASES: list[Case] = [*_PLAIN_CASES, *MIXED_DTYPE_CASES, *_autocast_rows(_PLAIN_CASES)]
+
+__all__ = ["LOSS_CASES", "LOSS_ERROR_CASES", "MIXED_DTYPE_CASES"]

@@ -1,6 +1,7 @@
 """Parity table for the regularizers: the dropout family (bit-identical on CPU, incl. the
 random generator's state afterwards), batch norm (functional and modules over several
-train/eval steps), and their bad-input errors."""
+train/eval steps), the same rows under ``torch.autocast``, the alpha-dropout modules'
+``inplace`` (ignored, as torch's), and their bad-input errors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import Tensor
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
+from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.compare import EXACT
 from reimpl_parity.harness import Case
 from reimpl_parity.strategies import Call, TensorSpec, seeds, shapes, tensors
@@ -259,7 +261,42 @@ def _bn_module_call(draw: Draw, dtype: torch.dtype) -> Call:
 
 # ---------------------------------------------------------------------------- the table
 
-REGULARIZER_CASES: list[Case] = [
+
+def _alpha_module_inplace(ns: Any, cls: str) -> Callable[..., Any]:
+    """``cls(p, inplace=True)`` in training on a clone of ``x``: the output, whether it is
+    that clone, the clone afterwards (torch's alpha-dropout modules ignore ``inplace``)."""
+
+    def run(x: Tensor, p: float, rng: int) -> Any:
+        y = x.clone()
+        torch.manual_seed(rng)
+        out = getattr(ns, cls)(p, inplace=True)(y)
+        return out, out is y, y, torch.get_rng_state()
+
+    return run
+
+
+@st.composite
+def _alpha_module_call(draw: Draw, dtype: torch.dtype) -> Call:
+    x = draw(tensors(draw(shapes(2, 4, 1, 5)), dtype))
+    return Call((x, draw(st.sampled_from([0.2, 0.5, 0.9])), draw(seeds)))
+
+
+_ALPHA_MODULE_CASES = [
+    Case(
+        f"{cls}(inplace=True)",
+        _alpha_module_inplace(RN, cls),
+        _alpha_module_inplace(torch.nn, cls),
+        _alpha_module_call,
+        family="regularizers",
+        tol=_ALL_EXACT,
+        why="same random draws and arithmetic as torch's CPU kernel: bit-identical",
+        backward=False,
+        devices=("cpu",),
+    )
+    for cls in ("AlphaDropout", "FeatureAlphaDropout")
+]
+
+_PLAIN_CASES: list[Case] = [
     *(_dropout_grad_case(fn) for fn in _DROPOUT_RANKS),
     Case(
         "batch_norm",
@@ -301,6 +338,22 @@ REGULARIZER_CASES: list[Case] = [
         backward=False,
     ),
 ]
+
+
+def _autocast_rows() -> list[Case]:
+    """Under torch.autocast: dropout (CPU, bit-identical) and batch norm (CPU and CUDA)
+    are on no autocast list, so they take their arguments as they are."""
+    rows = []
+    for case in _PLAIN_CASES:
+        for device, dtype in autocast.RUNS:
+            if device in case.devices:
+                # batch norm draws its own mixed (16-bit input, float32 statistics) calls
+                mixed = "dropout" in case.name
+                rows.append(autocast.autocast_case(case, device, dtype, mixed=mixed))
+    return rows
+
+
+REGULARIZER_CASES: list[Case] = [*_PLAIN_CASES, *_ALPHA_MODULE_CASES, *_autocast_rows()]
 
 # ---------------------------------------------------------------------------- bad input
 

@@ -5,6 +5,8 @@ would read, to the from-scratch scan, like a lookup of torch's kernels by name).
 """
 
 from reimpl.nn.functional._batchnorm import batch_norm
+from reimpl.nn.functional._binary import binary_cross_entropy, binary_cross_entropy_with_logits
+from reimpl.nn.functional._classification import cross_entropy, log_softmax, nll_loss
 from reimpl.nn.functional._dropout import (
     alpha_dropout,
     dropout,
@@ -13,17 +15,6 @@ from reimpl.nn.functional._dropout import (
     dropout3d,
     feature_alpha_dropout,
 )
-from reimpl.nn.functional._loss import (
-    binary_cross_entropy,
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    huber_loss,
-    l1_loss,
-    log_softmax,
-    mse_loss,
-    nll_loss,
-    smooth_l1_loss,
-)
 from reimpl.nn.functional._penalty import (
     decay_parameters,
     l1_penalty,
@@ -31,3 +22,4 @@ from reimpl.nn.functional._penalty import (
     no_decay_parameters,
     param_groups,
 )
+from reimpl.nn.functional._regression import huber_loss, l1_loss, mse_loss, smooth_l1_loss

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reimpl.nn.functional import _autocast
+
 _HALVES = (torch.float16, torch.bfloat16)
 
 
@@ -89,7 +91,27 @@ def batch_norm(
     given, updates them in place: ``r = (1 - momentum)·r + momentum·batch`` (the batch
     variance unbiased, ``·n/(n-1)``). ``training=False`` normalizes with the running
     statistics, which must then be given.
+
+    Under ``torch.autocast`` the arguments are used as they are (batch norm is on neither
+    the CPU nor the CUDA autocast list); the arithmetic runs with autocast off.
     """
+    ac = _autocast.active(input)
+    if ac is None:
+        return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    with _autocast.off(ac):
+        return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     if training:
         _check_batch_size(input)
         if eps <= 0.0:

@@ -11,6 +11,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from reimpl.nn.functional import _autocast
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -55,17 +57,29 @@ def apply(loss: Tensor, reduction: str) -> Tensor:
     return loss
 
 
-def weighted(loss: Tensor, weight: Tensor, reduction: str, *, mean_by_weight: bool) -> Tensor:
+def weighted(
+    loss: Tensor,
+    weight: Tensor,
+    reduction: str,
+    *,
+    mean_by_weight: bool,
+    autocast: str | None = None,
+) -> Tensor:
     """Per-element ``weight`` (same size as the input) for the regression losses.
 
     ``mean_by_weight``: the weighted mean divides by ``weight.sum()`` (MSE, L1) rather than
     by the element count (Huber) -- torch differs between them and we follow it.
+    ``autocast``: the device type whose autocast torch's elementwise code would run under;
+    on CUDA its sums accumulate in float32 (see :mod:`._autocast`).
     """
     loss = loss * weight
     if reduction == "none":
         return loss
     if reduction == "sum":
-        return torch.sum(loss)
+        return torch.sum(loss, dtype=_autocast.sum_dtype(autocast, loss))
     if reduction == "mean":
-        return torch.sum(loss) / torch.sum(weight) if mean_by_weight else loss.mean()
+        if not mean_by_weight:
+            return loss.mean()
+        total = torch.sum(loss, dtype=_autocast.sum_dtype(autocast, loss))
+        return total / torch.sum(weight, dtype=_autocast.sum_dtype(autocast, weight))
     raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")

@@ -5,6 +5,12 @@
 A state_dict moves both ways between these and torch's modules. Old checkpoints (saved
 before ``num_batches_tracked`` existed, state_dict version < 2) load with the module's
 current counter (or a fresh 0) in its place, as torch does.
+
+Each class subclasses the ``torch.nn`` class it replaces, so torch's own ``isinstance``
+checks accept it (``torch.optim.swa_utils.update_bn``,
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, ``torch.func.replace_all_batch_norm_
+modules_``); every method torch's classes define is defined here again, so no torch
+batch-norm code runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from torch import Tensor
 from torch.nn import Parameter, init
 
 from reimpl.nn import functional as F
+from reimpl.nn.functional import _autocast
 from reimpl.nn.functional._sync_batchnorm import SyncBatchNormFunction
 
 
@@ -29,8 +36,7 @@ class _NormBase(torch.nn.Module):
     momentum: float | None
     affine: bool
     track_running_stats: bool
-    weight: Tensor | None
-    bias: Tensor | None
+    # weight / bias: Parameter or None, typed as torch's _NormBase types them
     running_mean: Tensor | None
     running_var: Tensor | None
     num_batches_tracked: Tensor | None
@@ -47,7 +53,8 @@ class _NormBase(torch.nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__()
+        # nn.Module's own set-up only: torch's batch-norm classes sit after this one in the MRO
+        torch.nn.Module.__init__(self)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -119,8 +126,15 @@ class _NormBase(torch.nn.Module):
             ours = self.num_batches_tracked
             usable = ours is not None and ours.device != torch.device("meta")
             state_dict[key] = ours if usable else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        torch.nn.Module._load_from_state_dict(
+            self,
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
         )
 
 
@@ -148,7 +162,7 @@ class _BatchNorm(_NormBase):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
     """Batch normalization of ``(N, C)`` or ``(N, C, L)`` inputs over N (and L)."""
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -156,7 +170,7 @@ class BatchNorm1d(_BatchNorm):
             raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
     """Batch normalization of ``(N, C, H, W)`` inputs over N, H, W."""
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -164,7 +178,7 @@ class BatchNorm2d(_BatchNorm):
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
     """Batch normalization of ``(N, C, D, H, W)`` inputs over N, D, H, W."""
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -177,7 +191,7 @@ def _is_batch_norm(module: torch.nn.Module) -> bool:
     return any(cls.__name__ == "_BatchNorm" for cls in type(module).__mro__)
 
 
-class SyncBatchNorm(_BatchNorm):
+class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     """Batch normalization of ``(N, C, *)`` inputs whose training statistics span every
     rank of ``process_group`` (default: the whole world).
 
@@ -190,6 +204,9 @@ class SyncBatchNorm(_BatchNorm):
 
     Unlike torch's, which insists on an accelerator, CPU tensors are accepted (useful with
     the gloo backend). Every rank must call forward (and backward) the same number of times.
+    Being a ``torch.nn.SyncBatchNorm``, it is refused by ``DistributedDataParallel`` in a
+    CPU model, as torch's is (DDP's own check); use it there without DDP's wrapper, or
+    convert to it only for accelerator models.
     """
 
     process_group: Any
@@ -207,7 +224,8 @@ class SyncBatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(
+        _NormBase.__init__(
+            self,
             num_features,
             eps,
             momentum,
@@ -256,17 +274,13 @@ class SyncBatchNorm(_BatchNorm):
                 factor,
                 self.eps,
             )
-        out: Tensor = SyncBatchNormFunction.apply(
-            input,
-            self.weight,
-            self.bias,
-            running_mean,
-            running_var,
-            self.eps,
-            factor,
-            group,
-            world_size,
-        )
+        args = (input, self.weight, self.bias, running_mean, running_var, self.eps, factor)
+        ac = _autocast.active(input)
+        if ac is None:
+            out: Tensor = SyncBatchNormFunction.apply(*args, group, world_size)
+            return out
+        with _autocast.off(ac):  # batch norm is on no autocast list: arguments as they are
+            out = SyncBatchNormFunction.apply(*args, group, world_size)
         return out
 
     @classmethod

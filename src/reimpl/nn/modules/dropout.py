@@ -1,5 +1,11 @@
-"""Dropout modules: ``torch.nn.Module`` wrappers over :mod:`reimpl.nn.functional`'s dropout
-family, with torch's constructor signatures, attributes (``p``, ``inplace``) and repr."""
+"""Dropout modules: wrappers over :mod:`reimpl.nn.functional`'s dropout family, with
+torch's constructor signatures, attributes (``p``, ``inplace``) and repr.
+
+Each subclasses the ``torch.nn`` class it replaces (``isinstance(m, torch.nn.Dropout)``
+holds), for identity only: every method torch's classes define is defined here again.
+As torch's, ``AlphaDropout`` and ``FeatureAlphaDropout`` keep ``inplace`` as an attribute
+but never work in place.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ class _DropoutNd(torch.nn.Module):
     inplace: bool
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
+        # nn.Module's own set-up only: torch's dropout classes sit after this one in the MRO
+        torch.nn.Module.__init__(self)
         if p < 0 or p > 1:
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
@@ -24,43 +31,43 @@ class _DropoutNd(torch.nn.Module):
         return f"p={self.p}, inplace={self.inplace}"
 
 
-class Dropout(_DropoutNd):
+class Dropout(_DropoutNd, torch.nn.Dropout):
     """Zero each element with probability ``p`` in training; survivors scaled by 1/(1-p)."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
-class Dropout1d(_DropoutNd):
+class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)`` inputs."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
-class Dropout2d(_DropoutNd):
+class Dropout2d(_DropoutNd, torch.nn.Dropout2d):
     """Zero whole channels of ``(N, C, H, W)`` inputs (3-D inputs: see ``dropout2d``)."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
-class Dropout3d(_DropoutNd):
+class Dropout3d(_DropoutNd, torch.nn.Dropout3d):
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` inputs."""
 
     def forward(self, input: Tensor) -> Tensor:
         return F.dropout3d(input, self.p, self.training, self.inplace)
 
 
-class AlphaDropout(_DropoutNd):
+class AlphaDropout(_DropoutNd, torch.nn.AlphaDropout):
     """Alpha dropout (for SELU networks): keeps zero mean and unit variance."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.alpha_dropout(input, self.p, self.training, self.inplace)
+        return F.alpha_dropout(input, self.p, self.training)  # torch ignores inplace here
 
 
-class FeatureAlphaDropout(_DropoutNd):
+class FeatureAlphaDropout(_DropoutNd, torch.nn.FeatureAlphaDropout):
     """Alpha dropout of whole channels."""
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.feature_alpha_dropout(input, self.p, self.training, self.inplace)
+        return F.feature_alpha_dropout(input, self.p, self.training)  # torch ignores inplace

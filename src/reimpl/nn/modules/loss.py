@@ -1,7 +1,10 @@
-"""Loss modules: thin ``torch.nn.Module`` wrappers over :mod:`reimpl.nn.functional`.
+"""Loss modules: thin wrappers over :mod:`reimpl.nn.functional`.
 
-Constructor signatures, defaults, attribute and buffer names are torch's, so a
-``state_dict`` (class ``weight``, ``pos_weight``) moves between torch and reimpl.
+Each subclasses the ``torch.nn`` loss it replaces (``isinstance(m, torch.nn.MSELoss)``
+holds), for identity only: every method torch's classes define is defined here again, so
+no torch loss code runs. Constructor signatures, defaults, attribute and buffer names are
+torch's, so a ``state_dict`` (class ``weight``, ``pos_weight``) moves between torch and
+reimpl.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from reimpl.nn.functional import _reduction
 
 
 class _Loss(torch.nn.Module):
+    """What torch's ``_Loss`` sets up: ``reduction`` (from the legacy flags when given)."""
+
     reduction: str
 
     def __init__(
         self, size_average: bool | None = None, reduce: bool | None = None, reduction: str = "mean"
     ) -> None:
-        super().__init__()
+        # nn.Module's own set-up only: torch's loss classes sit after this one in the MRO
+        torch.nn.Module.__init__(self)
         if size_average is not None or reduce is not None:
             reduction = _reduction.legacy_reduction(size_average, reduce)
         self.reduction = reduction
@@ -35,25 +41,25 @@ class _WeightedLoss(_Loss):
         reduce: bool | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
+        _Loss.__init__(self, size_average, reduce, reduction)
         self.register_buffer("weight", weight)
 
 
-class L1Loss(_Loss):
+class L1Loss(_Loss, torch.nn.L1Loss):
     """Mean absolute error, ``|input - target|``."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.l1_loss(input, target, reduction=self.reduction)
 
 
-class MSELoss(_Loss):
+class MSELoss(_Loss, torch.nn.MSELoss):
     """Mean squared error, ``(input - target)^2``."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
-class SmoothL1Loss(_Loss):
+class SmoothL1Loss(_Loss, torch.nn.SmoothL1Loss):
     """Quadratic below ``beta``, linear above (``beta=0`` is L1)."""
 
     def __init__(
@@ -63,25 +69,29 @@ class SmoothL1Loss(_Loss):
         reduction: str = "mean",
         beta: float = 1.0,
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
+        _Loss.__init__(self, size_average, reduce, reduction)
         self.beta = beta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
-class HuberLoss(_Loss):
+class HuberLoss(_Loss, torch.nn.HuberLoss):
     """Quadratic below ``delta``, ``delta``-sloped linear above."""
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
-        super().__init__(reduction=reduction)
+        if not isinstance(delta, (float, int)):  # torch's rule: Python numbers only
+            raise TypeError(
+                f"HuberLoss: delta must be a Python float or int, got {type(delta).__name__}"
+            )
+        _Loss.__init__(self, reduction=reduction)
         self.delta = delta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
-class NLLLoss(_WeightedLoss):
+class NLLLoss(_WeightedLoss, torch.nn.NLLLoss):
     """Negative log-likelihood of log-probabilities ``input`` at class indices ``target``."""
 
     ignore_index: int
@@ -94,7 +104,7 @@ class NLLLoss(_WeightedLoss):
         reduce: bool | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__(weight, size_average, reduce, reduction)
+        _WeightedLoss.__init__(self, weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
@@ -107,7 +117,7 @@ class NLLLoss(_WeightedLoss):
         )
 
 
-class CrossEntropyLoss(_WeightedLoss):
+class CrossEntropyLoss(_WeightedLoss, torch.nn.CrossEntropyLoss):
     """Cross-entropy of logits against class indices or class probabilities."""
 
     ignore_index: int
@@ -122,7 +132,7 @@ class CrossEntropyLoss(_WeightedLoss):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(weight, size_average, reduce, reduction)
+        _WeightedLoss.__init__(self, weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
 
@@ -137,14 +147,14 @@ class CrossEntropyLoss(_WeightedLoss):
         )
 
 
-class BCELoss(_WeightedLoss):
+class BCELoss(_WeightedLoss, torch.nn.BCELoss):
     """Binary cross-entropy between probabilities."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
-class BCEWithLogitsLoss(_Loss):
+class BCEWithLogitsLoss(_Loss, torch.nn.BCEWithLogitsLoss):
     """Sigmoid + binary cross-entropy in one stable expression; ``pos_weight`` per class."""
 
     weight: Tensor | None
@@ -158,7 +168,7 @@ class BCEWithLogitsLoss(_Loss):
         reduction: str = "mean",
         pos_weight: Tensor | None = None,
     ) -> None:
-        super().__init__(size_average, reduce, reduction)
+        _Loss.__init__(self, size_average, reduce, reduction)
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 
