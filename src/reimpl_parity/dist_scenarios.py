@@ -330,7 +330,7 @@ def _ddp_syncbn(checks: Checks, dev: torch.device, steps: int = 4) -> None:
     if dev.type == "cpu":
         # DDP refuses any torch.nn.SyncBatchNorm in a CPU model, and ours is one (class
         # identity): held to torch's refusal there; the comparison runs on CUDA
-        errors = []
+        errors: list[type[Exception] | None] = []
         for ns in (reimpl.nn, torch.nn):
             try:
                 DDP(ns.SyncBatchNorm.convert_sync_batchnorm(_mlp(ns.BatchNorm1d, None, 0.0)))
