@@ -41,10 +41,11 @@ def _error_case(name: str, fn: str, *args: Any, **kwargs: Any) -> Case:
 
 
 def _ctor_error(name: str, cls: str, **ctor_kw: Any) -> Case:
-    """A module construction torch refuses."""
+    """A module construction torch refuses (a torch version that accepts it must give the
+    same module: compared by repr)."""
 
     def make(ns: Any) -> Any:
-        return lambda: getattr(ns, cls)(**ctor_kw)
+        return lambda: repr(getattr(ns, cls)(**ctor_kw))
 
     return Case(
         f"{cls}():{name}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reimpl._compat import torch_at_least
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _reduction
 
@@ -80,7 +81,8 @@ class HuberLoss(_Loss, torch.nn.HuberLoss):
     """Quadratic below ``delta``, ``delta``-sloped linear above."""
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0) -> None:
-        if not isinstance(delta, (float, int)):  # torch's rule: Python numbers only
+        # torch >= 2.13 takes Python numbers only, and says so at construction
+        if torch_at_least(2, 13) and not isinstance(delta, (float, int)):
             raise TypeError(
                 f"HuberLoss: delta must be a Python float or int, got {type(delta).__name__}"
             )
