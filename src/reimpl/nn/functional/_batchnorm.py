@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _autocast
+from reimpl.nn.functional._common import vmapped as _vmapped
 
 _HALVES = (torch.float16, torch.bfloat16)
 
@@ -68,6 +69,8 @@ def _check_sizes(input: Tensor, params: dict[str, Tensor | None]) -> None:
 
 
 def _output_format(input: Tensor) -> torch.memory_format:
+    if _vmapped():  # vmap cannot query other memory formats (nor do layouts matter there)
+        return torch.contiguous_format
     if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     if input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
@@ -153,8 +156,18 @@ def _batch_norm(
             with torch.no_grad():
                 m = mean.detach().reshape(-1)
                 v = var.detach().reshape(-1) * (n / (n - 1))
-                running_mean.copy_(momentum * m + (1 - momentum) * running_mean.to(acc))
-                running_var.copy_(momentum * v + (1 - momentum) * running_var.to(acc))
+                try:
+                    running_mean.copy_(momentum * m + (1 - momentum) * running_mean.to(acc))
+                    running_var.copy_(momentum * v + (1 - momentum) * running_var.to(acc))
+                except RuntimeError as e:
+                    if not _vmapped():
+                        raise
+                    raise RuntimeError(
+                        "batch_norm under vmap: a batched input cannot update running_mean "
+                        "and running_var that are not batched (they are updated in place); "
+                        "pass batched running statistics or none (for modules: "
+                        "torch.func.replace_all_batch_norm_modules_)"
+                    ) from e
     else:
         assert running_mean is not None and running_var is not None
         mean = running_mean.to(acc).reshape(bshape)

@@ -8,6 +8,8 @@ runs in float32 and the probability form is refused, as torch refuses it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -15,6 +17,8 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import transformed as _transformed
+from reimpl.nn.functional._common import vmapped as _vmapped
 
 _BCE_EPS = 1e-12  # floor on x(1-x) in the input gradient, as torch's backward has
 _LOG_FLOOR = -100.0  # torch clamps both logs at -100 so a 0 or 1 input gives a finite loss
@@ -25,33 +29,61 @@ class _BinaryCrossEntropy(torch.autograd.Function):
 
     dl/dx = w (x - t) / max(x(1-x), 1e-12)      (not the derivative of the clamp)
     dl/dt = w (log(1-x) - log x)
+    Forward mode (jvp, in the subclass) uses the same derivatives, as torch's; ``setup_context``
+    and ``generate_vmap_rule`` make it usable under every ``torch.func`` transform.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, t: Tensor, w: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, t: Tensor, w: Tensor | None) -> Tensor:  # type: ignore[override]
         loss = (t - 1) * torch.log1p(-x).clamp_min(_LOG_FLOOR) - t * torch.log(x).clamp_min(
             _LOG_FLOOR
         )
         if w is not None:
             loss = (loss * w).to(x.dtype)  # torch scales its result in place
-        ctx.save_for_backward(x, t, w)
         return loss
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def _dx(x: Tensor, t: Tensor, gw: Tensor) -> Tensor:
+        return gw * (x - t) / torch.clamp_min((1 - x) * x, _BCE_EPS)
+
+    @staticmethod
+    def _dt(x: Tensor, gw: Tensor) -> Tensor:
+        # float32 for the 16-bit types: closer to torch's rounding there
+        return (_acc(gw) * (torch.log1p(-_acc(x)) - torch.log(_acc(x)))).to(gw.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         x, t, w = ctx.saved_tensors
         gw = g if w is None else g * w
-        gx = gt = None
-        if ctx.needs_input_grad[0]:
-            gx = gw * (x - t) / torch.clamp_min((1 - x) * x, _BCE_EPS)
-        if ctx.needs_input_grad[1]:
-            # float32 for the 16-bit types: closer to torch's rounding there
-            gt = (_acc(gw) * (torch.log1p(-_acc(x)) - torch.log(_acc(x)))).to(gw.dtype)
+        gx = _BinaryCrossEntropy._dx(x, t, gw) if ctx.needs_input_grad[0] else None
+        gt = _BinaryCrossEntropy._dt(x, gw) if ctx.needs_input_grad[1] else None
         return gx, gt, None
 
 
+class _BinaryCrossEntropyFwd(_BinaryCrossEntropy):
+    """With forward mode, for torch.func and forward AD (dynamo does not trace ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor | None, dt: Tensor | None, _: None) -> Tensor:  # type: ignore[override]
+        x, t, w = ctx.saved_tensors
+        out = torch.zeros_like(x)
+        if dx is not None:
+            out = out + _BinaryCrossEntropy._dx(x, t, dx if w is None else dx * w)
+        if dt is not None:
+            out = out + _BinaryCrossEntropy._dt(x, dt if w is None else dt * w)
+        return out
+
+
 def _check_unit_interval(x: Tensor, what: str) -> None:
-    if _compiling() or x.numel() == 0:
+    # a host read: skipped where it cannot run (torch.compile, vmap)
+    if _compiling() or x.numel() == 0 or _vmapped():
         return
     if not bool(((x >= 0) & (x <= 1)).all()):
         raise RuntimeError(f"all elements of {what} should be between 0 and 1")
@@ -106,7 +138,8 @@ def _binary_cross_entropy(
     _check_not_differentiable("binary_cross_entropy", weight=weight)
     _check_unit_interval(input, "input")
     _check_unit_interval(target, "target")
-    loss = _BinaryCrossEntropy.apply(input, target, weight)
+    fn = _BinaryCrossEntropyFwd if _transformed() else _BinaryCrossEntropy
+    loss = fn.apply(input, target, weight)
     return _reduction.apply(loss, reduction)
 
 
@@ -123,11 +156,14 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
     Written out rather than left to autograd so that 16-bit gradients round as torch's do.
     With mixed dtypes each term is rounded where torch's in-place steps round it: the
     pos_weight factor into x's dtype, everything else into t's (the result's dtype).
+    Forward mode (jvp, in the subclass) uses the same derivatives; ``setup_context`` and
+    ``generate_vmap_rule`` make it usable under every ``torch.func`` transform.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx,
         x: Tensor,
         t: Tensor,
         w: Tensor | None,
@@ -139,29 +175,54 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
         loss = ((1 - t) * x).to(t.dtype) - log_sig
         if w is not None:
             loss = loss.to(t.dtype) * w
-        ctx.save_for_backward(x, t, w, p)
         return loss.to(t.dtype)
 
     @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def _dx(x: Tensor, t: Tensor, w: Tensor | None, p: Tensor | None, g: Tensor) -> Tensor:
+        if p is None:
+            gx = (torch.sigmoid(x) - t) * g
+        else:
+            pt = p * t
+            gx = ((pt + 1 - t) * torch.sigmoid(x) - pt) * g
+        return gx if w is None else gx * w
+
+    @staticmethod
+    def _dt(x: Tensor, w: Tensor | None, p: Tensor | None, g: Tensor) -> Tensor:
+        gt = -x * g if p is None else (-x - (p - 1) * _log_sigmoid(x)) * g
+        return gt if w is None else gt * w
+
+    @staticmethod
     def backward(
-        ctx,
+        ctx: Any,
         g: Tensor,  # type: ignore[override]
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, t, w, p = ctx.saved_tensors
-        gx = gt = None
-        if ctx.needs_input_grad[0]:
-            if p is None:
-                gx = (torch.sigmoid(x) - t) * g
-            else:
-                pt = p * t
-                gx = ((pt + 1 - t) * torch.sigmoid(x) - pt) * g
-            if w is not None:
-                gx = gx * w
-        if ctx.needs_input_grad[1]:
-            gt = -x * g if p is None else (-x - (p - 1) * _log_sigmoid(x)) * g
-            if w is not None:
-                gt = gt * w
+        cls = _BinaryCrossEntropyWithLogits
+        gx = cls._dx(x, t, w, p, g) if ctx.needs_input_grad[0] else None
+        gt = cls._dt(x, w, p, g) if ctx.needs_input_grad[1] else None
         return gx, gt, None, None
+
+
+class _BinaryCrossEntropyWithLogitsFwd(_BinaryCrossEntropyWithLogits):
+    """With forward mode, for torch.func and forward AD (dynamo does not trace ``jvp``)."""
+
+    @staticmethod
+    def jvp(  # type: ignore[override]
+        ctx: Any, dx: Tensor | None, dt: Tensor | None, _w: None, _p: None
+    ) -> Tensor:
+        x, t, w, p = ctx.saved_tensors
+        cls = _BinaryCrossEntropyWithLogits
+        out = torch.zeros_like(t)
+        if dx is not None:
+            out = out + cls._dx(x, t, w, p, dx)
+        if dt is not None:
+            out = out + cls._dt(x, w, p, dt)
+        return out.to(t.dtype)
 
 
 def binary_cross_entropy_with_logits(
@@ -217,5 +278,6 @@ def _binary_cross_entropy_with_logits(
         if extra is not None:
             shape = torch.broadcast_shapes(shape, extra.shape)
     x, t = input.expand(shape), target.expand(shape)
-    loss = _BinaryCrossEntropyWithLogits.apply(x, t, weight, pos_weight)
+    fn = _BinaryCrossEntropyWithLogitsFwd if _transformed() else _BinaryCrossEntropyWithLogits
+    loss = fn.apply(x, t, weight, pos_weight)
     return _reduction.apply(loss, reduction)

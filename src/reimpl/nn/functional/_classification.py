@@ -10,6 +10,7 @@ float32 under CUDA autocast.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +19,8 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import transformed as _transformed
+from reimpl.nn.functional._common import vmapped as _vmapped
 from reimpl.nn.functional._cross_entropy_lean import CrossEntropyIndex, Rows, rows_impl
 
 # --------------------------------------------------------------------------- log-softmax
@@ -27,35 +30,55 @@ class _LogSoftmax(torch.autograd.Function):
     """log p_i = x_i - m - log(sum_j exp(x_j - m)),  m = max_j x_j.
 
     Backward: dx = g - exp(log p) * sum(g), from the saved output (so it is itself
-    differentiable, for double backward).
+    differentiable, for double backward). Forward mode (jvp, in ``_LogSoftmaxFwd``):
+    dy = dx - sum(exp(log p) dx), torch's formula. ``setup_context`` and
+    ``generate_vmap_rule`` make it usable under every ``torch.func`` transform (its ops
+    are all elementary, none data-dependent).
     """
 
-    @staticmethod
-    def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        ctx.dim = dim
-        if x.numel() == 0:
-            out = x.clone()
-        else:
-            a = _acc(x)
-            shifted = a - a.amax(dim, keepdim=True)
-            total = shifted.exp().sum(dim, keepdim=True)
-            if a is not x and dim % max(x.dim(), 1) == max(x.dim(), 1) - 1:
-                # torch's last-dim kernel rounds the sum and its log to the input's
-                # 16-bit type before subtracting; other dims stay in float32.
-                lse = total.to(x.dtype).float().log().to(x.dtype).float()
-            else:
-                lse = total.log()
-            out = (shifted - lse).to(x.dtype)
-        ctx.save_for_backward(out)
-        return out
+    generate_vmap_rule = True
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def forward(x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        if x.numel() == 0:
+            return x.clone()
+        a = _acc(x)
+        shifted = a - a.amax(dim, keepdim=True)
+        total = shifted.exp().sum(dim, keepdim=True)
+        if a is not x and dim % max(x.dim(), 1) == max(x.dim(), 1) - 1:
+            # torch's last-dim kernel rounds the sum and its log to the input's
+            # 16-bit type before subtracting; other dims stay in float32.
+            lse = total.to(x.dtype).float().log().to(x.dtype).float()
+        else:
+            lse = total.log()
+        return (shifted - lse).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (out,) = ctx.saved_tensors
         if out.numel() == 0:
             return g.clone(), None
         ga, oa = _acc(g), _acc(out)
         return (ga - oa.exp() * ga.sum(ctx.dim, keepdim=True)).to(g.dtype), None
+
+
+class _LogSoftmaxFwd(_LogSoftmax):
+    """With forward mode: for torch.func transforms and forward AD (dynamo, which the
+    plain class serves under torch.compile, does not trace a custom ``jvp``)."""
+
+    @staticmethod
+    def jvp(ctx: Any, dx: Tensor, _: None) -> Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        if out.numel() == 0:
+            return dx.clone()
+        da, oa = _acc(dx), _acc(out)
+        return (da - (oa.exp() * da).sum(ctx.dim, keepdim=True)).to(dx.dtype)
 
 
 def _softmax_dim(ndim: int) -> int:
@@ -93,7 +116,7 @@ def _log_softmax(input: Tensor, dim: int, dtype: torch.dtype | None) -> Tensor:
             f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], "
             f"but got {dim})"
         )
-    return _LogSoftmax.apply(input, dim)
+    return (_LogSoftmaxFwd if _transformed() else _LogSoftmax).apply(input, dim)
 
 
 # --------------------------------------------------------------------------- NLL / cross-entropy
@@ -144,7 +167,8 @@ def _class_weight(
 
 
 def _check_target_range(target: Tensor, n_classes: int, ignore_index: int) -> None:
-    if _compiling() or not target.numel():
+    # a host read: skipped where it cannot run (compile, vmap); gather still bounds-checks
+    if _compiling() or not target.numel() or _vmapped():
         return
     t = target.long()
     bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
@@ -305,9 +329,13 @@ def _cross_entropy(
 def _lean_rows(
     input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int
 ) -> Rows | None:
-    """The memory-lean implementation for (N, C) or (C) logits, or None for the composite.
-    The checks the lean path would skip (weight shape/dtype, target range) are done here."""
+    """The memory-lean implementation for (N, C) or (C) logits, or None for the composite
+    (also under torch.compile, and under torch.func transforms and forward-mode AD, which
+    the composite supports). The checks the lean path would skip (weight shape/dtype,
+    target range) are done here."""
     if input.dim() > 2 or input.numel() == 0 or target.dtype == torch.uint8 or _compiling():
+        return None
+    if _transformed():
         return None
     rows = rows_impl(input)
     if rows is None:

@@ -1,18 +1,79 @@
-"""Helpers shared by the loss functions: accumulation dtype, compile detection, the
-non-differentiable-weight rule and the size-mismatch warning."""
+"""Helpers shared by the loss functions: accumulation dtype, compile and torch.func /
+forward-AD detection, the non-differentiable-weight rule and the size-mismatch warning."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# torch's private functorch bindings (None where a torch lacks them): see _interpreter_stack
+_FUNCTORCH: Any = getattr(torch._C, "_functorch", None)
 
 
 def compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _interpreter_stack() -> list[Any] | None:
+    """functorch's active transforms, innermost last; None when this torch cannot say.
+
+    Private torch API (``torch._C._functorch``), hence the guarded fallbacks: callers treat
+    None as "a transform may be active" and take their conservative path.
+    """
+    get_stack = getattr(_FUNCTORCH, "get_interpreter_stack", None)
+    try:
+        if get_stack is not None:
+            return list(get_stack() or ())
+        peek = getattr(_FUNCTORCH, "peek_interpreter_stack", None)
+        if peek is not None:
+            top = peek()
+            return [] if top is None else [top]
+    except Exception:  # any failure: unknown
+        return None
+    return None
+
+
+def _forward_ad_active() -> bool:
+    """Is a ``torch.autograd.forward_ad.dual_level`` open (unknown: assume so)."""
+    level = getattr(forward_ad, "_current_level", None)
+    return not isinstance(level, int) or level >= 0
+
+
+def transformed() -> bool:
+    """Is a ``torch.func`` transform (vmap, grad, jvp, ...) or forward-mode AD active?
+
+    Then the fast paths (custom autograd Functions with in-place buffers, C kernels,
+    host reads of the upstream gradient) step aside for the composite form, built from
+    elementary ops every transform supports. Under ``torch.compile`` the compiled paths
+    already avoid them, so this is False there (dynamo need not trace the check).
+    """
+    if compiling():
+        return False
+    stack = _interpreter_stack()
+    return stack is None or bool(stack) or _forward_ad_active()
+
+
+def vmapped() -> bool:
+    """Is a ``torch.func.vmap`` active (unknown: assume so)? Data-dependent checks, which
+    read tensor values on the host, are skipped then, as under ``torch.compile``."""
+    if compiling():
+        return False
+    stack = _interpreter_stack()
+    if stack is None:
+        return True
+    if not stack:
+        return False
+    vmap_key = getattr(getattr(_FUNCTORCH, "TransformType", None), "Vmap", None)
+    try:
+        return vmap_key is None or any(i.key() == vmap_key for i in stack)
+    except Exception:  # unknown interpreter objects: assume vmap
+        return True
 
 
 def acc(x: Tensor) -> Tensor:

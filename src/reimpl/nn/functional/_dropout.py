@@ -53,7 +53,7 @@ def _masked(
                 f"but got a {input.dim()}-D input"
             )
         noise_shape = (input.size(0), input.size(1)) + (1,) * (input.dim() - 2)
-        keep = torch.empty(noise_shape, dtype=input.dtype, device=input.device)
+        keep = input.new_empty(noise_shape)  # as torch: batched under vmap
     else:
         keep = torch.empty_like(input)
     keep.bernoulli_(1 - p)

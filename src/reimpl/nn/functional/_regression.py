@@ -18,6 +18,7 @@ from reimpl.kernels import cpu_fused
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import warn_size_mismatch as _warn_size_mismatch
 
 
@@ -119,6 +120,28 @@ class _Pointwise(torch.autograd.Function):
         )
 
 
+def _pointwise(x: Tensor, t: Tensor, kind: str, b: float, reduction: str) -> Tensor:
+    """``_Pointwise`` for plain autograd; its composite form (out-of-place elementary ops)
+    under torch.func transforms and forward-mode AD, which the Function's fast path (C
+    kernel, in-place buffers, a host read of the upstream gradient) cannot serve.
+
+    The composite's derivatives are torch's: d(d^2) = 2d; the ``where`` of the two pieces
+    differentiates to clamp(d / b, -1, 1) (smooth L1) or clamp(d, -b, b) (Huber), and to
+    [|d| < b] / b or [|d| < b] a second time, as torch's double backward gives.
+    """
+    if not _transformed():
+        return _Pointwise.apply(x, t, kind, b, reduction)
+    d = x - t
+    if kind == "mse":
+        loss = d * d
+    else:
+        ad = d.abs()
+        quad = ad * ad * (0.5 if kind == "huber" else 0.5 / b)
+        lin = (ad - 0.5 * b) * b if kind == "huber" else ad - 0.5 * b
+        loss = torch.where(ad < b, quad, lin)
+    return _reduction.apply(loss, reduction)
+
+
 class _MixedDtypeHuber(torch.autograd.Function):
     """Huber terms of an input and a target of different dtypes, as torch's kernel gives
     them: computed in the promoted dtype and stored in the input's. torch's backward
@@ -191,7 +214,7 @@ def _mse_loss(
     if ac is not None:  # fp32 policy on CPU and CUDA
         x, t = _autocast.fp32(ac, x), _autocast.fp32(ac, t)
     x, t = _regression_inputs("mse_loss", x, t)
-    return _Pointwise.apply(x, t, "mse", 0.0, reduction)
+    return _pointwise(x, t, "mse", 0.0, reduction)
 
 
 def l1_loss(
@@ -252,7 +275,7 @@ def _smooth_l1_loss(input: Tensor, target: Tensor, reduction: str, beta: float) 
     if beta == 0.0:
         # The quadratic piece is empty: plain L1 (and no 0/0 in the gradient).
         return _reduction.apply(torch.abs(x - t), reduction)
-    return _Pointwise.apply(x, t, "smooth_l1", beta, reduction)
+    return _pointwise(x, t, "smooth_l1", beta, reduction)
 
 
 def _real(name: str, value: Any) -> float:
@@ -321,7 +344,7 @@ def _huber_loss(
     if x.dtype != t.dtype:
         loss = _reduction.apply(_MixedDtypeHuber.apply(x, t, delta), terms_reduction)
     else:
-        loss = _Pointwise.apply(x, t, "huber", delta, terms_reduction)
+        loss = _pointwise(x, t, "huber", delta, terms_reduction)
     if weight is None:
         return loss
     return _reduction.weighted(loss, weight, reduction, mean_by_weight=False, autocast=ac)
