@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: check test lint typecheck sanitize bench setup clean
+.PHONY: check test lint typecheck sanitize compat bench setup clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ typecheck: $(VENV)/.installed
 # the C kernels under AddressSanitizer + UBSan, with the tests that reach them
 sanitize: $(VENV)/.installed
 	$(BIN)/nox -s sanitize
+
+# the suite and `reimpl check --quick` on the lowest supported and the newest torch
+compat: $(VENV)/.installed
+	$(BIN)/nox -s compat
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

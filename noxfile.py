@@ -14,7 +14,7 @@ TORCH = "torch==2.13.0"
 #: the declared range's ends (pyproject: torch>=LOWEST): the lowest supported and the newest
 #: the registry serves. The registry's builds of these are CUDA wheels (~5 GB; they run on
 #: CPU); the pinned CPU wheel above stays the default everywhere else.
-COMPAT = ["2.LOWEST_TBD", "2.14.1"]
+COMPAT = ["2.12.1", "2.14.1"]
 
 
 def _install(session: nox.Session, extras: str) -> None:
