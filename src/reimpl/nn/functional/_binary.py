@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl._compat import torch_at_least
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
@@ -267,7 +268,13 @@ def _binary_cross_entropy_with_logits(
             "the logits must be floating point"
         )
     if not target.is_floating_point():
-        raise RuntimeError(
+        # torch >= 2.14 stops at 1 - target for a bool target (NotImplementedError)
+        kind = (
+            NotImplementedError
+            if target.dtype == torch.bool and torch_at_least(2, 14)
+            else RuntimeError
+        )
+        raise kind(
             f"target must be floating point like the input ({input.dtype}), got {target.dtype}"
         )
     _check_not_differentiable(
