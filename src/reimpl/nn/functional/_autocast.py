@@ -31,7 +31,9 @@ they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,6 +61,17 @@ def active(input: Tensor) -> str | None:
 def off(device_type: str) -> AbstractContextManager[None]:
     """A context in which ``device_type``'s autocast is off (the ops inside run as written)."""
     return torch.autocast(device_type, enabled=False)
+
+
+def run(input: Tensor, fn: Callable[..., Tensor], *args: Any) -> Tensor:
+    """``fn(*args, ac)``: ``ac`` the device type whose autocast applies to ``input`` (None:
+    none does), and, when one does, that autocast off while ``fn`` runs (``fn`` applies
+    the op's policy itself, then computes as written)."""
+    ac = active(input)
+    if ac is None:
+        return fn(*args, None)
+    with off(ac):
+        return fn(*args, ac)
 
 
 def eligible(t: Tensor, device_type: str) -> bool:

@@ -195,11 +195,7 @@ def mse_loss(
     x, t, reduction = _weighted_regression_inputs(
         input, target, size_average, reduce, reduction, weight
     )
-    ac = _autocast.active(input)
-    if ac is None:
-        return _mse_loss(x, t, reduction, weight, None)
-    with _autocast.off(ac):
-        return _mse_loss(x, t, reduction, weight, ac)
+    return _autocast.run(input, _mse_loss, x, t, reduction, weight)
 
 
 def _mse_loss(
@@ -229,11 +225,7 @@ def l1_loss(
     x, t, reduction = _weighted_regression_inputs(
         input, target, size_average, reduce, reduction, weight
     )
-    ac = _autocast.active(input)
-    if ac is None:
-        return _l1_loss(x, t, reduction, weight, None)
-    with _autocast.off(ac):
-        return _l1_loss(x, t, reduction, weight, ac)
+    return _autocast.run(input, _l1_loss, x, t, reduction, weight)
 
 
 def _l1_loss(x: Tensor, t: Tensor, reduction: str, weight: Tensor | None, ac: str | None) -> Tensor:
@@ -307,13 +299,7 @@ def huber_loss(
     else:
         _elementwise_weight(weight, input)
     delta = _real("huber_loss: delta", delta)
-    ac = _autocast.active(input)
-    if ac is None:
-        return _huber_loss(x, t, reduction, delta, weight, None)
-    with _autocast.off(ac):  # fp32 policy on CPU and CUDA (the huber terms)
-        return _huber_loss(
-            _autocast.fp32(ac, x), _autocast.fp32(ac, t), reduction, delta, weight, ac
-        )
+    return _autocast.run(input, _huber_loss, x, t, reduction, delta, weight)
 
 
 def _kind(dtype: torch.dtype) -> int:
@@ -328,6 +314,8 @@ def _kind(dtype: torch.dtype) -> int:
 def _huber_loss(
     x: Tensor, t: Tensor, reduction: str, delta: float, weight: Tensor | None, ac: str | None
 ) -> Tensor:
+    if ac is not None:  # fp32 policy on CPU and CUDA (the huber terms)
+        x, t = _autocast.fp32(ac, x), _autocast.fp32(ac, t)
     if not delta > 0:  # nan too
         raise RuntimeError(f"huber_loss needs delta > 0, got delta={delta}")
     promoted = torch.promote_types(x.dtype, t.dtype)
