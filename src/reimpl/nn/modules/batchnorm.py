@@ -13,9 +13,7 @@ modules_``); every method torch's classes define is defined here again, so no to
 batch-norm code runs.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,6 +22,7 @@ from torch.nn import Parameter, init
 
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _autocast
+from reimpl.nn.functional import _scripted as S
 from reimpl.nn.functional._sync_batchnorm import SyncBatchNormFunction
 
 
@@ -33,13 +32,17 @@ class _NormBase(torch.nn.Module):
     _version = 2
     num_features: int
     eps: float
-    momentum: float | None
+    # TorchScript reads these annotations and parses typing's forms, not PEP 604 unions
+    momentum: Optional[float]  # noqa: UP045
     affine: bool
     track_running_stats: bool
-    # weight / bias: Parameter or None, typed as torch's _NormBase types them
-    running_mean: Tensor | None
-    running_var: Tensor | None
-    num_batches_tracked: Tensor | None
+    # weight / bias: Parameter or None, typed as torch's _NormBase types them. The buffers'
+    # types are for the type checker only: TorchScript infers them from the values, and
+    # keeps only Tensor-typed attributes as buffers (state_dict), not Optional[Tensor] ones.
+    if TYPE_CHECKING:
+        running_mean: Tensor | None
+        running_var: Tensor | None
+        num_batches_tracked: Tensor | None
 
     def __init__(
         self,
@@ -140,6 +143,8 @@ class _NormBase(torch.nn.Module):
 
 class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._scripted_forward(input)
         self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -159,6 +164,26 @@ class _BatchNorm(_NormBase):
             use_batch,
             factor,
             self.eps,
+        )
+
+    def _scripted_forward(self, input: Tensor) -> Tensor:
+        """``forward`` under TorchScript: the same bookkeeping, over the scripted composite."""
+        self._check_input_dim(input)
+        momentum = self.momentum
+        factor = 0.0 if momentum is None else momentum
+        counter: Optional[Tensor] = self.num_batches_tracked  # noqa: UP045
+        if self.training and self.track_running_stats and counter is not None:
+            counter.add_(1)
+            if momentum is None:  # cumulative moving average
+                factor = 1.0 / float(counter)
+        running_mean: Optional[Tensor] = self.running_mean  # noqa: UP045
+        running_var: Optional[Tensor] = self.running_var  # noqa: UP045
+        use_batch = self.training or (running_mean is None and running_var is None)
+        if self.training and not self.track_running_stats:
+            running_mean = None
+            running_var = None
+        return S.batch_norm(
+            input, running_mean, running_var, self.weight, self.bias, use_batch, factor, self.eps
         )
 
 

@@ -7,12 +7,11 @@ As torch's, ``AlphaDropout`` and ``FeatureAlphaDropout`` keep ``inplace`` as an 
 but never work in place.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor
 
 from reimpl.nn import functional as F
+from reimpl.nn.functional import _scripted as S
 
 
 class _DropoutNd(torch.nn.Module):
@@ -35,6 +34,8 @@ class Dropout(_DropoutNd, torch.nn.Dropout):
     """Zero each element with probability ``p`` in training; survivors scaled by 1/(1-p)."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.masked_dropout(input, self.p, self.training, self.inplace, False, False)
         return F.dropout(input, self.p, self.training, self.inplace)
 
 
@@ -42,6 +43,8 @@ class Dropout1d(_DropoutNd, torch.nn.Dropout1d):
     """Zero whole channels of ``(N, C, L)`` / ``(C, L)`` inputs."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.channel_dropout(input, self.p, self.training, self.inplace, 3)
         return F.dropout1d(input, self.p, self.training, self.inplace)
 
 
@@ -49,6 +52,8 @@ class Dropout2d(_DropoutNd, torch.nn.Dropout2d):
     """Zero whole channels of ``(N, C, H, W)`` inputs (3-D inputs: see ``dropout2d``)."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.channel_dropout(input, self.p, self.training, self.inplace, 4)
         return F.dropout2d(input, self.p, self.training, self.inplace)
 
 
@@ -56,6 +61,8 @@ class Dropout3d(_DropoutNd, torch.nn.Dropout3d):
     """Zero whole channels of ``(N, C, D, H, W)`` / ``(C, D, H, W)`` inputs."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.channel_dropout(input, self.p, self.training, self.inplace, 5)
         return F.dropout3d(input, self.p, self.training, self.inplace)
 
 
@@ -63,6 +70,8 @@ class AlphaDropout(_DropoutNd, torch.nn.AlphaDropout):
     """Alpha dropout (for SELU networks): keeps zero mean and unit variance."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.masked_dropout(input, self.p, self.training, False, False, True)
         return F.alpha_dropout(input, self.p, self.training)  # torch ignores inplace here
 
 
@@ -70,4 +79,6 @@ class FeatureAlphaDropout(_DropoutNd, torch.nn.FeatureAlphaDropout):
     """Alpha dropout of whole channels."""
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.masked_dropout(input, self.p, self.training, False, True, True)
         return F.feature_alpha_dropout(input, self.p, self.training)  # torch ignores inplace

@@ -7,7 +7,7 @@ torch's, so a ``state_dict`` (class ``weight``, ``pos_weight``) moves between to
 reimpl.
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -15,6 +15,7 @@ from torch import Tensor
 from reimpl._compat import torch_at_least
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _reduction
+from reimpl.nn.functional import _scripted as S
 
 
 class _Loss(torch.nn.Module):
@@ -33,7 +34,8 @@ class _Loss(torch.nn.Module):
 
 
 class _WeightedLoss(_Loss):
-    weight: Tensor | None
+    # TorchScript reads these annotations and parses typing's forms, not PEP 604 unions
+    weight: Optional[Tensor]  # noqa: UP045
 
     def __init__(
         self,
@@ -50,6 +52,8 @@ class L1Loss(_Loss, torch.nn.L1Loss):
     """Mean absolute error, ``|input - target|``."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.l1_loss(input, target, self.reduction)
         return F.l1_loss(input, target, reduction=self.reduction)
 
 
@@ -57,6 +61,8 @@ class MSELoss(_Loss, torch.nn.MSELoss):
     """Mean squared error, ``(input - target)^2``."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.mse_loss(input, target, self.reduction)
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
@@ -74,6 +80,8 @@ class SmoothL1Loss(_Loss, torch.nn.SmoothL1Loss):
         self.beta = beta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.smooth_l1_loss(input, target, self.reduction, self.beta)
         return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
@@ -90,6 +98,8 @@ class HuberLoss(_Loss, torch.nn.HuberLoss):
         self.delta = delta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.huber_loss(input, target, self.reduction, self.delta)
         return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
@@ -110,6 +120,8 @@ class NLLLoss(_WeightedLoss, torch.nn.NLLLoss):
         self.ignore_index = ignore_index
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.nll_loss(input, target, self.weight, self.ignore_index, self.reduction)
         return F.nll_loss(
             input,
             target,
@@ -139,6 +151,15 @@ class CrossEntropyLoss(_WeightedLoss, torch.nn.CrossEntropyLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.cross_entropy(
+                input,
+                target,
+                self.weight,
+                self.ignore_index,
+                self.reduction,
+                self.label_smoothing,
+            )
         return F.cross_entropy(
             input,
             target,
@@ -153,14 +174,17 @@ class BCELoss(_WeightedLoss, torch.nn.BCELoss):
     """Binary cross-entropy between probabilities."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.binary_cross_entropy(input, target, self.weight, self.reduction)
         return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss, torch.nn.BCEWithLogitsLoss):
     """Sigmoid + binary cross-entropy in one stable expression; ``pos_weight`` per class."""
 
-    weight: Tensor | None
-    pos_weight: Tensor | None
+    # TorchScript reads these annotations and parses typing's forms, not PEP 604 unions
+    weight: Optional[Tensor]  # noqa: UP045
+    pos_weight: Optional[Tensor]  # noqa: UP045
 
     def __init__(
         self,
@@ -175,6 +199,10 @@ class BCEWithLogitsLoss(_Loss, torch.nn.BCEWithLogitsLoss):
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return S.binary_cross_entropy_with_logits(
+                input, target, self.weight, self.pos_weight, self.reduction
+            )
         return F.binary_cross_entropy_with_logits(
             input, target, self.weight, pos_weight=self.pos_weight, reduction=self.reduction
         )
