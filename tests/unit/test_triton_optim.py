@@ -253,17 +253,18 @@ def test_grad_scale_and_found_inf(spec: Spec, found: float) -> None:
 
 @interp
 def test_tables_are_cached_and_inputs_checked() -> None:
+    from reimpl.kernels import triton_launch as L
     from reimpl.kernels import triton_optim as K
 
     params = [torch.randn(n) for n in SIZES]
     grads = [torch.randn(n) for n in SIZES]
-    K._BLOCK_MAPS.clear()
-    K._ADDRESSES.clear()
+    L._BLOCK_MAPS.clear()
+    L._ADDRESSES.clear()
     for _ in range(2):
         K.sgd_(params, grads, [], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
                nesterov=False, maximize=False)  # fmt: skip
-    assert (len(K._BLOCK_MAPS), len(K._ADDRESSES)) == (1, 2)
-    blk_tensor, blk_start, numels = next(iter(K._BLOCK_MAPS.values()))
+    assert (len(L._BLOCK_MAPS), len(L._ADDRESSES)) == (1, 2)
+    blk_tensor, blk_start, numels = next(iter(L._BLOCK_MAPS.values()))
     assert blk_tensor.tolist() == [0, 1, 2, 2]
     assert blk_start.tolist() == [0, 0, 0, 1024]
     assert numels.tolist() == list(SIZES)
@@ -283,6 +284,7 @@ _COMPILE = """
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from reimpl.kernels import triton_common as C
 from reimpl.kernels import triton_optim as K
 
 def compile_one(fn, consts):
@@ -309,7 +311,7 @@ for elt, acc, align in [(tl.bfloat16, tl.float32, 16), (tl.float64, tl.float64, 
     compile_one(K._rmsprop_kernel, dict(base, CENTERED=True, MOMENTUM=True))
     if align == 16:
         assert "ld.global.v4" in k.asm["ptx"] or "ld.global.nc.v4" in k.asm["ptx"]
-compile_one(K._steps_kernel, dict(S_ELT=tl.float32, HAS_INF=True, BLOCK=128))
+compile_one(C._steps_kernel, dict(S_ELT=tl.float32, HAS_INF=True, BLOCK=128))
 print("ok")
 """
 

@@ -33,30 +33,35 @@ Conventions (those of torch's fused optimizers):
   written back into ``grads``. ``found_inf`` (1-element tensor): where nonzero, nothing is
   updated: params, states, grads and steps stay as they were.
 
-Multi-tensor launch: the data pointers of every tensor role (params, grads, states, steps)
-are packed into int64 device tensors; a block map sends each program to (tensor index,
-element offset). Inside the kernel an address is loaded and bitcast to a typed pointer.
-Full blocks run unmasked (16-byte vector loads when every tensor is 16-byte aligned), a
-tensor's last partial block masked; the element math is written once, in ``_<name>_update``.
-The block map is cached by the params' sizes and each address table by its tensors'
-addresses (uploaded asynchronously from pinned memory when built), so steady-state steps
-only read ``data_ptr()``/``numel()`` on the host: no host sync, two launches (one tiny
-launch increments the steps, one updates everything). Every step checks every tensor
-first (``reimpl.kernels.guard``, O(tensors), on the host). Building tables is not
-CUDA-graph capturable; replaying a captured steady-state step is (same addresses), though
-that is untested.
+Multi-tensor launch (``triton_launch``, ``triton_common``): a block map sends each program
+to (tensor, element offset) through int64 tables of data pointers; full blocks run unmasked,
+a tensor's last partial block masked; the element math is written once, in
+``_<name>_update``. Two launches per step (steps, then everything), no host sync; building
+tables is not CUDA-graph capturable, replaying a captured steady-state step is (untested).
 """
 
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from reimpl.kernels import guard
+from reimpl.kernels.triton_common import (  # the shared device-side pieces
+    _base,
+    _go,
+    _grad,
+    _lerp,
+    _locate,
+    _pow,
+    _scalar,
+)
+from reimpl.kernels.triton_launch import (  # the launch machinery, apart from the bodies
+    _ELEMENT,
+    _common,
+    _increment_steps,
+    _plan,
+)
 
 # Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
 # doubles, not rounded to float32 as plain Python floats are. Triton reads the annotation
@@ -66,104 +71,6 @@ from reimpl.kernels import guard
 # mypy: disable-error-code="name-defined"
 
 __all__ = ["adagrad_", "adam_", "rmsprop_", "sgd_"]
-
-_BLOCK = 1024
-_NUM_WARPS = 4
-_ELEMENT = {
-    torch.float32: tl.float32,
-    torch.float64: tl.float64,
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-@triton.jit
-def _base(table, idx, ELT: tl.constexpr, ALIGN: tl.constexpr):
-    """The typed data pointer of tensor ``idx`` from an int64 table of addresses."""
-    ptr = tl.load(table + idx).to(tl.pointer_type(ELT), bitcast=True)
-    if ALIGN > 1:
-        ptr = tl.multiple_of(ptr, ALIGN)  # lets full blocks use vector loads
-    return ptr
-
-
-@triton.jit
-def _locate(blk_tensor, blk_start, numels, BLOCK: tl.constexpr):
-    """This program's tensor index, element offsets and that tensor's length."""
-    pid = tl.program_id(0)
-    idx = tl.load(blk_tensor + pid)
-    start = tl.multiple_of(tl.load(blk_start + pid), BLOCK)
-    return idx, start + tl.arange(0, BLOCK).to(tl.int64), start + BLOCK, tl.load(numels + idx)
-
-
-@triton.jit
-def _go(inf_ptr, HAS_INF: tl.constexpr):
-    """False when found_inf is given and nonzero: then nothing is touched."""
-    if HAS_INF:
-        return tl.load(inf_ptr) == 0
-    else:
-        return True
-
-
-@triton.jit
-def _scalar(value, value_ptr, FROM_PTR: tl.constexpr):
-    """A float64 scalar: read from a 1-element tensor, or given as a number."""
-    if FROM_PTR:
-        return tl.load(value_ptr).to(tl.float64)
-    else:
-        return tl.full([], value, tl.float64)
-
-
-@triton.jit
-def _pow(base, exponent):
-    """``base ** exponent`` for a float64 base and an integer-valued float exponent."""
-    r = tl.full([], 1.0, tl.float64)
-    b = base
-    t = exponent.to(tl.int64)
-    while t > 0:
-        r = tl.where((t & 1) == 1, r * b, r)
-        b = b * b
-        t = t >> 1
-    return r
-
-
-@triton.jit
-def _grad(
-    g_ptr, mask, scale_ptr,
-    ELT: tl.constexpr, ACC: tl.constexpr, HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-):  # fmt: skip
-    """Load the gradient in ACC; unscale it (writing it back) and negate it if asked."""
-    g = tl.load(g_ptr, mask=mask).to(ACC)
-    if HAS_SCALE:
-        g = g / tl.load(scale_ptr).to(ACC)
-        tl.store(g_ptr, g.to(ELT), mask=mask)
-    if MAXIMIZE:
-        g = -g
-    return g
-
-
-@triton.jit
-def _lerp(start, end, weight):
-    """torch.lerp's formula (exact at both ends)."""
-    return tl.where(
-        tl.abs(weight) < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight)
-    )
-
-
-@triton.jit
-def _steps_kernel(
-    S, n_tensors, inf_ptr, S_ELT: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr
-):
-    """``steps[i] += 1`` for every tensor (nothing when found_inf)."""
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = i < n_tensors
-    if HAS_INF:
-        mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
-    addr = tl.load(S + i, mask=mask, other=0).to(tl.pointer_type(S_ELT), bitcast=True)
-    tl.store(addr, tl.load(addr, mask=mask) + 1, mask=mask)
-
 
 # --------------------------------------------------------------------------- kernels
 # Each kernel finds its (tensor, block), computes the per-tensor scalars once, and runs the
@@ -465,176 +372,6 @@ def _rmsprop_kernel(
                 HAS_WD,
                 HAS_SCALE,
             )
-
-
-# --------------------------------------------------------------------------- launching
-
-
-class _Plan(NamedTuple):
-    """Device tables for one list of tensors: block map, sizes, one address table per role."""
-
-    blk_tensor: Tensor  # int32 [n_blocks]: which tensor a program updates
-    blk_start: Tensor  # int64 [n_blocks]: its first element
-    numels: Tensor  # int64 [n_tensors]
-    tables: tuple[Tensor, ...]  # int64 [n_tensors] addresses, per role
-    steps: Tensor | None  # int64 [n_tensors] addresses of the step counters
-    align: int  # 16 when every element tensor is 16-byte aligned (vector loads), else 1
-
-
-_Key = tuple[Any, ...]
-_BLOCK_MAPS: OrderedDict[_Key, tuple[Tensor, Tensor, Tensor]] = OrderedDict()
-_ADDRESSES: OrderedDict[_Key, tuple[Tensor, bool]] = OrderedDict()
-_MAX_CACHED = 256
-_data_ptr = Tensor.data_ptr
-_numel = Tensor.numel
-
-
-def _lookup(cache: OrderedDict[_Key, Any], key: _Key) -> Any:
-    hit = cache.get(key)
-    if hit is not None:
-        cache.move_to_end(key)
-    return hit
-
-
-def _store(cache: OrderedDict[_Key, Any], key: _Key, value: Any) -> Any:
-    cache[key] = value
-    if len(cache) > _MAX_CACHED:
-        cache.popitem(last=False)
-    return value
-
-
-def _to_device(values: list[int] | Tensor, device: torch.device) -> Tensor:
-    t = torch.as_tensor(values, dtype=torch.int64)
-    if device.type == "cuda":  # asynchronous: the pinned staging buffer outlives the copy
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _block_map(numels: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    n = torch.tensor(numels, dtype=torch.int64)
-    n_blocks = (n + _BLOCK - 1) // _BLOCK
-    blk_tensor = torch.repeat_interleave(torch.arange(len(numels)), n_blocks)
-    first = torch.cumsum(n_blocks, 0) - n_blocks  # each tensor's first block
-    blk_start = (torch.arange(len(blk_tensor)) - first[blk_tensor]) * _BLOCK
-    blk = _to_device(blk_tensor, device).to(torch.int32)
-    return blk, _to_device(blk_start, device), _to_device(n, device)
-
-
-def _plan(
-    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
-) -> _Plan:
-    """The tables for these tensors, cached: the block map by the params' sizes, each
-    address table by its tensors' addresses (so new grads at new addresses rebuild only
-    theirs). Every call checks every tensor first (O(tensors)): an address seen before may
-    now hold another tensor (the caching allocator reuses freed blocks), so a cache hit
-    proves nothing about what lies there.
-    """
-    _check(roles, names, steps)
-    params = roles[0]
-    device = params[0].device
-    numels = tuple(map(_numel, params))
-    every = [*roles, *([steps] if steps is not None else [])]
-    keys = [(device, tuple(map(_data_ptr, role))) for role in every]
-    maps = _lookup(_BLOCK_MAPS, (device, numels))
-    entries = [_lookup(_ADDRESSES, key) for key in keys]
-    if maps is None:
-        maps = _store(_BLOCK_MAPS, (device, numels), _block_map(numels, device))
-    for i, key in enumerate(keys):
-        if entries[i] is None:
-            table = _to_device(list(key[1]), device)
-            entries[i] = _store(_ADDRESSES, key, (table, all(p % 16 == 0 for p in key[1])))
-    tables = [e[0] for e in entries]
-    align = 16 if all(e[1] for e in entries[: len(roles)]) else 1
-    blk_tensor, blk_start, numels_t = maps
-    return _Plan(
-        blk_tensor,
-        blk_start,
-        numels_t,
-        tuple(tables[: len(roles)]),
-        tables[-1] if steps is not None else None,
-        align,
-    )
-
-
-def _check(
-    roles: Sequence[Sequence[Tensor]], names: Sequence[str], steps: Sequence[Tensor] | None
-) -> None:
-    """The kernels' contract (``reimpl.kernels.guard.check_operands``: every tensor shaped,
-    typed and placed like its param, plain, contiguous, no written tensor overlapping
-    another operand) and 1-element float step counters on the params' device.
-    RuntimeError naming the parameter and state otherwise."""
-    params = roles[0]
-    p0 = params[0]
-    if p0.dtype not in _ELEMENT:
-        raise RuntimeError(f"unsupported param dtype {p0.dtype} (float16/bfloat16/float32/float64)")
-    where = "fused optimizer (Triton)"
-    guard.check_operands(where, list(zip(names, roles, strict=True)), device_type=p0.device.type)
-    if steps is not None:
-        if len(steps) != len(params):
-            raise RuntimeError(f"{where}: {len(steps)} step tensors for {len(params)} params")
-        s0 = steps[0]
-        for i, s in enumerate(steps):
-            if not (
-                isinstance(s, Tensor)
-                and s.numel() == 1
-                and s.device == p0.device
-                and s.dtype == s0.dtype
-                and s.dtype in (torch.float32, torch.float64)
-            ):
-                raise RuntimeError(
-                    f"{where}: state 'step' of parameter {i} must be a 1-element float32 or "
-                    f"float64 tensor on {p0.device}, like the other steps of its batch"
-                )
-
-
-def _device_scalar(x: Tensor | None, device: torch.device, name: str) -> Tensor | None:
-    if x is not None and (x.numel() != 1 or x.device != device):
-        raise ValueError(f"{name} must be a 1-element tensor on {device}")
-    return x
-
-
-def _common(
-    params: Sequence[Tensor],
-    plan: _Plan,
-    lr: float | Tensor,
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-) -> dict[str, Any]:
-    """Kernel arguments shared by every optimizer: lr, grad_scale, found_inf, dtypes."""
-    device = params[0].device
-    if isinstance(lr, Tensor) and lr.device.type == "cpu" and device.type != "cpu":
-        lr = float(lr)  # a CPU lr is read on the host (no device sync), as torch does
-    lr_t = _device_scalar(lr, device, "lr") if isinstance(lr, Tensor) else None
-    scale = _device_scalar(grad_scale, device, "grad_scale")
-    inf = _device_scalar(found_inf, device, "found_inf")
-    dummy = plan.numels  # an unused pointer argument
-    return {
-        "lr": 0.0 if lr_t is not None else float(lr),
-        "lr_ptr": lr_t if lr_t is not None else dummy,
-        "scale_ptr": scale if scale is not None else dummy,
-        "inf_ptr": inf if inf is not None else dummy,
-        "LR_PTR": lr_t is not None,
-        "HAS_SCALE": scale is not None,
-        "HAS_INF": inf is not None,
-        "ELT": _ELEMENT[params[0].dtype],
-        "ACC": tl.float64 if params[0].dtype == torch.float64 else tl.float32,
-        "ALIGN": plan.align,
-        "BLOCK": _BLOCK,
-        "num_warps": _NUM_WARPS,
-    }
-
-
-def _increment_steps(steps: Sequence[Tensor], plan: _Plan, found_inf: Tensor | None) -> None:
-    assert plan.steps is not None
-    block = 128
-    _steps_kernel[(triton.cdiv(len(steps), block),)](
-        plan.steps,
-        len(steps),
-        found_inf if found_inf is not None else plan.steps,
-        S_ELT=_ELEMENT[steps[0].dtype],
-        HAS_INF=found_inf is not None,
-        BLOCK=block,
-    )
 
 
 def adam_(
