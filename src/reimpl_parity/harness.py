@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,11 +118,10 @@ def _raised_in_reimpl(err: BaseException) -> bool:
     """Whether reimpl's own code raised ``err`` (a scenario may run torch's objects on our
     side too, e.g. a scheduler handed over from torch: their messages are not ours)."""
     tb = err.__traceback__
-    last = None
+    module = ""
     while tb is not None:
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    parts = Path(last).parts if last else ()
-    return "reimpl" in parts
+        module, tb = tb.tb_frame.f_globals.get("__name__", ""), tb.tb_next
+    return module == "reimpl" or module.startswith("reimpl.")
 
 
 def check_call(case: Case, call: Call, dtype: torch.dtype, device: str) -> Diff:
