@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reimpl.optim as ours
-from reimpl.optim import optimizer as base
+from reimpl.optim import _common as base
 
 
 def _trajectory(make, steps: int = 5, **kwargs) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -40,6 +40,7 @@ a tensor's last partial block masked; the element math is written once, in
 tables is not CUDA-graph capturable, replaying a captured steady-state step is (untested).
 """
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -540,3 +541,11 @@ def rmsprop_(
             momentum=float(momentum), CENTERED=centered, MOMENTUM=momentum > 0,
             MAXIMIZE=maximize, HAS_WD=weight_decay != 0, **args,
         )  # fmt: skip
+
+
+#: the keywords each binding takes, read once here: the fused routine hands a binding those
+#: of an optimizer's hyperparameters it names (and no others)
+KEYWORDS = {
+    fn.__name__: frozenset(inspect.signature(fn).parameters)
+    for fn in (adam_, sgd_, adagrad_, rmsprop_)
+}

@@ -1,45 +1,46 @@
-"""AdaGrad: per-coordinate step sizes from the accumulated squared gradients."""
+"""AdaGrad (Duchi, Hazan & Singer, 2011): per-coordinate step sizes from the accumulated
+squared gradients.
+
+Coordinates that have seen large gradients take small steps and rarely-updated ones keep
+large steps, which suits sparse features; the price is a step size that only shrinks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
-from reimpl.optim.optimizer import (
-    Optimizer,
-    ParamsT,
+from reimpl.optim._common import (
     TensorList,
     add_one_to_steps,
-    amp_scaling,
     as_real,
-    check_fused_flags,
-    check_fused_param,
-    check_fused_state,
-    check_fused_steps,
     check_nonnegative,
-    check_steps,
-    choose_path,
-    found_inf_on_host,
+    check_tensor_hparam,
+    grads_with_decay,
     group_by_device_and_dtype,
-    new_step,
     plain_value,
-    prepare_grads,
-    run_triton,
-    run_widened,
-    scalar_dtype,
-    squeeze_scalar,
-    unscale_grads_,
-    use_grad_for_differentiable,
 )
+from reimpl.optim._fused import CArgs, Forms
+from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Adagrad"]
 
 
-class Adagrad(torch.optim.Adagrad):
+class AdagradHP(NamedTuple):
+    lr: float | Tensor
+    lr_decay: float
+    weight_decay: float
+    eps: float
+    maximize: bool
+    differentiable: bool
+    has_sparse_grad: bool
+    has_complex: bool
+
+
+class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
     r"""AdaGrad.
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -62,6 +63,11 @@ class Adagrad(torch.optim.Adagrad):
     ``differentiable``, ``fused``.
     """
 
+    _roles = ("param", "grad", "sum", "step")
+    _HP = AdagradHP
+    _group_defaults = (("fused", None),)
+    _sparse_ok = True
+
     def __init__(
         self,
         params: ParamsT,
@@ -76,10 +82,7 @@ class Adagrad(torch.optim.Adagrad):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError(
-                f"lr given as a Tensor must have exactly one element, got {lr.numel()}"
-            )
+        check_tensor_hparam("lr", lr, foreach=None, capturable=False)
         check_nonnegative("learning rate", lr)
         check_nonnegative("lr_decay value", lr_decay)
         check_nonnegative("weight_decay value", weight_decay)
@@ -96,37 +99,23 @@ class Adagrad(torch.optim.Adagrad):
             "differentiable": differentiable,
             "fused": fused,
         }
-        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
-        check_fused_flags(fused, foreach, differentiable)
-        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
-            self._step_supports_amp_scaling = True
+        self._setup(params, defaults)
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
             for p in group["params"]:
-                self._new_state(p, group, initial_accumulator_value)
+                self.state[p].update(self._new_state(p, group))
 
-    def _new_state(self, p: Tensor, group: dict[str, Any], init: float) -> None:
-        state = self.state[p]
-        state["step"] = new_step(p, on_param_device=bool(group["fused"]), fused=group["fused"])
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_adagrad, _multi_tensor_adagrad, _c_args, "adagrad")
+
+    def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        init = self.defaults["initial_accumulator_value"]
         fill = complex(init, init) if torch.is_complex(p) else init
-        state["sum"] = torch.full_like(p, fill, memory_format=torch.preserve_format)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        Optimizer.__setstate__(self, state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-            for p in group["params"]:
-                s = self.state.get(p, {})
-                if s and not torch.is_tensor(s["step"]):  # checkpoints from old torch
-                    on_dev = bool(group["fused"])
-                    s["step"] = torch.tensor(
-                        float(s["step"]),
-                        dtype=scalar_dtype(group["fused"]),
-                        device=p.device if on_dev else None,
-                    )
+        return {
+            "step": self._new_step(p, group),
+            "sum": torch.full_like(p, fill, memory_format=torch.preserve_format),
+        }
 
     def share_memory(self) -> None:
         """Move the ``sum`` accumulators to shared memory (for Hogwild-style training)."""
@@ -134,163 +123,63 @@ class Adagrad(torch.optim.Adagrad):
             for p in group["params"]:
                 self.state[p]["sum"].share_memory_()
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: TensorList,
-        grads: TensorList,
-        sums: TensorList,
-        steps: TensorList,
-    ) -> tuple[bool, bool]:
-        has_sparse = has_complex = False
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if group["fused"]:
-                check_fused_param(p)
-            has_sparse |= p.grad.is_sparse
-            has_complex |= torch.is_complex(p)
-            params.append(p)
-            grads.append(p.grad)
-            state = self.state[p]
-            if len(state) == 0:  # added later with add_param_group
-                self._new_state(p, group, self.defaults["initial_accumulator_value"])
-            sums.append(state["sum"])
-            steps.append(state["step"])
-        return has_sparse, has_complex
 
-    @use_grad_for_differentiable
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One update of every param with a gradient; ``closure`` re-evaluates the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params: TensorList = []
-            grads: TensorList = []
-            sums: TensorList = []
-            steps: TensorList = []
-            has_sparse, has_complex = self._init_group(group, params, grads, sums, steps)
-            path = choose_path(
-                params,
-                foreach=group["foreach"],
-                fused=group["fused"],
-                differentiable=group["differentiable"],
-            )
-            check_steps(steps)
-            update = {"single": _single_tensor_adagrad, "multi": _multi_tensor_adagrad}.get(
-                path, _fused_adagrad
-            )
-            update(
-                params,
-                grads,
-                sums,
-                steps,
-                lr=group["lr"],
-                lr_decay=group["lr_decay"],
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=group["maximize"],
-                differentiable=group["differentiable"],
-                has_sparse_grad=has_sparse,
-                has_complex=has_complex,
-                **amp_scaling(self, path),
-            )
-        return loss
+def _step_size(hp: AdagradHP, step: Tensor) -> Any:
+    """lr / (1 + (t - 1) * lr_decay): the decayed learning rate of step t."""
+    return hp.lr / (1 + (plain_value(step) - 1) * hp.lr_decay)
 
 
 def _single_tensor_adagrad(
-    params: TensorList,
-    grads: TensorList,
-    sums: TensorList,
-    steps: TensorList,
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    differentiable: bool,
-    has_sparse_grad: bool,
-    has_complex: bool,
+    params: TensorList, grads: TensorList, sums: TensorList, steps: TensorList, hp: AdagradHP
 ) -> None:
     """Per-tensor loop (also the sparse-gradient path)."""
-    lr = squeeze_scalar(lr)
     for param, grad, acc, step_t in zip(params, grads, sums, steps, strict=True):
         step_t += 1
-        t = plain_value(step_t)
-        if maximize:
+        if hp.maximize:
             grad = -grad
-        if weight_decay != 0:
+        if hp.weight_decay != 0:
             if grad.is_sparse:
                 raise RuntimeError("Adagrad: weight_decay cannot be used with sparse gradients")
-            grad = grad.add(param, alpha=weight_decay)
-        step_size = lr / (1 + (t - 1) * lr_decay)
+            grad = grad.add(param, alpha=hp.weight_decay)
+        clr = _step_size(hp, step_t)
         if grad.is_sparse:
             # the update is non-linear in the gradient, so duplicate indices must merge first
             grad = grad.coalesce()
             idx, vals = grad._indices(), grad._values()
             acc.add_(torch.sparse_coo_tensor(idx, vals.pow(2), grad.size()))
-            denom = acc.sparse_mask(grad)._values().sqrt_().add_(eps)
-            param.add_(torch.sparse_coo_tensor(idx, vals / denom, grad.size()), alpha=-step_size)
+            denom = acc.sparse_mask(grad)._values().sqrt_().add_(hp.eps)
+            param.add_(torch.sparse_coo_tensor(idx, vals / denom, grad.size()), alpha=-clr)
             continue
         if torch.is_complex(param):
             param, grad, acc = (torch.view_as_real(x) for x in (param, grad, acc))
         acc.addcmul_(grad, grad, value=1)
-        denom = acc.sqrt() + eps if differentiable else acc.sqrt().add_(eps)
-        param.addcdiv_(grad, denom, value=-step_size)
+        denom = acc.sqrt() + hp.eps if hp.differentiable else acc.sqrt().add_(hp.eps)
+        param.addcdiv_(grad, denom, value=-clr)
 
 
 def _multi_tensor_adagrad(
-    params: TensorList,
-    grads: TensorList,
-    sums: TensorList,
-    steps: TensorList,
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    differentiable: bool,
-    has_sparse_grad: bool,
-    has_complex: bool,
+    params: TensorList, grads: TensorList, sums: TensorList, steps: TensorList, hp: AdagradHP
 ) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch; sparse batches use the loop."""
-    if differentiable:
+    if hp.differentiable:
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
     if not params:
         return
-    lr = squeeze_scalar(lr)
     batches = group_by_device_and_dtype([params, grads, sums, steps])
     for (b_params, b_grads, b_sums, b_steps), _ in batches.values():
-        if has_sparse_grad and any(g.is_sparse for g in b_grads):
-            _single_tensor_adagrad(
-                b_params,
-                b_grads,
-                b_sums,
-                b_steps,
-                lr=lr,
-                lr_decay=lr_decay,
-                weight_decay=weight_decay,
-                eps=eps,
-                maximize=maximize,
-                differentiable=differentiable,
-                has_sparse_grad=True,
-                has_complex=has_complex,
-            )
+        if hp.has_sparse_grad and any(g.is_sparse for g in b_grads):
+            _single_tensor_adagrad(b_params, b_grads, b_sums, b_steps, hp)
             continue
-        if has_complex:
+        if hp.has_complex:
             as_real(b_params, b_grads, b_sums)
-        own_copy = maximize or weight_decay != 0
-        d = prepare_grads(b_grads, b_params, maximize=maximize, weight_decay=weight_decay)
+        own_copy = hp.maximize or hp.weight_decay != 0
+        d = grads_with_decay(b_grads, b_params, hp)
         # maximize negates before the step counters move, weight decay after: no difference
         add_one_to_steps(b_steps)
-        neg_step_sizes = [-lr / (1 + (plain_value(s) - 1) * lr_decay) for s in b_steps]
+        neg_step_sizes = [-_step_size(hp, s) for s in b_steps]
         torch._foreach_addcmul_(b_sums, d, d, value=1)
         denom = torch._foreach_sqrt(b_sums)
-        torch._foreach_add_(denom, eps)
+        torch._foreach_add_(denom, hp.eps)
         if own_copy:
             torch._foreach_mul_(d, neg_step_sizes)
             numer = d
@@ -299,76 +188,8 @@ def _multi_tensor_adagrad(
         torch._foreach_addcdiv_(b_params, numer, denom)
 
 
-def _fused_adagrad(
-    params: TensorList,
-    grads: TensorList,
-    sums: TensorList,
-    steps: TensorList,
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    differentiable: bool,
-    has_sparse_grad: bool,
-    has_complex: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    """``fused=True``: one pass over memory per tensor with the C kernel on CPU
-    (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with 16-bit tensors
-    computed in float32 like torch's fused kernels."""
-    if not params:
-        return
-    if has_sparse_grad or has_complex:
-        raise RuntimeError(
-            "Adagrad with fused=True supports neither sparse gradients nor complex params"
-        )
-    if differentiable:
-        raise RuntimeError("Adagrad with fused=True cannot run with differentiable=True")
-    where = "Adagrad(fused=True)"
-    check_fused_steps(where, params, steps)
-    if run_triton(
-        "adagrad_",
-        [params, grads, sums, steps],
-        steps_at=3,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    ):
-        return
-    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
-        return
-    roles = [("param", params), ("grad", grads), ("sum", sums)]
-    batch = cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
-    if batch is not None:
-        lr = plain_value(lr)
-        torch._foreach_add_(steps, 1)
-        clrs = [lr / (1 + (plain_value(s) - 1) * lr_decay) for s in steps]
-        batch.run(
-            "adagrad",
-            cpu_fused.AdagradOpts(wd=weight_decay, eps=eps, maximize=maximize),
-            [clrs],
-            grad_scale=None if grad_scale is None else float(grad_scale),
-        )
-        return
-    check_fused_state(where, roles)
-    if grad_scale is not None:
-        unscale_grads_(grads, grad_scale)
-    run_widened(
-        _multi_tensor_adagrad,
-        [params, grads, sums, steps],
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-        differentiable=False,
-        has_sparse_grad=False,
-        has_complex=False,
-    )
+def _c_args(lists: list[TensorList], hp: AdagradHP) -> CArgs:
+    """The C kernel's scalars, and per tensor the decayed learning rate."""
+    hp = hp._replace(lr=plain_value(hp.lr))
+    opts = cpu_fused.AdagradOpts(wd=hp.weight_decay, eps=hp.eps, maximize=hp.maximize)
+    return CArgs(opts, [[_step_size(hp, s) for s in lists[-1]]])

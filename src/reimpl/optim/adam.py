@@ -1,50 +1,56 @@
-"""Adam and AdamW (Adam with decoupled weight decay)."""
+"""Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019).
+
+Adam keeps two exponential moving averages per coordinate, of the gradient and of its
+square, and steps by their ratio: a step size that adapts to each coordinate's recent
+gradient scale and is roughly invariant to rescaling the loss. AMSGrad (Reddi et al.,
+2018) divides by the running maximum of the second moment instead, so the effective step
+never grows. AdamW decouples weight decay from the adaptive step (see
+:func:`reimpl.optim._common.grad_with_decay`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
-from reimpl.optim.optimizer import (
-    Optimizer,
-    ParamsT,
+from reimpl.optim._common import (
     TensorList,
     add_one_to_steps,
-    amp_scaling,
     as_real,
     check_capturable_devices,
-    check_fused_flags,
-    check_fused_param,
-    check_fused_state,
-    check_fused_steps,
     check_nonnegative,
-    check_steps,
     check_tensor_hparam,
     choose_path,
-    found_inf_on_host,
-    graph_capture_health_check,
+    grad_with_decay,
+    grads_with_decay,
     group_by_device_and_dtype,
-    new_step,
     plain_value,
-    prepare_grad,
-    prepare_grads,
-    run_triton,
-    run_widened,
-    scalar_dtype,
     squeeze_scalar,
     stack_if_compiling,
-    unscale_grads_,
-    use_grad_for_differentiable,
 )
+from reimpl.optim._fused import CArgs, Forms
+from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Adam", "AdamW"]
 
 
-class Adam(torch.optim.Adam):
+class AdamHP(NamedTuple):
+    lr: float | Tensor
+    beta1: float | Tensor
+    beta2: float | Tensor
+    eps: float
+    weight_decay: float
+    amsgrad: bool
+    maximize: bool
+    capturable: bool
+    differentiable: bool
+    decoupled_weight_decay: bool
+
+
+class Adam(ReimplOptimizer, torch.optim.Adam):
     r"""Adam, optionally AMSGrad, optionally with decoupled weight decay (= AdamW).
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -71,6 +77,15 @@ class Adam(torch.optim.Adam):
     ``amsgrad``, and keyword-only ``foreach``, ``maximize``, ``capturable``,
     ``differentiable``, ``fused``, ``decoupled_weight_decay``.
     """
+
+    _roles = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+    _HP = AdamHP
+    _group_defaults = (
+        ("amsgrad", False),
+        ("capturable", False),
+        ("decoupled_weight_decay", False),
+        ("fused", None),
+    )
 
     def __init__(
         self,
@@ -118,137 +133,40 @@ class Adam(torch.optim.Adam):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
-        check_fused_flags(fused, foreach, differentiable)
-        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
-            self._step_supports_amp_scaling = True
+        self._setup(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        Optimizer.__setstate__(self, state)
-        for group in self.param_groups:
-            for key, value in (
-                ("amsgrad", False),
-                ("maximize", False),
-                ("foreach", None),
-                ("capturable", False),
-                ("differentiable", False),
-                ("decoupled_weight_decay", False),
-                ("fused", None),
-            ):
-                group.setdefault(key, value)
-            on_dev = bool(group["capturable"] or group["fused"])
-            for p in group["params"]:
-                s = self.state.get(p, {})
-                if s and not torch.is_tensor(s["step"]):  # checkpoints from old torch
-                    s["step"] = torch.tensor(
-                        float(s["step"]),
-                        dtype=scalar_dtype(group["fused"]),
-                        device=p.device if on_dev else None,
-                    )
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_adam, _multi_tensor_adam, _c_args, "adam")
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: TensorList,
-        grads: TensorList,
-        exp_avgs: TensorList,
-        exp_avg_sqs: TensorList,
-        max_exp_avg_sqs: TensorList,
-        steps: TensorList,
-    ) -> bool:
-        has_complex = False
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            has_complex |= torch.is_complex(p)
-            params.append(p)
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients; "
-                    "torch.optim.SparseAdam does"
-                )
-            grads.append(p.grad)
-            state = self.state[p]
-            if len(state) == 0:
-                if group["fused"]:
-                    check_fused_param(p)
-                # step lives on the CPU unless capturable/fused: no kernel launch per step
-                state["step"] = new_step(
-                    p,
-                    on_param_device=bool(group["capturable"] or group["fused"]),
-                    fused=group["fused"],
-                )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["amsgrad"]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            if group["amsgrad"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            if group["differentiable"] and state["step"].requires_grad:
-                raise RuntimeError("differentiable=True does not support a step that requires grad")
-            if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
-                raise RuntimeError(
-                    "lr given as a Tensor needs capturable=True when foreach=True "
-                    "(pass a float, or set capturable=True, or foreach=False)"
-                )
-            steps.append(state["step"])
-        return has_complex
+    def _keeps(self, group: dict[str, Any], key: str) -> bool:
+        return key != "max_exp_avg_sq" or group["amsgrad"]
 
-    @use_grad_for_differentiable
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One update of every param with a gradient; ``closure`` re-evaluates the loss."""
-        graph_capture_health_check(self)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params: TensorList = []
-            grads: TensorList = []
-            exp_avgs: TensorList = []
-            exp_avg_sqs: TensorList = []
-            max_exp_avg_sqs: TensorList = []
-            steps: TensorList = []
-            has_complex = self._init_group(
-                group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+    def _init_group(self, group: dict[str, Any], *lists: list[Any]) -> tuple[bool, bool]:
+        flags = ReimplOptimizer._init_group(self, group, *lists)
+        if group["differentiable"] and any(getattr(s, "requires_grad", 0) for s in lists[-1]):
+            raise RuntimeError("differentiable=True does not support a step that requires grad")
+        tensor_lr = lists[0] and group["foreach"] and torch.is_tensor(group["lr"])
+        if tensor_lr and not group["capturable"]:
+            raise RuntimeError(
+                "lr given as a Tensor needs capturable=True when foreach=True "
+                "(pass a float, or set capturable=True, or foreach=False)"
             )
-            path = choose_path(
-                params,
-                foreach=group["foreach"],
-                fused=group["fused"],
-                differentiable=group["differentiable"],
-                tensor_lr_needs_loop=isinstance(group["lr"], Tensor) and not group["capturable"],
-            )
-            check_steps(steps)
-            update = {"single": _single_tensor_adam, "multi": _multi_tensor_adam}.get(
-                path, _fused_adam
-            )
-            beta1, beta2 = group["betas"]
-            update(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                max_exp_avg_sqs,
-                steps,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                amsgrad=group["amsgrad"],
-                maximize=group["maximize"],
-                capturable=group["capturable"],
-                differentiable=group["differentiable"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                has_complex=has_complex,
-                **amp_scaling(self, path),
-            )
-        return loss
+        return flags
+
+    def _path(self, group: dict[str, Any], params: TensorList) -> str:
+        # a Tensor lr without capturable keeps the default on the per-tensor loop
+        return choose_path(
+            params,
+            foreach=group["foreach"],
+            fused=group["fused"],
+            differentiable=group["differentiable"],
+            tensor_lr_needs_loop=isinstance(group["lr"], Tensor) and not group["capturable"],
+        )
+
+    def _hparams(self, group: dict[str, Any], **flags: bool) -> AdamHP:
+        beta1, beta2 = group["betas"]
+        return ReimplOptimizer._hparams(self, {**group, "beta1": beta1, "beta2": beta2}, **flags)  # type: ignore[no-any-return]
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -312,82 +230,52 @@ def _single_tensor_adam(
     exp_avg_sqs: TensorList,
     max_exp_avg_sqs: TensorList,
     steps: TensorList,
-    *,
-    lr: float | Tensor,
-    beta1: float | Tensor,
-    beta2: float | Tensor,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    decoupled_weight_decay: bool,
-    has_complex: bool,
+    hp: AdamHP,
 ) -> None:
-    """Per-tensor loop."""
-    lr, beta1, beta2 = squeeze_scalar(lr), squeeze_scalar(beta1), squeeze_scalar(beta2)
-    beta1_on: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    """Per-tensor loop: the docstring's formula, one parameter at a time."""
+    lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
+    on_tensor = hp.capturable or hp.differentiable  # no host sync; autograd can follow
     for i, param in enumerate(params):
-        step_t = steps[i]
-        if capturable:
-            check_capturable_devices([param], [step_t])
-        step_t += 1
-        if weight_decay != 0 and decoupled_weight_decay:
-            param.mul_(1 - lr * weight_decay)
-            grad = prepare_grad(grads[i], param, maximize=maximize, weight_decay=0)
-        else:
-            grad = prepare_grad(grads[i], param, maximize=maximize, weight_decay=weight_decay)
+        if hp.capturable:
+            check_capturable_devices([param], [steps[i]])
+        steps[i] += 1
+        grad = grad_with_decay(grads[i], param, hp)
         m, v = exp_avgs[i], exp_avg_sqs[i]
-        is_complex = torch.is_complex(param)
-        if is_complex:
+        v_max = max_exp_avg_sqs[i] if hp.amsgrad else None
+        if torch.is_complex(param):
             grad, m, v, param = (torch.view_as_real(x) for x in (grad, m, v, param))
-        v_max = max_exp_avg_sqs[i] if amsgrad else None
-        if v_max is not None and is_complex:
-            v_max = torch.view_as_real(v_max)
+            v_max = None if v_max is None else torch.view_as_real(v_max)
 
-        # a Tensor beta1 is cast once per (device, dtype) so lerp_ can take it as weight
-        b1: float | Tensor = beta1
-        if isinstance(beta1, Tensor):
-            key = (param.device, param.dtype)
-            if key not in beta1_on:
-                beta1_on[key] = beta1.to(device=param.device, dtype=param.dtype, non_blocking=True)
-            b1 = beta1_on[key]
-
+        # lerp_ takes a Tensor weight only in the tensor's own dtype and device
+        b1 = beta1.to(param) if isinstance(beta1, Tensor) else beta1
         m.lerp_(grad, 1 - b1)
-        if differentiable and isinstance(beta2, Tensor) and beta2.requires_grad:
+        if hp.differentiable and _learnable(beta2):
             v.lerp_(torch.square(grad), weight=1 - beta2)  # same value; keeps beta2's graph
         else:
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # type: ignore[arg-type]
-
-        if capturable or differentiable:
-            # everything stays a tensor: no host sync, graph-capturable, differentiable
-            t = step_t
-            grads_through = differentiable and isinstance(beta1, Tensor) and beta1.requires_grad
-            bc1 = 1 - beta1 ** (t.clone() if grads_through else t)
-            grads_through = differentiable and isinstance(beta2, Tensor) and beta2.requires_grad
-            bc2 = 1 - beta2 ** (t.clone() if grads_through else t)
-            neg_step = (lr / bc1).neg()
-            bc2_sqrt = bc2.sqrt()
-            if v_max is not None:
-                current = max_exp_avg_sqs[i].clone() if differentiable else max_exp_avg_sqs[i]
-                if is_complex:
-                    current = torch.view_as_real(current)
-                v_max.copy_(torch.maximum(current, v))
-                v = v_max
-            # param += m / denom with denom = -(sqrt(v / bc2) + eps) / step_size, folded so
-            # the 1-element step size needs no extra pass over the param-sized tensors
-            denom = (v.sqrt() / (bc2_sqrt * neg_step)).add_(eps / neg_step)
-            param.addcdiv_(m.clone() if differentiable else m, denom)
-        else:
-            t = plain_value(step_t)
-            step_size = lr / (1 - beta1**t)
-            bc2_sqrt = (1 - beta2**t) ** 0.5
-            if v_max is not None:
+        if v_max is not None:
+            if hp.differentiable:  # out of place: autograd keeps the previous maximum
+                v_max.copy_(torch.maximum(v_max.clone(), v))
+            else:
                 torch.maximum(v_max, v, out=v_max)
-                v = v_max
-            denom = (v.sqrt() / bc2_sqrt).add_(eps)
-            param.addcdiv_(m, denom, value=-step_size)  # type: ignore[arg-type]
+            v = v_max
+
+        t = steps[i] if on_tensor else plain_value(steps[i])
+        bc1 = 1 - beta1 ** (t.clone() if _learnable(beta1) and hp.differentiable else t)
+        bc2 = 1 - beta2 ** (t.clone() if _learnable(beta2) and hp.differentiable else t)
+        if on_tensor:
+            # param += m / denom, denom = -(sqrt(v / bc2) + eps) / step_size: folded so the
+            # one-element step size needs no extra pass over the param-sized tensors
+            neg_step = (lr / bc1).neg()
+            denom = (v.sqrt() / (bc2.sqrt() * neg_step)).add_(eps / neg_step)
+            param.addcdiv_(m.clone() if hp.differentiable else m, denom)
+        else:
+            denom = (v.sqrt() / bc2**0.5).add_(eps)
+            param.addcdiv_(m, denom, value=-(lr / bc1))  # type: ignore[arg-type]
+
+
+def _learnable(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.requires_grad
 
 
 def _multi_tensor_adam(
@@ -397,80 +285,54 @@ def _multi_tensor_adam(
     exp_avg_sqs: TensorList,
     max_exp_avg_sqs: TensorList,
     steps: TensorList,
-    *,
-    lr: float | Tensor,
-    beta1: float | Tensor,
-    beta2: float | Tensor,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    decoupled_weight_decay: bool,
-    has_complex: bool,
+    hp: AdamHP,
 ) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
     if not params:
         return
+    lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     for name, value in (("lr", lr), ("beta1", beta1), ("beta2", beta2)):
         if isinstance(value, Tensor):
-            if not capturable:
+            if not hp.capturable:
                 err = RuntimeError if name == "lr" else ValueError
                 raise err(f"{name} given as a Tensor needs capturable=True when foreach=True")
             if value.numel() != 1:
                 raise ValueError(f"{name} given as a Tensor must have exactly one element")
-    if capturable:
+    if hp.capturable:
         check_capturable_devices(params, steps)
-    if differentiable:
+    if hp.differentiable:
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    lr, beta1, beta2 = squeeze_scalar(lr), squeeze_scalar(beta1), squeeze_scalar(beta2)
-    beta1_on: dict[torch.device, Tensor] = {}
     batches = group_by_device_and_dtype(
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]
     )
     for (b_params, b_grads, b_m, b_v, b_vmax, b_steps), _ in batches.values():
-        device = b_params[0].device
-        b1: float | Tensor = beta1
+        b1 = beta1
         if isinstance(beta1, Tensor) and beta1.device.type != "cpu":
-            b1 = beta1_on.setdefault(device, beta1.to(device=device, non_blocking=True))
-        if has_complex:
-            if amsgrad:
-                as_real(b_params, b_grads, b_m, b_v, b_vmax)
-            else:
-                as_real(b_params, b_grads, b_m, b_v)
-        decoupled = decoupled_weight_decay and weight_decay != 0
-        d = prepare_grads(
-            b_grads, b_params, maximize=maximize, weight_decay=0 if decoupled else weight_decay
-        )
+            b1 = beta1.to(device=b_params[0].device, non_blocking=True)
+        as_real(b_params, b_grads, b_m, b_v, *([b_vmax] if hp.amsgrad else []))
+        d = grads_with_decay(b_grads, b_params, hp)
         add_one_to_steps(b_steps)
-        if decoupled:
-            torch._foreach_mul_(b_params, 1 - lr * weight_decay)
         torch._foreach_lerp_(b_m, d, 1 - b1)  # type: ignore[arg-type]
         torch._foreach_mul_(b_v, beta2)
         if isinstance(beta2, Tensor):
             # _foreach_addcmul_ takes only a Python number as value: scale first
-            scaled = list(torch._foreach_mul(d, 1 - beta2))
-            torch._foreach_addcmul_(b_v, scaled, d, 1.0)
+            torch._foreach_addcmul_(b_v, torch._foreach_mul(d, 1 - beta2), d, 1.0)
         else:
             torch._foreach_addcmul_(b_v, d, d, 1 - beta2)
         del d
-
-        if amsgrad:
+        if hp.amsgrad:
             torch._foreach_maximum_(b_vmax, b_v)
-            denom = list(torch._foreach_sqrt(b_vmax))
-        else:
-            denom = list(torch._foreach_sqrt(b_v))
+        denom = list(torch._foreach_sqrt(b_vmax if hp.amsgrad else b_v))
 
-        if capturable:
-            # all on device: bc1 becomes -step_size = -(lr / (1 - beta1^t)) ... folded
+        if hp.capturable:
+            # on device: bc1 becomes -lr / (1 - beta1^t), bc2 sqrt(1 - beta2^t)
             bc1 = list(torch._foreach_pow(beta1, b_steps))  # type: ignore[arg-type]
             bc2 = list(torch._foreach_pow(beta2, b_steps))  # type: ignore[arg-type]
-            torch._foreach_sub_(bc1, 1)  # beta1^t - 1 = -(1 - beta1^t)
+            torch._foreach_sub_(bc1, 1)
             torch._foreach_sub_(bc2, 1)
-            torch._foreach_neg_(bc2)  # 1 - beta2^t
+            torch._foreach_neg_(bc2)
             torch._foreach_div_(bc1, lr)
-            torch._foreach_reciprocal_(bc1)  # -lr / (1 - beta1^t)
+            torch._foreach_reciprocal_(bc1)
             torch._foreach_sqrt_(bc2)
             torch._foreach_div_(denom, bc2)
             torch._foreach_add_(denom, eps)
@@ -479,103 +341,25 @@ def _multi_tensor_adam(
         else:
             ts = [plain_value(s) for s in b_steps]
             neg_step_sizes = stack_if_compiling([(lr / (1 - beta1**t)) * -1 for t in ts])
-            bc2_sqrt = [(1 - beta2**t) ** 0.5 for t in ts]
-            torch._foreach_div_(denom, bc2_sqrt)
+            torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in ts])
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(b_params, b_m, denom, neg_step_sizes)
 
 
-def _fused_adam(
-    params: TensorList,
-    grads: TensorList,
-    exp_avgs: TensorList,
-    exp_avg_sqs: TensorList,
-    max_exp_avg_sqs: TensorList,
-    steps: TensorList,
-    *,
-    lr: float | Tensor,
-    beta1: float | Tensor,
-    beta2: float | Tensor,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    capturable: bool,
-    differentiable: bool,
-    decoupled_weight_decay: bool,
-    has_complex: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    """``fused=True``: one pass over memory per tensor with the C kernel on CPU
-    (``reimpl.kernels.cpu_fused``); elsewhere, or where it cannot take the tensors, the
-    multi-tensor path with 16-bit tensors computed in float32 like torch's fused kernels
-    (run as capturable on accelerators, where the step counters live with the params)."""
-    if not params:
-        return
-    if differentiable:
-        raise RuntimeError("Adam with fused=True cannot run with differentiable=True")
-    where = "Adam(fused=True)"
-    check_fused_steps(where, params, steps)
-    if not has_complex and run_triton(
-        "adam_",
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
-        steps_at=5,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    ):
-        return
-    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
-        return
-    roles = [("param", params), ("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)]
-    if amsgrad:
-        roles.append(("max_exp_avg_sq", max_exp_avg_sqs))
-    batch = None if has_complex else cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
-    if batch is not None:
-        lr, beta1, beta2 = plain_value(lr), plain_value(beta1), plain_value(beta2)
-        torch._foreach_add_(steps, 1)
-        ts = [plain_value(s) for s in steps]
-        batch.run(
-            "adam",
-            cpu_fused.AdamOpts(
-                w1=1 - beta1,  # the 1 - beta weights are formed here, in double precision
-                b2=beta2,
-                w2=1 - beta2,
-                eps=eps,
-                wd=weight_decay,
-                shrink=1 - lr * weight_decay,
-                maximize=maximize,
-                decoupled=decoupled_weight_decay,
-                amsgrad=amsgrad,
-            ),
-            per=[[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]],
-            grad_scale=None if grad_scale is None else float(grad_scale),
-        )
-        return
-    check_fused_state(where, roles)
-    if grad_scale is not None:
-        unscale_grads_(grads, grad_scale)
-    on_accel = all(p.device.type != "cpu" for p in params)
-    run_widened(
-        _multi_tensor_adam,
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps],
-        lr=lr if on_accel else plain_value(lr),
-        beta1=squeeze_scalar(beta1) if on_accel else plain_value(beta1),
-        beta2=squeeze_scalar(beta2) if on_accel else plain_value(beta2),
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        capturable=on_accel,
-        differentiable=False,
-        decoupled_weight_decay=decoupled_weight_decay,
-        has_complex=False,
+def _c_args(lists: list[TensorList], hp: AdamHP) -> CArgs:
+    """The C kernel's scalars: 1 - beta formed here in double precision, and per tensor
+    the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
+    lr, beta1, beta2 = plain_value(hp.lr), plain_value(hp.beta1), plain_value(hp.beta2)
+    ts = [plain_value(s) for s in lists[-1]]
+    opts = cpu_fused.AdamOpts(
+        w1=1 - beta1,
+        b2=beta2,
+        w2=1 - beta2,
+        eps=hp.eps,
+        wd=hp.weight_decay,
+        shrink=1 - lr * hp.weight_decay,
+        maximize=hp.maximize,
+        decoupled=hp.decoupled_weight_decay,
+        amsgrad=hp.amsgrad,
     )
+    return CArgs(opts, [[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]])

@@ -1,48 +1,52 @@
-"""RMSprop: divide the gradient by a moving root-mean-square of recent gradients."""
+"""RMSprop (Hinton, Srivastava & Swersky, Neural Networks for Machine Learning, lecture
+6e, 2012): divide the gradient by a moving root-mean-square of recent gradients.
+
+Like AdaGrad it scales each coordinate by its gradient history, but the history is an
+exponential moving average, so old gradients fade and the step size does not only
+shrink. The centered variant (Graves, 2013) divides by an estimate of the gradient's
+standard deviation instead.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
-from reimpl.optim.optimizer import (
-    Optimizer,
-    ParamsT,
+from reimpl.optim._common import (
     TensorList,
     add_one_to_steps,
-    amp_scaling,
     as_real,
     check_capturable_devices,
-    check_fused_flags,
-    check_fused_param,
-    check_fused_state,
-    check_fused_steps,
     check_nonnegative,
-    check_steps,
-    choose_path,
-    found_inf_on_host,
-    graph_capture_health_check,
+    check_tensor_hparam,
+    grad_with_decay,
+    grads_with_decay,
     group_by_device_and_dtype,
-    new_step,
     plain_value,
-    prepare_grad,
-    prepare_grads,
-    run_triton,
-    run_widened,
-    scalar_dtype,
-    squeeze_scalar,
-    unscale_grads_,
-    use_grad_for_differentiable,
 )
+from reimpl.optim._fused import CArgs, Forms
+from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["RMSprop"]
 
 
-class RMSprop(torch.optim.RMSprop):
+class RMSpropHP(NamedTuple):
+    lr: float | Tensor
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+    maximize: bool
+    differentiable: bool
+    capturable: bool
+    has_complex: bool
+
+
+class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
     r"""RMSprop.
 
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
@@ -69,6 +73,10 @@ class RMSprop(torch.optim.RMSprop):
     holds), which torch's RMSprop lacks: one pass over memory per tensor per step.
     """
 
+    _roles = ("param", "grad", "square_avg", "grad_avg", "momentum_buffer", "step")
+    _HP = RMSpropHP
+    _group_defaults = (("momentum", 0), ("centered", False), ("capturable", False))
+
     def __init__(
         self,
         params: ParamsT,
@@ -84,10 +92,7 @@ class RMSprop(torch.optim.RMSprop):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError(
-                f"lr given as a Tensor must have exactly one element, got {lr.numel()}"
-            )
+        check_tensor_hparam("lr", lr, foreach=None, capturable=False)
         check_nonnegative("learning rate", lr)
         check_nonnegative("epsilon value", eps)
         check_nonnegative("momentum value", momentum)
@@ -108,117 +113,22 @@ class RMSprop(torch.optim.RMSprop):
         if fused:
             # only when asked for, so default checkpoints stay exactly torch's format
             defaults["fused"] = fused
-        Optimizer.__init__(self, params, defaults)  # the base, not the torch class we replace
-        check_fused_flags(fused, foreach, differentiable)
-        if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
-            self._step_supports_amp_scaling = True
+        self._setup(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        Optimizer.__setstate__(self, state)
-        for group in self.param_groups:
-            for key, value in (
-                ("momentum", 0),
-                ("centered", False),
-                ("foreach", None),
-                ("maximize", False),
-                ("differentiable", False),
-                ("capturable", False),
-            ):
-                group.setdefault(key, value)
-            for p in group["params"]:
-                s = self.state.get(p, {})
-                if s and not torch.is_tensor(s["step"]):  # checkpoints from old torch
-                    s["step"] = torch.tensor(
-                        float(s["step"]),
-                        dtype=scalar_dtype(),
-                        device=p.device if group["capturable"] else None,
-                    )
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_rmsprop, _multi_tensor_rmsprop, _c_args, "rmsprop")
 
-    def _init_group(
-        self,
-        group: dict[str, Any],
-        params: TensorList,
-        grads: TensorList,
-        square_avgs: TensorList,
-        momentum_bufs: TensorList,
-        grad_avgs: TensorList,
-        steps: TensorList,
-    ) -> bool:
-        has_complex = False
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            has_complex |= torch.is_complex(p)
-            params.append(p)
-            if p.grad.is_sparse:
-                raise RuntimeError("RMSprop does not support sparse gradients")
-            grads.append(p.grad)
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = new_step(p, on_param_device=group["capturable"])
-                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["momentum"] > 0:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                if group["centered"]:
-                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            square_avgs.append(state["square_avg"])
-            steps.append(state["step"])
-            if group["momentum"] > 0:
-                momentum_bufs.append(state["momentum_buffer"])
-            if group["centered"]:
-                grad_avgs.append(state["grad_avg"])
-        return has_complex
+    def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = ReimplOptimizer._new_state(self, p, group)
+        # torch's key order, which differs from the kernels' order of roles
+        order = ("step", "square_avg", "momentum_buffer", "grad_avg")
+        return {k: state[k] for k in order if k in state}
 
-    @use_grad_for_differentiable
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One update of every param with a gradient; ``closure`` re-evaluates the loss."""
-        graph_capture_health_check(self)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params: TensorList = []
-            grads: TensorList = []
-            square_avgs: TensorList = []
-            momentum_bufs: TensorList = []
-            grad_avgs: TensorList = []
-            steps: TensorList = []
-            has_complex = self._init_group(
-                group, params, grads, square_avgs, momentum_bufs, grad_avgs, steps
-            )
-            path = choose_path(
-                params,
-                foreach=group["foreach"],
-                fused=group.get("fused"),  # reimpl's own option; absent unless asked for
-                differentiable=group["differentiable"],
-            )
-            check_steps(steps)
-            update = {"single": _single_tensor_rmsprop, "multi": _multi_tensor_rmsprop}.get(
-                path, _fused_rmsprop
-            )
-            update(
-                params,
-                grads,
-                square_avgs,
-                grad_avgs,
-                momentum_bufs,
-                steps,
-                lr=group["lr"],
-                alpha=group["alpha"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                momentum=group["momentum"],
-                centered=group["centered"],
-                maximize=group["maximize"],
-                differentiable=group["differentiable"],
-                capturable=group["capturable"],
-                has_complex=has_complex,
-                **amp_scaling(self, path),
-            )
-        return loss
+    def _keeps(self, group: dict[str, Any], key: str) -> bool:
+        if key == "grad_avg":
+            return bool(group["centered"])
+        return key != "momentum_buffer" or group["momentum"] > 0
 
 
 def _single_tensor_rmsprop(
@@ -228,39 +138,28 @@ def _single_tensor_rmsprop(
     grad_avgs: TensorList,
     momentum_bufs: TensorList,
     steps: TensorList,
-    *,
-    lr: float | Tensor,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    differentiable: bool,
-    capturable: bool,
-    has_complex: bool,
+    hp: RMSpropHP,
 ) -> None:
     """Per-tensor loop."""
-    lr = squeeze_scalar(lr)
+    lr, alpha = hp.lr, hp.alpha
     for i, param in enumerate(params):
-        if capturable:
+        if hp.capturable:
             check_capturable_devices([param], [steps[i]])
         steps[i] += 1
-        grad = prepare_grad(grads[i], param, maximize=maximize, weight_decay=weight_decay)
-        v = square_avgs[i]
+        grad = grad_with_decay(grads[i], param, hp)
         real = torch.view_as_real if torch.is_complex(param) else (lambda x: x)
-        param, grad, v = real(param), real(grad), real(v)
+        param, grad, v = real(param), real(grad), real(square_avgs[i])
         v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-        if centered:
+        if hp.centered:
             g_avg = real(grad_avgs[i])
             g_avg.lerp_(grad, 1 - alpha)
             rms = v.addcmul(g_avg, g_avg, value=-1).sqrt_()
         else:
             rms = v.sqrt()
-        rms = rms.add(eps) if differentiable else rms.add_(eps)
-        if momentum > 0:
+        rms = rms.add(hp.eps) if hp.differentiable else rms.add_(hp.eps)
+        if hp.momentum > 0:
             buf = real(momentum_bufs[i])
-            buf.mul_(momentum).addcdiv_(grad, rms)
+            buf.mul_(hp.momentum).addcdiv_(grad, rms)
             param.add_(buf, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
         else:
             param.addcdiv_(grad, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
@@ -273,51 +172,37 @@ def _multi_tensor_rmsprop(
     grad_avgs: TensorList,
     momentum_bufs: TensorList,
     steps: TensorList,
-    *,
-    lr: float | Tensor,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    differentiable: bool,
-    capturable: bool,
-    has_complex: bool,
+    hp: RMSpropHP,
 ) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
     if not params:
         return
-    if differentiable:
+    if hp.differentiable:
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    if capturable:
+    if hp.capturable:
         check_capturable_devices(params, steps)
-    lr = squeeze_scalar(lr)
-    tensor_lr = capturable and isinstance(lr, Tensor)
+    lr, alpha = hp.lr, hp.alpha
+    tensor_lr = hp.capturable and isinstance(lr, Tensor)
     batches = group_by_device_and_dtype(
         [params, grads, square_avgs, grad_avgs, momentum_bufs, steps]
     )
     for (b_params, b_grads, b_sq, b_gavg, b_bufs, b_steps), _ in batches.values():
-        if has_complex:
-            others = [b_grads, b_sq]
-            if momentum > 0:
-                others.append(b_bufs)
-            if centered:
-                others.append(b_gavg)
-            as_real(b_params, *others)
-        d = prepare_grads(b_grads, b_params, maximize=maximize, weight_decay=weight_decay)
+        if hp.has_complex:
+            kept = [b_gavg] if hp.centered else []
+            as_real(b_params, b_grads, b_sq, *kept, *([b_bufs] if hp.momentum > 0 else []))
+        d = grads_with_decay(b_grads, b_params, hp)
         add_one_to_steps(b_steps)
         torch._foreach_mul_(b_sq, alpha)
         torch._foreach_addcmul_(b_sq, d, d, value=1 - alpha)
-        if centered:
+        if hp.centered:
             torch._foreach_lerp_(b_gavg, d, 1 - alpha)
             rms = list(torch._foreach_addcmul(b_sq, b_gavg, b_gavg, value=-1))
             torch._foreach_sqrt_(rms)
         else:
             rms = list(torch._foreach_sqrt(b_sq))
-        torch._foreach_add_(rms, eps)
-        if momentum > 0:
-            torch._foreach_mul_(b_bufs, momentum)
+        torch._foreach_add_(rms, hp.eps)
+        if hp.momentum > 0:
+            torch._foreach_mul_(b_bufs, hp.momentum)
             torch._foreach_addcdiv_(b_bufs, d, rms)
             if tensor_lr:
                 torch._foreach_add_(b_params, torch._foreach_mul(b_bufs, -lr))
@@ -330,94 +215,15 @@ def _multi_tensor_rmsprop(
             torch._foreach_addcdiv_(b_params, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
-def _fused_rmsprop(
-    params: TensorList,
-    grads: TensorList,
-    square_avgs: TensorList,
-    grad_avgs: TensorList,
-    momentum_bufs: TensorList,
-    steps: TensorList,
-    *,
-    lr: float | Tensor,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    differentiable: bool,
-    capturable: bool,
-    has_complex: bool,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
-    """``fused=True`` (reimpl's own option): one pass over memory per tensor with the C
-    kernel on CPU (``reimpl.kernels.cpu_fused``); elsewhere the multi-tensor path, with
-    16-bit tensors computed in float32."""
-    if not params:
-        return
-    if has_complex:
-        raise RuntimeError("RMSprop with fused=True does not support complex params")
-    for p in params:
-        check_fused_param(p)
-    where = "RMSprop(fused=True)"
-    check_fused_steps(where, params, steps)
-    if run_triton(
-        "rmsprop_",
-        [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
-        steps_at=5,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-    ):
-        return
-    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
-        return
-    roles = [
-        ("param", params),
-        ("grad", grads),
-        ("square_avg", square_avgs),
-        ("grad_avg", grad_avgs if centered else None),
-        ("momentum_buffer", momentum_bufs if momentum > 0 else None),
-    ]
-    batch = cpu_fused.prepare(where, roles, scaled=grad_scale is not None)
-    if batch is not None:
-        lr = plain_value(lr)
-        torch._foreach_add_(steps, 1)
-        batch.run(
-            "rmsprop",
-            cpu_fused.RMSpropOpts(
-                lr=lr,
-                alpha=alpha,
-                w=1 - alpha,  # formed in double precision
-                eps=eps,
-                wd=weight_decay,
-                momentum=momentum,
-                maximize=maximize,
-            ),
-            grad_scale=None if grad_scale is None else float(grad_scale),
-        )
-        return
-    check_fused_state(where, roles)
-    if grad_scale is not None:
-        unscale_grads_(grads, grad_scale)
-    run_widened(
-        _multi_tensor_rmsprop,
-        [params, grads, square_avgs, grad_avgs, momentum_bufs, steps],
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-        differentiable=False,
-        capturable=capturable,
-        has_complex=False,
+def _c_args(lists: list[TensorList], hp: RMSpropHP) -> CArgs:
+    """The C kernel's scalars (1 - alpha formed here, in double precision)."""
+    opts = cpu_fused.RMSpropOpts(
+        lr=plain_value(hp.lr),
+        alpha=hp.alpha,
+        w=1 - hp.alpha,
+        eps=hp.eps,
+        wd=hp.weight_decay,
+        momentum=hp.momentum,
+        maximize=hp.maximize,
     )
+    return CArgs(opts)

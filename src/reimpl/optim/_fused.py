@@ -1,0 +1,270 @@
+"""``fused=True``: one routine for every optimizer, and the checks it makes.
+
+A fused step reads and writes each tensor once. Where it runs:
+
+1. on GPUs, the optimizer's Triton binding (``reimpl.kernels.triton_optim.<family>_``), all
+   tensors of a (device, dtype) batch in one launch;
+2. on CPU, the C kernel ``<family>_<dtype>`` (``reimpl.kernels.cpu_fused``), all tensors in
+   one call, after :func:`reimpl.kernels.cpu_fused.prepare` has checked every one;
+3. anywhere else (16-bit CPU tensors, DTensor, strided views, tracing): the optimizer's
+   multi-tensor form with 16-bit tensors widened to float32 and rounded once on store,
+   which is what a fused kernel computes.
+
+Each path refuses what the others refuse (same checks, same exception types), so a
+malformed state never reaches a kernel, and each honours GradScaler's hand-over
+(``grad_scale`` / ``found_inf``, see :func:`amp_scaling`). An optimizer brings only its
+:class:`Forms`: the two torch-op forms and the C binding (its options struct and
+per-tensor scalars).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from reimpl.kernels import cpu_fused, guard, triton_available
+from reimpl.optim._common import (
+    TensorList,
+    check_steps,
+    group_by_device_and_dtype,
+    is_compiling,
+    plain_value,
+    squeeze_scalar,
+)
+
+#: device types where torch accepts ``fused=True``
+_FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu", "hpu", "mtia")
+_NARROW = (torch.float16, torch.bfloat16)
+
+
+class CArgs(NamedTuple):
+    """What a C kernel call takes besides the tensors: the family's options struct, up to
+    two per-tensor scalar lists, and SGD's per-tensor "the buffer starts now" flags."""
+
+    opts: ctypes.Structure
+    per: Sequence[Sequence[float]] = ()
+    first: Sequence[int] | None = None
+
+
+class Forms(NamedTuple):
+    """One optimizer's update rule in each form. ``single`` and ``multi`` take the lists
+    named by the optimizer's ``_roles`` then its hyperparameters; ``c_args`` gives the C
+    kernel its scalars (after the step counters moved); ``family`` names the kernels."""
+
+    single: Callable[..., None]
+    multi: Callable[..., None]
+    c_args: Callable[[list[list[Any]], Any], CArgs]
+    family: str
+
+
+def fused_step(
+    name: str,
+    roles: Sequence[str],
+    forms: Forms,
+    lists: list[list[Any]],
+    hp: Any,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    """One fused update of ``lists`` (named by ``roles``; ``"step"`` marks the counters):
+    Triton, else C, else the widened multi-tensor form (see the module docstring)."""
+    params = lists[0]
+    if not params:
+        return
+    where = f"{name}(fused=True)"
+    for flag, what in (
+        ("has_sparse_grad", "does not support sparse gradients"),
+        ("has_complex", "does not support complex params"),
+        ("differentiable", "cannot run with differentiable=True"),
+    ):
+        if getattr(hp, flag, False):
+            raise RuntimeError(f"{where} {what}")
+    steps_at = roles.index("step") if "step" in roles else None
+    steps = None if steps_at is None else lists[steps_at]
+    if steps is not None:
+        check_fused_steps(where, params, steps)
+    kernel_kw = hp._asdict() | {"grad_scale": grad_scale, "found_inf": found_inf}
+    if run_triton(f"{forms.family}_", lists, steps_at=steps_at, **kernel_kw):
+        return
+    if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
+        return
+    # a state list left empty is one this configuration does not keep (amsgrad off, ...)
+    c_roles = [(r, lst or None) for r, lst in zip(roles, lists, strict=True) if r != "step"]
+    batch = cpu_fused.prepare(where, c_roles, scaled=grad_scale is not None)
+    if batch is not None:
+        if steps is not None:
+            torch._foreach_add_(steps, 1)
+        opts, per, first = forms.c_args(lists, hp)
+        scale = None if grad_scale is None else float(grad_scale)
+        batch.run(forms.family, opts, per, first, grad_scale=scale)
+        return
+    check_fused_state(where, c_roles)
+    if grad_scale is not None:
+        unscale_grads_(lists[1], grad_scale)
+    # fused steps live on the params' device: on accelerators the torch ops stay there
+    # (capturable), on the CPU the scalars are read as numbers
+    on_accel = all(p.device.type != "cpu" for p in params)
+    scalar = squeeze_scalar if on_accel else plain_value
+    fields = hp._fields
+    hp = hp._replace(**{k: scalar(getattr(hp, k)) for k in ("lr", "beta1", "beta2") if k in fields})
+    if "capturable" in fields:
+        hp = hp._replace(capturable=on_accel)
+    run_widened(forms.multi, lists, hp)
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def check_fused_flags(fused: bool | None, foreach: bool | None, differentiable: bool) -> None:
+    if not fused:
+        return
+    if differentiable:
+        raise RuntimeError("fused=True cannot be combined with differentiable=True")
+    if foreach:
+        raise RuntimeError("fused=True and foreach=True are mutually exclusive; pick one")
+
+
+def check_fused_param(p: Tensor) -> None:
+    if not (p.device.type in _FUSED_DEVICES and torch.is_floating_point(p)):
+        raise RuntimeError(
+            "fused=True needs every parameter to be a floating-point tensor on one of "
+            f"{list(_FUSED_DEVICES)}; got a {p.dtype} tensor on {p.device.type}"
+        )
+
+
+def check_fused_steps(where: str, params: Sequence[Tensor], steps: Sequence[Any]) -> None:
+    """Each ``step`` of a fused update is a one-element float32/float64 tensor on its
+    parameter's device (RuntimeError otherwise, as torch's fused paths)."""
+    check_steps(steps)
+    for i, (s, p) in enumerate(zip(steps, params, strict=True)):
+        if s.numel() != 1 or not s.is_floating_point() or s.device != p.device:
+            raise RuntimeError(
+                f"{where}: state 'step' of parameter {i} is a {s.dtype} tensor of "
+                f"{s.numel()} elements on {s.device}; fused steps keep a one-element "
+                f"float32/float64 tensor on the parameter's device ({p.device})"
+            )
+
+
+def check_fused_state(where: str, roles: guard.Roles) -> None:
+    """What a ``fused=True`` step checks before torch ops compute it (where the C and
+    Triton kernels could not take the tensors; those check the same themselves): each
+    gradient and state tensor has its parameter's shape, dtype, device and a dense layout
+    (:func:`reimpl.kernels.guard.check_like_params`) and no state or param overlaps
+    another (:func:`~reimpl.kernels.guard.check_disjoint`). ``RuntimeError`` otherwise,
+    naming the parameter's index (among those with a gradient in the group) and the key;
+    so every fused path refuses what one refuses."""
+    guard.check_like_params(where, roles)
+    guard.check_disjoint(where, roles)
+
+
+# ------------------------------------------------------------ GradScaler hand-over
+
+
+def amp_scaling(opt: Any, path: str) -> dict[str, Tensor | None]:
+    """What ``torch.amp.GradScaler`` hands a fused optimizer: with
+    ``_step_supports_amp_scaling`` set (every ``fused=True`` reimpl optimizer), it does not
+    unscale the grads itself but sets ``opt.grad_scale`` (the scale the grads still carry,
+    None when already unscaled) and ``opt.found_inf`` for the step to use in its one pass.
+    Only the fused path takes them; set on another path they would be ignored, so that is an
+    error (AssertionError, as torch)."""
+    scale, inf = getattr(opt, "grad_scale", None), getattr(opt, "found_inf", None)
+    if path == "fused":
+        return {"grad_scale": scale, "found_inf": inf}
+    if scale is not None or inf is not None:
+        raise AssertionError(
+            "grad_scale/found_inf are set on this optimizer, but only fused=True uses them"
+        )
+    return {}
+
+
+def found_inf_on_host(found_inf: Tensor | None) -> bool:
+    """True when ``found_inf`` says to skip this step (read on the host: the C kernels and
+    the fallback decide before they touch anything, steps included)."""
+    return found_inf is not None and bool(found_inf.item() != 0)
+
+
+def unscale_grads_(grads: TensorList, grad_scale: Tensor) -> None:
+    """Divide the grads by GradScaler's scale in place, 16-bit ones in float32 and rounded
+    once (as a fused kernel does), for the fused path's torch-op fallback."""
+    for g in grads:
+        if g.dtype in _NARROW:
+            g.copy_(g.float().div_(grad_scale.to(g.device)))
+        else:
+            g.div_(grad_scale.to(g.device))
+
+
+# --------------------------------------------------------------- the three paths
+
+
+def run_triton(kernel: str, lists: list[list[Any]], *, steps_at: int | None, **kwargs: Any) -> bool:
+    """Run the Triton binding ``reimpl.kernels.triton_optim.<kernel>`` once per (device,
+    dtype) batch, with those of ``kwargs`` it takes: the fused path on GPUs (and on CPU
+    under the interpreter, for tests). Returns False, having done nothing, where the kernel
+    cannot take the tensors (no Triton, CPU, complex or non-contiguous params,
+    ``lists[steps_at]`` holding step counters of more than one dtype, a list with some
+    entries still ``None``: a kernel starts all of a state or none); the caller then runs
+    its fallback."""
+    params = lists[0]
+    if not params or is_compiling() or not triton_available(params[0]):
+        return False
+    if steps_at is not None and len({s.dtype for s in lists[steps_at]}) > 1:
+        return False
+    # plain tensors only: a DTensor (FSDP2) reports a data_ptr() the kernel cannot use
+    plain = (torch.Tensor, torch.nn.Parameter)
+    for j, lst in enumerate(lists):
+        if None in lst and any(t is not None for t in lst):
+            return False
+        for i, t in enumerate(lst):
+            if t is None:
+                continue
+            if not (
+                type(t) in plain
+                and triton_available(t)
+                and not t.is_complex()
+                and t.is_contiguous()
+            ):
+                return False
+            if j != steps_at and (t.dtype != params[i].dtype or t.shape != params[i].shape):
+                return False  # a mismatch: the C path's or the fallback's check names it
+    from reimpl.kernels import triton_optim
+
+    update = getattr(triton_optim, kernel)
+    kwargs = {k: v for k, v in kwargs.items() if k in triton_optim.KEYWORDS[kernel]}
+    for b_lists, indices in group_by_device_and_dtype(lists, with_indices=True).values():
+        update(*b_lists, **kwargs)
+        # the kernel may fill None entries (SGD's first momentum buffers): keep them
+        for lst, b_lst in zip(lists, b_lists, strict=True):
+            for j, i in enumerate(indices):
+                if j < len(b_lst) and i < len(lst):
+                    lst[i] = b_lst[j]
+    return True
+
+
+def run_widened(update: Callable[..., None], lists: list[list[Any]], hp: Any) -> None:
+    """Run ``update(*lists, hp)`` with 16-bit tensors widened to float32, then store
+    the results back (params and state; ``lists[1]`` holds the grads, which are inputs).
+
+    This is what a fused kernel does for half-precision params: load, compute in float32,
+    round once on store. Buffers the update creates (``None`` entries it fills, as SGD's
+    first momentum step does) are stored in their param's dtype.
+    """
+    if not any(t is not None and t.dtype in _NARROW for lst in lists for t in lst):
+        update(*lists, hp)
+        return
+    wide = [
+        [t.float() if t is not None and t.dtype in _NARROW else t for t in lst] for lst in lists
+    ]
+    update(*wide, hp)
+    params = lists[0]
+    for k, (lst, wlst) in enumerate(zip(lists, wide, strict=True)):
+        if k == 1:
+            continue
+        for i, (t, w) in enumerate(zip(lst, wlst, strict=True)):
+            if t is None and w is not None:
+                lst[i] = w.to(params[i].dtype)
+            elif t is not None and w is not t:
+                t.copy_(w)
