@@ -51,27 +51,29 @@ class CArgs(NamedTuple):
 
 
 class Forms(NamedTuple):
-    """One optimizer's update rule in each form. ``single`` and ``multi`` take the lists
-    named by the optimizer's ``_roles`` then its hyperparameters; ``c_args`` gives the C
-    kernel its scalars (after the step counters moved); ``family`` names the kernels."""
+    """One optimizer's update rule in each form. ``single`` and ``multi`` take the tensor
+    lists (a NamedTuple, one field per role) and the hyperparameters (a NamedTuple);
+    ``c_args`` gives the C kernel its scalars (after the step counters moved); ``family``
+    names the kernels."""
 
     single: Callable[..., None]
     multi: Callable[..., None]
-    c_args: Callable[[list[list[Any]], Any], CArgs]
+    c_args: Callable[[Any, Any], CArgs]
     family: str
 
 
 def fused_step(
     name: str,
-    roles: Sequence[str],
     forms: Forms,
-    lists: list[list[Any]],
+    t: Any,
     hp: Any,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
-    """One fused update of ``lists`` (named by ``roles``; ``"step"`` marks the counters):
-    Triton, else C, else the widened multi-tensor form (see the module docstring)."""
+    """One fused update of the tensor lists ``t`` (a NamedTuple whose fields name the
+    roles; ``step`` holds the counters): Triton, else C, else the widened multi-tensor
+    form (see the module docstring)."""
+    roles, lists = t._fields, list(t)
     params = lists[0]
     if not params:
         return
@@ -98,7 +100,7 @@ def fused_step(
     if batch is not None:
         if steps is not None:
             torch._foreach_add_(steps, 1)
-        opts, per, first = forms.c_args(lists, hp)
+        opts, per, first = forms.c_args(t, hp)
         scale = None if grad_scale is None else float(grad_scale)
         batch.run(forms.family, opts, per, first, grad_scale=scale)
         return
@@ -113,7 +115,7 @@ def fused_step(
     hp = hp._replace(**{k: scalar(getattr(hp, k)) for k in ("lr", "beta1", "beta2") if k in fields})
     if "capturable" in fields:
         hp = hp._replace(capturable=on_accel)
-    run_widened(forms.multi, lists, hp)
+    run_widened(forms.multi, t, hp)
 
 
 # ------------------------------------------------------------------------- checks
@@ -244,21 +246,22 @@ def run_triton(kernel: str, lists: list[list[Any]], *, steps_at: int | None, **k
     return True
 
 
-def run_widened(update: Callable[..., None], lists: list[list[Any]], hp: Any) -> None:
-    """Run ``update(*lists, hp)`` with 16-bit tensors widened to float32, then store
-    the results back (params and state; ``lists[1]`` holds the grads, which are inputs).
+def run_widened(update: Callable[..., None], tensors: Any, hp: Any) -> None:
+    """Run ``update(tensors, hp)`` with 16-bit tensors widened to float32, then store the
+    results back (params and state; ``tensors.grad`` holds the grads, which are inputs).
 
     This is what a fused kernel does for half-precision params: load, compute in float32,
     round once on store. Buffers the update creates (``None`` entries it fills, as SGD's
     first momentum step does) are stored in their param's dtype.
     """
+    lists = list(tensors)
     if not any(t is not None and t.dtype in _NARROW for lst in lists for t in lst):
-        update(*lists, hp)
+        update(tensors, hp)
         return
     wide = [
         [t.float() if t is not None and t.dtype in _NARROW else t for t in lst] for lst in lists
     ]
-    update(*wide, hp)
+    update(type(tensors)(*wide), hp)
     params = lists[0]
     for k, (lst, wlst) in enumerate(zip(lists, wide, strict=True)):
         if k == 1:

@@ -29,6 +29,15 @@ from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 __all__ = ["Adagrad"]
 
 
+class AdagradTensors(NamedTuple):
+    """The tensor lists an update takes, one per role (the state keys)."""
+
+    param: TensorList
+    grad: TensorList
+    sum: TensorList
+    step: TensorList
+
+
 class AdagradHP(NamedTuple):
     lr: float | Tensor
     lr_decay: float
@@ -63,7 +72,7 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
     ``differentiable``, ``fused``.
     """
 
-    _roles = ("param", "grad", "sum", "step")
+    _Tensors = AdagradTensors
     _HP = AdagradHP
     _group_defaults = (("fused", None),)
     _sparse_ok = True
@@ -129,10 +138,9 @@ def _step_size(hp: AdagradHP, step: Tensor) -> Any:
     return hp.lr / (1 + (plain_value(step) - 1) * hp.lr_decay)
 
 
-def _single_tensor_adagrad(
-    params: TensorList, grads: TensorList, sums: TensorList, steps: TensorList, hp: AdagradHP
-) -> None:
+def _single_tensor_adagrad(t: AdagradTensors, hp: AdagradHP) -> None:
     """Per-tensor loop (also the sparse-gradient path)."""
+    params, grads, sums, steps = t
     for param, grad, acc, step_t in zip(params, grads, sums, steps, strict=True):
         step_t += 1
         if hp.maximize:
@@ -157,18 +165,16 @@ def _single_tensor_adagrad(
         param.addcdiv_(grad, denom, value=-clr)
 
 
-def _multi_tensor_adagrad(
-    params: TensorList, grads: TensorList, sums: TensorList, steps: TensorList, hp: AdagradHP
-) -> None:
+def _multi_tensor_adagrad(t: AdagradTensors, hp: AdagradHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch; sparse batches use the loop."""
     if hp.differentiable:
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    if not params:
+    if not t.param:
         return
-    batches = group_by_device_and_dtype([params, grads, sums, steps])
+    batches = group_by_device_and_dtype(list(t))
     for (b_params, b_grads, b_sums, b_steps), _ in batches.values():
         if hp.has_sparse_grad and any(g.is_sparse for g in b_grads):
-            _single_tensor_adagrad(b_params, b_grads, b_sums, b_steps, hp)
+            _single_tensor_adagrad(AdagradTensors(b_params, b_grads, b_sums, b_steps), hp)
             continue
         if hp.has_complex:
             as_real(b_params, b_grads, b_sums)
@@ -188,8 +194,8 @@ def _multi_tensor_adagrad(
         torch._foreach_addcdiv_(b_params, numer, denom)
 
 
-def _c_args(lists: list[TensorList], hp: AdagradHP) -> CArgs:
+def _c_args(t: AdagradTensors, hp: AdagradHP) -> CArgs:
     """The C kernel's scalars, and per tensor the decayed learning rate."""
     hp = hp._replace(lr=plain_value(hp.lr))
     opts = cpu_fused.AdagradOpts(wd=hp.weight_decay, eps=hp.eps, maximize=hp.maximize)
-    return CArgs(opts, [[_step_size(hp, s) for s in lists[-1]]])
+    return CArgs(opts, [[_step_size(hp, s) for s in t.step]])

@@ -37,6 +37,17 @@ from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 __all__ = ["Adam", "AdamW"]
 
 
+class AdamTensors(NamedTuple):
+    """The tensor lists an update takes, one per role (the state keys)."""
+
+    param: TensorList
+    grad: TensorList
+    exp_avg: TensorList
+    exp_avg_sq: TensorList
+    max_exp_avg_sq: TensorList
+    step: TensorList
+
+
 class AdamHP(NamedTuple):
     lr: float | Tensor
     beta1: float | Tensor
@@ -78,7 +89,7 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
     ``differentiable``, ``fused``, ``decoupled_weight_decay``.
     """
 
-    _roles = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+    _Tensors = AdamTensors
     _HP = AdamHP
     _group_defaults = (
         ("amsgrad", False),
@@ -223,16 +234,9 @@ class AdamW(Adam, torch.optim.AdamW):
             group["decoupled_weight_decay"] = True
 
 
-def _single_tensor_adam(
-    params: TensorList,
-    grads: TensorList,
-    exp_avgs: TensorList,
-    exp_avg_sqs: TensorList,
-    max_exp_avg_sqs: TensorList,
-    steps: TensorList,
-    hp: AdamHP,
-) -> None:
+def _single_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
     """Per-tensor loop: the docstring's formula, one parameter at a time."""
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = t
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     on_tensor = hp.capturable or hp.differentiable  # no host sync; autograd can follow
     for i, param in enumerate(params):
@@ -260,9 +264,9 @@ def _single_tensor_adam(
                 torch.maximum(v_max, v, out=v_max)
             v = v_max
 
-        t = steps[i] if on_tensor else plain_value(steps[i])
-        bc1 = 1 - beta1 ** (t.clone() if _learnable(beta1) and hp.differentiable else t)
-        bc2 = 1 - beta2 ** (t.clone() if _learnable(beta2) and hp.differentiable else t)
+        n = steps[i] if on_tensor else plain_value(steps[i])
+        bc1 = 1 - beta1 ** (n.clone() if _learnable(beta1) and hp.differentiable else n)
+        bc2 = 1 - beta2 ** (n.clone() if _learnable(beta2) and hp.differentiable else n)
         if on_tensor:
             # param += m / denom, denom = -(sqrt(v / bc2) + eps) / step_size: folded so the
             # one-element step size needs no extra pass over the param-sized tensors
@@ -278,16 +282,9 @@ def _learnable(x: Any) -> bool:
     return isinstance(x, Tensor) and x.requires_grad
 
 
-def _multi_tensor_adam(
-    params: TensorList,
-    grads: TensorList,
-    exp_avgs: TensorList,
-    exp_avg_sqs: TensorList,
-    max_exp_avg_sqs: TensorList,
-    steps: TensorList,
-    hp: AdamHP,
-) -> None:
+def _multi_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
+    params, steps = t.param, t.step
     if not params:
         return
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
@@ -302,9 +299,7 @@ def _multi_tensor_adam(
         check_capturable_devices(params, steps)
     if hp.differentiable:
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    batches = group_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps]
-    )
+    batches = group_by_device_and_dtype(list(t))
     for (b_params, b_grads, b_m, b_v, b_vmax, b_steps), _ in batches.values():
         b1 = beta1
         if isinstance(beta1, Tensor) and beta1.device.type != "cpu":
@@ -340,17 +335,17 @@ def _multi_tensor_adam(
             torch._foreach_addcdiv_(b_params, b_m, denom)
         else:
             ts = [plain_value(s) for s in b_steps]
-            neg_step_sizes = stack_if_compiling([(lr / (1 - beta1**t)) * -1 for t in ts])
-            torch._foreach_div_(denom, [(1 - beta2**t) ** 0.5 for t in ts])
+            neg_step_sizes = stack_if_compiling([(lr / (1 - beta1**n)) * -1 for n in ts])
+            torch._foreach_div_(denom, [(1 - beta2**n) ** 0.5 for n in ts])
             torch._foreach_add_(denom, eps)
             torch._foreach_addcdiv_(b_params, b_m, denom, neg_step_sizes)
 
 
-def _c_args(lists: list[TensorList], hp: AdamHP) -> CArgs:
+def _c_args(t: AdamTensors, hp: AdamHP) -> CArgs:
     """The C kernel's scalars: 1 - beta formed here in double precision, and per tensor
     the step size lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
     lr, beta1, beta2 = plain_value(hp.lr), plain_value(hp.beta1), plain_value(hp.beta2)
-    ts = [plain_value(s) for s in lists[-1]]
+    ts = [plain_value(s) for s in t.step]
     opts = cpu_fused.AdamOpts(
         w1=1 - beta1,
         b2=beta2,
@@ -362,4 +357,4 @@ def _c_args(lists: list[TensorList], hp: AdamHP) -> CArgs:
         decoupled=hp.decoupled_weight_decay,
         amsgrad=hp.amsgrad,
     )
-    return CArgs(opts, [[lr / (1 - beta1**t) for t in ts], [(1 - beta2**t) ** 0.5 for t in ts]])
+    return CArgs(opts, [[lr / (1 - beta1**n) for n in ts], [(1 - beta2**n) ** 0.5 for n in ts]])

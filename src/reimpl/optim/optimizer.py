@@ -6,9 +6,9 @@ every method that computes is ours. The subclass holds only what is particular t
 algorithm:
 
 - ``__init__``: validation and ``defaults``, then :meth:`ReimplOptimizer._setup`;
-- ``_roles``: the names of the lists its update forms take, in order -- ``"param"``,
-  ``"grad"``, then the state keys (``"step"`` for the counters); the same names are the
-  keys of ``self.state[p]`` and of the C kernels' roles;
+- ``_Tensors``: a NamedTuple of the tensor lists its update forms take, one field per
+  role -- ``param``, ``grad``, then the state keys (``step`` for the counters); the same
+  names are the keys of ``self.state[p]`` and the C kernels' roles;
 - ``_HP``: a NamedTuple of one group's hyperparameters as the forms read them;
 - ``_forms()``: its :class:`~reimpl.optim._fused.Forms` -- per-tensor, multi-tensor and the
   C kernel's scalars (the fused path itself is :func:`~reimpl.optim._fused.fused_step`);
@@ -46,8 +46,8 @@ __all__ = ["Optimizer", "ParamsT", "ReimplOptimizer"]
 class ReimplOptimizer:
     """The shared part of reimpl's optimizers (a mixin placed before the torch class)."""
 
-    #: names of the lists the forms take: "param", "grad", then state keys
-    _roles: ClassVar[tuple[str, ...]]
+    #: the lists the forms take, one field per role: param, grad, then state keys
+    _Tensors: ClassVar[Any]
     #: one group's hyperparameters as the forms read them (a NamedTuple class)
     _HP: ClassVar[Any]
     #: group keys a checkpoint from an older torch may lack, with their defaults
@@ -102,7 +102,9 @@ class ReimplOptimizer:
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The state of a param's first step: a step counter and zeros like the param."""
         state = {}
-        for key in sorted(self._roles[2:], key=lambda k: k != "step"):  # torch's key order
+        for key in sorted(
+            self._Tensors._fields[2:], key=lambda k: k != "step"
+        ):  # torch's key order
             if key == "step":
                 state[key] = self._new_step(p, group)
             elif key not in self._lazy and self._keeps(group, key):
@@ -111,12 +113,12 @@ class ReimplOptimizer:
 
     def _init_group(self, group: dict[str, Any], *lists: list[Any]) -> tuple[bool, bool]:
         """Append each param that has a gradient, its gradient and the state it keeps to
-        ``lists`` (in ``_roles`` order), creating state on its first step. Returns
+        ``lists`` (in ``_Tensors`` order), creating state on its first step. Returns
         (has_sparse_grad, has_complex). torch.compile runs this method once, outside the
         graph, by its name and list arguments; so it keeps torch's shape."""
         params, grads, *states = lists
         has_sparse = has_complex = False
-        keys = [(k, lst) for k, lst in zip(self._roles[2:], states, strict=True)]
+        keys = [(k, lst) for k, lst in zip(self._Tensors._fields[2:], states, strict=True)]
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -165,27 +167,26 @@ class ReimplOptimizer:
                 loss = closure()
         forms = self._forms()
         for group in self.param_groups:
-            lists: list[TensorList] = [[] for _ in self._roles]
+            lists: list[TensorList] = [[] for _ in self._Tensors._fields]
             has_sparse, has_complex = self._init_group(group, *lists)
             fields = self._HP._fields
             flags = {"has_sparse_grad": has_sparse, "has_complex": has_complex}
             hp = self._hparams(group, **{k: v for k, v in flags.items() if k in fields})
-            path = self._path(group, lists[0])
-            if "step" in self._roles:
-                check_steps(lists[self._roles.index("step")])
+            t = self._Tensors(*lists)
+            if "step" in t._fields:
+                check_steps(t.step)
+            path = self._path(group, t.param)
             if path == "fused":
-                name = type(self).__name__
-                fused_step(name, self._roles, forms, lists, hp, **amp_scaling(self, path))
+                fused_step(type(self).__name__, forms, t, hp, **amp_scaling(self, path))
             else:
                 amp_scaling(self, path)  # refuses GradScaler's hand-over off the fused path
-                (forms.single if path == "single" else forms.multi)(*lists, hp)
-            self._after_step(group, lists)
+                (forms.single if path == "single" else forms.multi)(t, hp)
+            self._after_step(group, t)
         return loss
 
-    def _after_step(self, group: dict[str, Any], lists: list[TensorList]) -> None:
+    def _after_step(self, group: dict[str, Any], t: Any) -> None:
         """Store state a form created (lazy state, ``None`` in the lists until then)."""
         for key in self._lazy:
             if self._keeps(group, key):
-                at = self._roles.index(key)
-                for p, t in zip(lists[0], lists[at], strict=True):
-                    self.state[p][key] = t
+                for p, x in zip(t.param, getattr(t, key), strict=True):
+                    self.state[p][key] = x

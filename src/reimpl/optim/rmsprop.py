@@ -33,6 +33,17 @@ from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 __all__ = ["RMSprop"]
 
 
+class RMSpropTensors(NamedTuple):
+    """The tensor lists an update takes, one per role (the state keys)."""
+
+    param: TensorList
+    grad: TensorList
+    square_avg: TensorList
+    grad_avg: TensorList
+    momentum_buffer: TensorList
+    step: TensorList
+
+
 class RMSpropHP(NamedTuple):
     lr: float | Tensor
     alpha: float
@@ -73,7 +84,7 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
     holds), which torch's RMSprop lacks: one pass over memory per tensor per step.
     """
 
-    _roles = ("param", "grad", "square_avg", "grad_avg", "momentum_buffer", "step")
+    _Tensors = RMSpropTensors
     _HP = RMSpropHP
     _group_defaults = (("momentum", 0), ("centered", False), ("capturable", False))
 
@@ -131,16 +142,9 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
         return key != "momentum_buffer" or group["momentum"] > 0
 
 
-def _single_tensor_rmsprop(
-    params: TensorList,
-    grads: TensorList,
-    square_avgs: TensorList,
-    grad_avgs: TensorList,
-    momentum_bufs: TensorList,
-    steps: TensorList,
-    hp: RMSpropHP,
-) -> None:
+def _single_tensor_rmsprop(t: RMSpropTensors, hp: RMSpropHP) -> None:
     """Per-tensor loop."""
+    params, grads, square_avgs, grad_avgs, momentum_bufs, steps = t
     lr, alpha = hp.lr, hp.alpha
     for i, param in enumerate(params):
         if hp.capturable:
@@ -165,16 +169,9 @@ def _single_tensor_rmsprop(
             param.addcdiv_(grad, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
-def _multi_tensor_rmsprop(
-    params: TensorList,
-    grads: TensorList,
-    square_avgs: TensorList,
-    grad_avgs: TensorList,
-    momentum_bufs: TensorList,
-    steps: TensorList,
-    hp: RMSpropHP,
-) -> None:
+def _multi_tensor_rmsprop(t: RMSpropTensors, hp: RMSpropHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
+    params, steps = t.param, t.step
     if not params:
         return
     if hp.differentiable:
@@ -183,9 +180,7 @@ def _multi_tensor_rmsprop(
         check_capturable_devices(params, steps)
     lr, alpha = hp.lr, hp.alpha
     tensor_lr = hp.capturable and isinstance(lr, Tensor)
-    batches = group_by_device_and_dtype(
-        [params, grads, square_avgs, grad_avgs, momentum_bufs, steps]
-    )
+    batches = group_by_device_and_dtype(list(t))
     for (b_params, b_grads, b_sq, b_gavg, b_bufs, b_steps), _ in batches.values():
         if hp.has_complex:
             kept = [b_gavg] if hp.centered else []
@@ -215,7 +210,7 @@ def _multi_tensor_rmsprop(
             torch._foreach_addcdiv_(b_params, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
-def _c_args(lists: list[TensorList], hp: RMSpropHP) -> CArgs:
+def _c_args(t: RMSpropTensors, hp: RMSpropHP) -> CArgs:
     """The C kernel's scalars (1 - alpha formed here, in double precision)."""
     opts = cpu_fused.RMSpropOpts(
         lr=plain_value(hp.lr),

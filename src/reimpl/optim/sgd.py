@@ -31,6 +31,14 @@ from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 __all__ = ["SGD"]
 
 
+class SGDTensors(NamedTuple):
+    """The tensor lists an update takes, one per role (the state keys)."""
+
+    param: TensorList
+    grad: TensorList
+    momentum_buffer: list[Tensor | None]
+
+
 class SGDHP(NamedTuple):
     lr: float | Tensor
     momentum: float
@@ -67,7 +75,7 @@ class SGD(ReimplOptimizer, torch.optim.SGD):
     keyword-only ``maximize``, ``foreach``, ``differentiable``, ``fused``.
     """
 
-    _roles = ("param", "grad", "momentum_buffer")
+    _Tensors = SGDTensors
     _HP = SGDHP
     _group_defaults = (("nesterov", False), ("fused", False))
     _lazy = ("momentum_buffer",)
@@ -123,10 +131,9 @@ class SGD(ReimplOptimizer, torch.optim.SGD):
         )
 
 
-def _single_tensor_sgd(
-    params: TensorList, grads: TensorList, bufs: list[Tensor | None], hp: SGDHP
-) -> None:
+def _single_tensor_sgd(t: SGDTensors, hp: SGDHP) -> None:
     """Per-tensor loop. Fills ``bufs[i]`` on the first step with momentum."""
+    params, grads, bufs = t
     lr, mu = hp.lr, hp.momentum
     for i, param in enumerate(params):
         d = grad_with_decay(grads[i], param, hp)
@@ -143,10 +150,9 @@ def _single_tensor_sgd(
             param.add_(d, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
-def _multi_tensor_sgd(
-    params: TensorList, grads: TensorList, bufs: list[Tensor | None], hp: SGDHP
-) -> None:
+def _multi_tensor_sgd(t: SGDTensors, hp: SGDHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
+    params, grads, bufs = t
     if not params:
         return
     lr, mu = hp.lr, hp.momentum
@@ -180,10 +186,10 @@ def _multi_tensor_sgd(
             torch._foreach_add_(b_params, d, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
-def _c_args(lists: list[list[Any]], hp: SGDHP) -> CArgs:
+def _c_args(t: SGDTensors, hp: SGDHP) -> CArgs:
     """The C kernel's scalars, and the buffers that start this step (the kernel sets them
     to the gradient): made here, flagged in ``first``."""
-    params, _, bufs = lists
+    params, bufs = t.param, t.momentum_buffer
     first = [0] * len(params)
     if hp.momentum != 0:
         for i, p in enumerate(params):
