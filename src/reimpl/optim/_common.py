@@ -73,6 +73,20 @@ def check_nonnegative(name: str, value: Any, *, nan_ok: bool = False) -> None:
         raise ValueError(f"Invalid {name}: {value} (it must be >= 0)")
 
 
+#: how torch's messages name a hyperparameter ("Invalid learning rate: -1")
+_LABELS = {"lr": "learning rate", "eps": "epsilon value"}
+
+
+def check_hparams(*, nan_ok: bool = False, **values: Any) -> None:
+    """:func:`check_nonnegative` for each keyword, in order, with torch's labels; a Tensor
+    ``lr`` must hold exactly one element."""
+    lr = values.get("lr")
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"lr given as a Tensor must have exactly one element, got {lr.numel()}")
+    for name, value in values.items():
+        check_nonnegative(_LABELS.get(name, f"{name} value"), value, nan_ok=nan_ok)
+
+
 def check_tensor_hparam(name: str, value: Any, *, foreach: bool | None, capturable: bool) -> None:
     """A hyperparameter given as a Tensor must hold one element, and the multi-tensor path
     can only take it when ``capturable=True`` (its ops need Python numbers otherwise)."""

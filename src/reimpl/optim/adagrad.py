@@ -17,8 +17,7 @@ from reimpl.optim._common import (
     TensorList,
     add_one_to_steps,
     as_real,
-    check_nonnegative,
-    check_tensor_hparam,
+    check_hparams,
     grads_with_decay,
     group_by_device_and_dtype,
     plain_value,
@@ -50,10 +49,10 @@ class AdagradHP(NamedTuple):
 
 
 class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
-    r"""AdaGrad.
+    r"""AdaGrad, with an optional decay of the learning rate.
 
-    For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
-    (:math:`g_t \leftarrow -g_t` when ``maximize``):
+    :math:`g_t` is the gradient of parameter :math:`\theta` at step :math:`t`, negated
+    first when ``maximize``; :math:`\gamma` is ``lr``:
 
     .. math::
         g_t &\leftarrow g_t + \lambda\,\theta_{t-1} \\
@@ -77,46 +76,33 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
     _group_defaults = (("fused", None),)
     _sparse_ok = True
 
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_adagrad, _multi_tensor_adagrad, _c_args, "adagrad")
+
     def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
-        foreach: bool | None = None,
-        *,
-        maximize: bool = False,
-        differentiable: bool = False,
+        self, params: ParamsT, lr: float | Tensor = 1e-2, lr_decay: float = 0,
+        weight_decay: float = 0, initial_accumulator_value: float = 0, eps: float = 1e-10,
+        foreach: bool | None = None, *, maximize: bool = False, differentiable: bool = False,
         fused: bool | None = None,
-    ) -> None:
-        check_tensor_hparam("lr", lr, foreach=None, capturable=False)
-        check_nonnegative("learning rate", lr)
-        check_nonnegative("lr_decay value", lr_decay)
-        check_nonnegative("weight_decay value", weight_decay)
-        check_nonnegative("initial_accumulator_value value", initial_accumulator_value)
-        check_nonnegative("epsilon value", eps)
+    ) -> None:  # fmt: skip
+        check_hparams(
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+        )
         defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
+            "lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
+            "maximize": maximize, "differentiable": differentiable, "fused": fused,
+        }  # fmt: skip
         self._setup(params, defaults)
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
             for p in group["params"]:
                 self.state[p].update(self._new_state(p, group))
-
-    def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
-        return Forms(_single_tensor_adagrad, _multi_tensor_adagrad, _c_args, "adagrad")
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         init = self.defaults["initial_accumulator_value"]

@@ -21,7 +21,7 @@ from reimpl.optim._common import (
     add_one_to_steps,
     as_real,
     check_capturable_devices,
-    check_nonnegative,
+    check_hparams,
     check_tensor_hparam,
     choose_path,
     grad_with_decay,
@@ -98,31 +98,25 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
         ("fused", None),
     )
 
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_adam, _multi_tensor_adam, _c_args, "adam")
+
     def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = False,
-    ) -> None:
+        self, params: ParamsT, lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
+        maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+        fused: bool | None = None, decoupled_weight_decay: bool = False,
+    ) -> None:  # fmt: skip
         check_tensor_hparam("lr", lr, foreach=foreach, capturable=capturable)
-        check_nonnegative("learning rate", lr)
-        check_nonnegative("epsilon value", eps)
+        check_hparams(lr=lr, eps=eps)
         for i, beta in enumerate(betas):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(
                     f"Invalid beta parameter at index {i}: {beta} (need 0 <= beta < 1)"
                 )
-        check_nonnegative("weight_decay value", weight_decay)
+        check_hparams(weight_decay=weight_decay)
         b1, b2 = betas
         if not (
             (isinstance(b1, float) and isinstance(b2, float))
@@ -132,23 +126,12 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
         for i, beta in enumerate(betas):
             check_tensor_hparam(f"betas[{i}]", beta, foreach=foreach, capturable=capturable)
         defaults = {
-            "lr": lr,
-            "betas": (squeeze_scalar(b1), squeeze_scalar(b2)),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "amsgrad": amsgrad,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
-            "decoupled_weight_decay": decoupled_weight_decay,
-        }
+            "lr": lr, "betas": (squeeze_scalar(b1), squeeze_scalar(b2)), "eps": eps,
+            "weight_decay": weight_decay, "amsgrad": amsgrad, "maximize": maximize,
+            "foreach": foreach, "capturable": capturable, "differentiable": differentiable,
+            "fused": fused, "decoupled_weight_decay": decoupled_weight_decay,
+        }  # fmt: skip
         self._setup(params, defaults)
-
-    def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
-        return Forms(_single_tensor_adam, _multi_tensor_adam, _c_args, "adam")
 
     def _keeps(self, group: dict[str, Any], key: str) -> bool:
         return key != "max_exp_avg_sq" or group["amsgrad"]
@@ -199,34 +182,17 @@ class AdamW(Adam, torch.optim.AdamW):
     """
 
     def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
+        self, params: ParamsT, lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
+        weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+        foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
         fused: bool | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=True,
-        )
+        )  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

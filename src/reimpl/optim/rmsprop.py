@@ -20,8 +20,7 @@ from reimpl.optim._common import (
     add_one_to_steps,
     as_real,
     check_capturable_devices,
-    check_nonnegative,
-    check_tensor_hparam,
+    check_hparams,
     grad_with_decay,
     grads_with_decay,
     group_by_device_and_dtype,
@@ -58,10 +57,10 @@ class RMSpropHP(NamedTuple):
 
 
 class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
-    r"""RMSprop.
+    r"""RMSprop, optionally centered, optionally with momentum.
 
-    For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`
-    (:math:`g_t \leftarrow -g_t` when ``maximize``):
+    Per parameter :math:`\theta`, at step :math:`t`, from its gradient :math:`g_t`
+    (negated when ``maximize``), with learning rate :math:`\gamma`:
 
     .. math::
         g_t &\leftarrow g_t + \lambda\,\theta_{t-1} \\
@@ -88,47 +87,26 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
     _HP = RMSpropHP
     _group_defaults = (("momentum", 0), ("centered", False), ("capturable", False))
 
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_rmsprop, _multi_tensor_rmsprop, _c_args, "rmsprop")
+
     def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum: float = 0,
-        centered: bool = False,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        check_tensor_hparam("lr", lr, foreach=None, capturable=False)
-        check_nonnegative("learning rate", lr)
-        check_nonnegative("epsilon value", eps)
-        check_nonnegative("momentum value", momentum)
-        check_nonnegative("weight_decay value", weight_decay)
-        check_nonnegative("alpha value", alpha)
+        self, params: ParamsT, lr: float | Tensor = 1e-2, alpha: float = 0.99,
+        eps: float = 1e-8, weight_decay: float = 0, momentum: float = 0,
+        centered: bool = False, capturable: bool = False, foreach: bool | None = None,
+        maximize: bool = False, differentiable: bool = False, fused: bool | None = None,
+    ) -> None:  # fmt: skip
+        check_hparams(lr=lr, eps=eps, momentum=momentum, weight_decay=weight_decay, alpha=alpha)
         defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "alpha": alpha,
-            "eps": eps,
-            "centered": centered,
-            "weight_decay": weight_decay,
-            "capturable": capturable,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-        }
+            "lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps, "centered": centered,
+            "weight_decay": weight_decay, "capturable": capturable, "foreach": foreach,
+            "maximize": maximize, "differentiable": differentiable,
+        }  # fmt: skip
         if fused:
             # only when asked for, so default checkpoints stay exactly torch's format
             defaults["fused"] = fused
         self._setup(params, defaults)
-
-    def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
-        return Forms(_single_tensor_rmsprop, _multi_tensor_rmsprop, _c_args, "rmsprop")
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = ReimplOptimizer._new_state(self, p, group)

@@ -16,8 +16,7 @@ from torch import Tensor
 from reimpl.kernels import cpu_fused
 from reimpl.optim._common import (
     TensorList,
-    check_nonnegative,
-    check_tensor_hparam,
+    check_hparams,
     choose_path,
     grad_with_decay,
     grads_with_decay,
@@ -81,45 +80,29 @@ class SGD(ReimplOptimizer, torch.optim.SGD):
     _lazy = ("momentum_buffer",)
     _sparse_ok = True
 
+    def _forms(self) -> Forms:
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_sgd, _multi_tensor_sgd, _c_args, "sgd")
+
     def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
+        self, params: ParamsT, lr: float | Tensor = 1e-3, momentum: float = 0,
+        dampening: float = 0, weight_decay: float | Tensor = 0, nesterov: bool = False, *,
+        maximize: bool = False, foreach: bool | None = None, differentiable: bool = False,
         fused: bool | None = None,
-    ) -> None:
-        check_tensor_hparam("lr", lr, foreach=None, capturable=False)
-        check_nonnegative("learning rate", lr, nan_ok=True)
-        check_nonnegative("momentum value", momentum, nan_ok=True)
-        check_nonnegative("weight_decay value", weight_decay, nan_ok=True)
+    ) -> None:  # fmt: skip
+        # torch's SGD rejects only values below zero, so NaN gets through
+        check_hparams(lr=lr, momentum=momentum, weight_decay=weight_decay, nan_ok=True)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "nesterov=True needs momentum > 0 and dampening == 0 "
                 f"(got momentum={momentum}, dampening={dampening})"
             )
         defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
-            "fused": fused,
-        }
+            "lr": lr, "momentum": momentum, "dampening": dampening,
+            "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+            "foreach": foreach, "differentiable": differentiable, "fused": fused,
+        }  # fmt: skip
         self._setup(params, defaults)
-
-    def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
-        return Forms(_single_tensor_sgd, _multi_tensor_sgd, _c_args, "sgd")
 
     def _keeps(self, group: dict[str, Any], key: str) -> bool:
         return group["momentum"] != 0
