@@ -63,6 +63,13 @@ typedef struct {
  * `scaled` is loop-invariant, so the compiler unswitches the loop on it. */
 #define GRAD(gp, i) (scaled ? (gp[i] = gp[i] / scale_) : gp[i]) * sign
 
+/* what every optimizer kernel reads from its batch first: the tensor count, their sizes, and
+   GradScaler's scale (0: the grads are already unscaled) */
+#define BATCH_SCALARS(T)                                                                    \
+  const int64_t k = b->k, *n = b->n;                                                       \
+  const int scaled = b->grad_scale != 0;                                                   \
+  const T scale_ = (T)b->grad_scale;
+
 /* torch's lerp: a + w (b - a) for w < 1/2, b - (b - a)(1 - w) otherwise */
 #define LERP(a, b, w, LOW) ((LOW) ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
@@ -93,9 +100,7 @@ typedef struct {
 
 #define DEFINE_ADAM(T, SQRT, NAME)                                                          \
   void NAME(const batch_t *b, const adam_opts *o) {                                       \
-    const int64_t k = b->k, *n = b->n;                                                     \
-    const int scaled = b->grad_scale != 0;                                                 \
-    const T scale_ = (T)b->grad_scale;                                                     \
+    BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3], **vmax = b->t[4];     \
     const double *step_size = b->per[0], *bc2_sqrt = b->per[1];                            \
     const int amsgrad = o->amsgrad && vmax;                                                \
@@ -140,9 +145,7 @@ typedef struct {
 
 #define DEFINE_SGD(T, NAME)                                                                 \
   void NAME(const batch_t *b, const sgd_opts *o) {                                        \
-    const int64_t k = b->k, *n = b->n;                                                     \
-    const int scaled = b->grad_scale != 0;                                                 \
-    const T scale_ = (T)b->grad_scale;                                                     \
+    BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **buf = b->t[2];                                    \
     const int32_t *first = b->first;                                                       \
     const int nesterov = o->nesterov;                                                      \
@@ -173,9 +176,7 @@ typedef struct {
 
 #define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
   void NAME(const batch_t *b, const adagrad_opts *o) {                                    \
-    const int64_t k = b->k, *n = b->n;                                                     \
-    const int scaled = b->grad_scale != 0;                                                 \
-    const T scale_ = (T)b->grad_scale;                                                     \
+    BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sum = b->t[2];                                    \
     const double *clr = b->per[0];                                                         \
     const T sign = o->maximize ? -1 : 1, wd_ = o->wd, eps_ = o->eps;                       \
@@ -228,9 +229,7 @@ typedef struct {
 
 #define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
   void NAME(const batch_t *b, const rmsprop_opts *o) {                                    \
-    const int64_t k = b->k, *n = b->n;                                                     \
-    const int scaled = b->grad_scale != 0;                                                 \
-    const T scale_ = (T)b->grad_scale;                                                     \
+    BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sq = b->t[2], **gavg = b->t[3], **buf = b->t[4];  \
     const T sign = o->maximize ? -1 : 1, lr_ = o->lr, alpha_ = o->alpha, w_ = o->w;        \
     const T eps_ = o->eps, wd_ = o->wd, mom_ = o->momentum;                                \

@@ -138,34 +138,17 @@ def _adam_kernel(
             step_size, bc2_sqrt, (1 - b1).to(ACC), b2.to(ACC), (1 - b2).to(ACC),
             tl.full([], eps, ACC), wd.to(ACC), shrink,
         )  # fmt: skip
+        # two instances: full blocks unmasked, the tail masked
         if end <= n:
             _adam_update(
-                *ptrs,
-                None,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                AMSGRAD,
-                MAXIMIZE,
-                DECOUPLED,
-                HAS_WD,
+                *ptrs, None, scale_ptr, *scalars, ELT, ACC, AMSGRAD, MAXIMIZE, DECOUPLED, HAS_WD,
                 HAS_SCALE,
-            )
+            )  # fmt: skip
         else:
             _adam_update(
-                *ptrs,
-                offs < n,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                AMSGRAD,
-                MAXIMIZE,
-                DECOUPLED,
-                HAS_WD,
-                HAS_SCALE,
-            )
+                *ptrs, offs < n, scale_ptr, *scalars, ELT, ACC, AMSGRAD, MAXIMIZE, DECOUPLED,
+                HAS_WD, HAS_SCALE,
+            )  # fmt: skip
 
 
 @triton.jit
@@ -217,36 +200,17 @@ def _sgd_kernel(
             (1 - tl.full([], dampening, tl.float64)).to(ACC),
             tl.full([], weight_decay, ACC),
         )
+        # two instances: full blocks unmasked, the tail masked
         if end <= n:
             _sgd_update(
-                *ptrs,
-                None,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                MOMENTUM,
-                FIRST,
-                NESTEROV,
-                MAXIMIZE,
-                HAS_WD,
-                HAS_SCALE,
-            )
+                *ptrs, None, scale_ptr, *scalars, ELT, ACC, MOMENTUM, FIRST, NESTEROV, MAXIMIZE,
+                HAS_WD, HAS_SCALE,
+            )  # fmt: skip
         else:
             _sgd_update(
-                *ptrs,
-                offs < n,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                MOMENTUM,
-                FIRST,
-                NESTEROV,
-                MAXIMIZE,
-                HAS_WD,
-                HAS_SCALE,
-            )
+                *ptrs, offs < n, scale_ptr, *scalars, ELT, ACC, MOMENTUM, FIRST, NESTEROV,
+                MAXIMIZE, HAS_WD, HAS_SCALE,
+            )  # fmt: skip
 
 
 @triton.jit
@@ -345,34 +309,17 @@ def _rmsprop_kernel(
             _scalar(lr, lr_ptr, LR_PTR).to(ACC), a.to(ACC), (1 - a).to(ACC),
             tl.full([], eps, ACC), tl.full([], weight_decay, ACC), tl.full([], momentum, ACC),
         )  # fmt: skip
+        # two instances: full blocks unmasked, the tail masked
         if end <= n:
             _rmsprop_update(
-                *ptrs,
-                None,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                CENTERED,
-                MOMENTUM,
-                MAXIMIZE,
-                HAS_WD,
+                *ptrs, None, scale_ptr, *scalars, ELT, ACC, CENTERED, MOMENTUM, MAXIMIZE, HAS_WD,
                 HAS_SCALE,
-            )
+            )  # fmt: skip
         else:
             _rmsprop_update(
-                *ptrs,
-                offs < n,
-                scale_ptr,
-                *scalars,
-                ELT,
-                ACC,
-                CENTERED,
-                MOMENTUM,
-                MAXIMIZE,
-                HAS_WD,
-                HAS_SCALE,
-            )
+                *ptrs, offs < n, scale_ptr, *scalars, ELT, ACC, CENTERED, MOMENTUM, MAXIMIZE,
+                HAS_WD, HAS_SCALE,
+            )  # fmt: skip
 
 
 def adam_(

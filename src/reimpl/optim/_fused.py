@@ -62,18 +62,12 @@ class Forms(NamedTuple):
     family: str
 
 
-def fused_step(
-    name: str,
-    forms: Forms,
-    t: Any,
-    hp: Any,
-    grad_scale: Tensor | None = None,
-    found_inf: Tensor | None = None,
-) -> None:
+def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) -> None:
     """One fused update of the tensor lists ``t`` (a NamedTuple whose fields name the
     roles; ``step`` holds the counters): Triton, else C, else the widened multi-tensor
-    form (see the module docstring)."""
+    form (see the module docstring). ``amp``: GradScaler's hand-over (:func:`amp_scaling`)."""
     roles, lists = t._fields, list(t)
+    grad_scale, found_inf = amp.get("grad_scale"), amp.get("found_inf")
     params = lists[0]
     if not params:
         return

@@ -177,7 +177,7 @@ class ReimplOptimizer:
                 check_steps(t.step)
             path = self._path(group, t.param)
             if path == "fused":
-                fused_step(type(self).__name__, forms, t, hp, **amp_scaling(self, path))
+                fused_step(type(self).__name__, forms, t, hp, amp_scaling(self, path))
             else:
                 amp_scaling(self, path)  # refuses GradScaler's hand-over off the fused path
                 (forms.single if path == "single" else forms.multi)(t, hp)

@@ -278,13 +278,8 @@ class SWALR(LRScheduler, _torch_swa.SWALR):
         super().__init__(optimizer, last_epoch)
 
     # torch's names for the two ramps (ours)
-    @staticmethod
-    def _cosine_anneal(t: float) -> float:
-        return _anneal_cos(t)
-
-    @staticmethod
-    def _linear_anneal(t: float) -> float:
-        return _anneal_linear(t)
+    _cosine_anneal = staticmethod(_anneal_cos)
+    _linear_anneal = staticmethod(_anneal_linear)
 
     def _set_anneal_func(self, strategy: str) -> None:
         self._anneal_strategy = strategy  # type: ignore[assignment]

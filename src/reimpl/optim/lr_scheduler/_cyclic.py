@@ -52,6 +52,18 @@ def _momentum_setup(
     return bases, highs
 
 
+def _triangular(x: float) -> float:
+    return 1.0
+
+
+def _triangular2(x: float) -> float:
+    return 1 / 2.0 ** (x - 1)
+
+
+def _exp_range(gamma: float, x: float) -> float:
+    return gamma**x
+
+
 class CyclicLR(LRScheduler, _torch.CyclicLR):
     """Cyclical lr (Smith 2017), stepped per batch.
 
@@ -121,18 +133,10 @@ class CyclicLR(LRScheduler, _torch.CyclicLR):
             self._scale_fn_ref = functools.partial(_exp_range, self.gamma)
             self.scale_mode = "iterations"
 
-    # torch's names for the built-in scale functions (ours, below)
-    @staticmethod
-    def _triangular_scale_fn(x: float) -> float:
-        return _triangular(x)
-
-    @staticmethod
-    def _triangular2_scale_fn(x: float) -> float:
-        return _triangular2(x)
-
-    @staticmethod
-    def _exp_range_scale_fn(gamma: float, x: float) -> float:
-        return _exp_range(gamma, x)
+    # torch's names for the built-in scale functions (ours, above)
+    _triangular_scale_fn = staticmethod(_triangular)
+    _triangular2_scale_fn = staticmethod(_triangular2)
+    _exp_range_scale_fn = staticmethod(_exp_range)
 
     def scale_fn(self, x: float) -> float:
         fn = self._scale_fn_custom if self._scale_fn_custom is not None else self._scale_fn_ref
@@ -174,18 +178,6 @@ class CyclicLR(LRScheduler, _torch.CyclicLR):
         if custom is not None:
             self._scale_fn_custom.__dict__.update(custom)
         self._init_scale_fn()
-
-
-def _triangular(x: float) -> float:
-    return 1.0
-
-
-def _triangular2(x: float) -> float:
-    return 1 / 2.0 ** (x - 1)
-
-
-def _exp_range(gamma: float, x: float) -> float:
-    return gamma**x
 
 
 class OneCycleLR(LRScheduler, _torch.OneCycleLR):
@@ -266,13 +258,8 @@ class OneCycleLR(LRScheduler, _torch.OneCycleLR):
         super().__init__(optimizer, last_epoch)
 
     # torch's names for the two anneal shapes (ours)
-    @staticmethod
-    def _annealing_cos(start: Any, end: Any, pct: float) -> Any:
-        return _anneal_cos(start, end, pct)
-
-    @staticmethod
-    def _annealing_linear(start: Any, end: Any, pct: float) -> Any:
-        return _anneal_linear(start, end, pct)
+    _annealing_cos = staticmethod(_anneal_cos)
+    _annealing_linear = staticmethod(_anneal_linear)
 
     def _anneal_func(self, start: Any, end: Any, pct: float) -> Any:
         kind = getattr(self, "_anneal_func_type", None)
