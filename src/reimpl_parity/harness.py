@@ -8,7 +8,7 @@ A :class:`Case` is a row of a parity table. :func:`check_call` compares one draw
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,7 +223,3 @@ def check_case(
             raise
         report.error = f"{type(e).__name__}: {e}\n  while checking {report.last_call}"
     return report
-
-
-def cases_for(table: Sequence[Case], device: str) -> list[tuple[Case, torch.dtype]]:
-    return [(c, dt) for c in table if device.split(":")[0] in c.devices for dt in c.dtypes]

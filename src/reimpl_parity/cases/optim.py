@@ -24,14 +24,22 @@ from torch import Tensor
 
 import reimpl.optim as ours
 from reimpl_parity.harness import Case
-from reimpl_parity.strategies import Call, TensorSpec, optional_kwargs, seeds, shapes, tensors
+from reimpl_parity.strategies import (
+    FLOAT_DTYPES,
+    LAYOUTS,
+    Call,
+    TensorSpec,
+    optional_kwargs,
+    seeds,
+    shapes,
+    tensors,
+)
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 KwargsFor = Callable[[torch.dtype], st.SearchStrategy[dict[str, Any]]]
 
-LAYOUTS = ("contiguous", "transposed", "strided")
-LAYOUTS_CONTIGUOUS = ("contiguous",)
-REAL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+LAYOUTS_CONTIGUOUS = LAYOUTS[:1]
+REAL_DTYPES = FLOAT_DTYPES
 ALL_DTYPES = (*REAL_DTYPES, torch.complex128, torch.complex64)
 
 
@@ -332,11 +340,12 @@ def _groups(**opts: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]
 # ---------------------------------------------------------------------------- table
 
 # torch's fused kernels are one pass per element, with their own operation order (and
-# float32 arithmetic for 16-bit params), while our fused hook still runs the multi-tensor
-# path: results agree to rounding, not bit for bit, and 16-bit trajectories drift a few
-# ulps over 20+ steps. Fused rows draw no grads ~1e3: there the rounding differences
-# sit on large momentum buffers that cancel to small values (absolute error ~ulp(1e4)),
-# and float16 squares overflow, where the kernel's inf/nan handling differs.
+# float32 arithmetic for 16-bit params), and so do ours (the C kernels; on CPU 16-bit
+# params take the widened multi-tensor fallback): results agree to rounding, not bit for
+# bit, and 16-bit trajectories drift a few ulps over 20+ steps. Fused rows draw no grads
+# ~1e3: there the rounding differences sit on large momentum buffers that cancel to
+# small values (absolute error ~ulp(1e4)), and float16 squares overflow, where the
+# kernel's inf/nan handling differs.
 # Fused rows draw contiguous params only: torch 2.13's fused CPU kernels mis-step
 # non-contiguous params (they walk the storage as if contiguous).
 _FUSED_TOL = {
