@@ -74,6 +74,17 @@ def run(input: Tensor, fn: Callable[..., Tensor], *args: Any) -> Tensor:
         return fn(*args, ac)
 
 
+def run_fp32(input: Tensor, fn: Callable[..., Tensor], *args: Any, **kwargs: Any) -> Tensor:
+    """``fn(*args, **kwargs)`` under the fp32 policy: when an autocast applies to ``input``,
+    with that autocast off and each tensor in ``args`` as :func:`fp32` passes it on
+    (``kwargs`` go as they are)."""
+    ac = active(input)
+    if ac is None:
+        return fn(*args, **kwargs)
+    with off(ac):
+        return fn(*(fp32(ac, a) if isinstance(a, Tensor) else a for a in args), **kwargs)
+
+
 def eligible(t: Tensor, device_type: str) -> bool:
     """Does autocast cast ``t``: floating point, not float64, on ``device_type``."""
     return t.is_floating_point() and t.dtype != torch.float64 and t.device.type == device_type

@@ -242,17 +242,9 @@ def binary_cross_entropy_with_logits(
         raise ValueError(
             f"target size {tuple(target.size())} must equal input size {tuple(input.size())}"
         )
-    ac = _autocast.active(input)
-    if ac is None:
-        return _binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
-    with _autocast.off(ac):  # fp32 policy on CPU and CUDA
-        return _binary_cross_entropy_with_logits(
-            _autocast.fp32(ac, input),
-            _autocast.fp32(ac, target),
-            _autocast.fp32_opt(ac, weight),
-            _autocast.fp32_opt(ac, pos_weight),
-            reduction,
-        )
+    return _autocast.run_fp32(  # fp32 policy on CPU and CUDA
+        input, _binary_cross_entropy_with_logits, input, target, weight, pos_weight, reduction
+    )
 
 
 def _binary_cross_entropy_with_logits(

@@ -23,14 +23,11 @@ above there too (same distribution and scaling, different random numbers).
 
 from __future__ import annotations
 
-import math
 import warnings
 
-import torch
 from torch import Tensor
 
-#: |alpha'| of alpha dropout: SELU's lambda * alpha, the value a SELU unit saturates to.
-_SELU_SATURATION = 1.7580993408473766
+from reimpl.nn.functional import _scripted
 
 
 def _check_p(p: float) -> None:
@@ -41,30 +38,9 @@ def _check_p(p: float) -> None:
 def _masked(
     input: Tensor, p: float, training: bool, inplace: bool, *, per_channel: bool, alpha: bool
 ) -> Tensor:
-    if p == 0 or not training or input.numel() == 0:
-        return input
-    if p == 1:
-        zero = torch.zeros((), dtype=input.dtype, device=input.device)
-        return input.mul_(zero) if inplace else input * zero
-    if per_channel:
-        if input.dim() < 2:
-            raise RuntimeError(
-                "channel-wise dropout needs an input of at least 2 dimensions (N, C, ...), "
-                f"but got a {input.dim()}-D input"
-            )
-        noise_shape = (input.size(0), input.size(1)) + (1,) * (input.dim() - 2)
-        keep = input.new_empty(noise_shape)  # as torch: batched under vmap
-    else:
-        keep = torch.empty_like(input)
-    keep.bernoulli_(1 - p)
-    if not alpha:
-        keep.div_(1 - p)
-        return input.mul_(keep) if inplace else input * keep
-    a = 1.0 / math.sqrt((_SELU_SATURATION * _SELU_SATURATION * p + 1) * (1 - p))
-    shift = keep.add(-1).mul_(_SELU_SATURATION * a).add_(_SELU_SATURATION * a * p)
-    keep.mul_(a)
-    out = input.mul_(keep) if inplace else input * keep
-    return out.add_(shift)
+    """The recipe above, written once in :mod:`._scripted` (the modules' TorchScript form
+    uses it too)."""
+    return _scripted.masked_dropout(input, p, training, inplace, per_channel, alpha)
 
 
 def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
@@ -114,6 +90,22 @@ def dropout1d(
     return out if batched else _rebatched(out, inplace)
 
 
+def _warn_rank(ndim: int, *, spatial: int) -> None:
+    """dropout2d's / dropout3d's deprecation warning (to their caller) for an input of
+    another rank than ``spatial + 1`` or ``spatial + 2``."""
+    if ndim in (spatial + 1, spatial + 2):
+        return
+    name = f"dropout{spatial}d"
+    warnings.warn(
+        f"{name}: a {ndim}-D input is deprecated and will be an error in a future "
+        f"release; {name} drops whole channels of {spatial + 1}-D or {spatial + 2}-D inputs "
+        f"(channel dim plus {spatial} spatial dims, with an optional batch dim). "
+        "Use dropout for others.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def dropout2d(
     input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
 ) -> Tensor:
@@ -125,14 +117,7 @@ def dropout2d(
     """
     _check_p(p)
     ndim = input.dim()
-    if ndim not in (3, 4):
-        warnings.warn(
-            f"dropout2d: a {ndim}-D input is deprecated and will be an error in a future "
-            "release; dropout2d drops whole channels of 3-D or 4-D inputs (channel dim "
-            "plus 2 spatial dims, with an optional batch dim). Use dropout for others.",
-            UserWarning,
-            stacklevel=2,
-        )
+    _warn_rank(ndim, spatial=2)
     if ndim == 3:
         warnings.warn(
             "dropout2d: a 3-D input is taken as (N, C, L) and gets channel-wise 1-D "
@@ -153,14 +138,7 @@ def dropout3d(
     """
     _check_p(p)
     ndim = input.dim()
-    if ndim not in (4, 5):
-        warnings.warn(
-            f"dropout3d: a {ndim}-D input is deprecated and will be an error in a future "
-            "release; dropout3d drops whole channels of 4-D or 5-D inputs (channel dim "
-            "plus 3 spatial dims, with an optional batch dim). Use dropout for others.",
-            UserWarning,
-            stacklevel=2,
-        )
+    _warn_rank(ndim, spatial=3)
     batched = ndim == 5
     x = input if batched else _unbatched(input, inplace)
     out = _masked(x, p, training, inplace, per_channel=True, alpha=False)

@@ -251,13 +251,9 @@ def smooth_l1_loss(
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_reduction(size_average, reduce)
     _reduction.check(reduction)
-    ac = _autocast.active(input)
-    if ac is None:
-        return _smooth_l1_loss(input, target, reduction, beta)
-    with _autocast.off(ac):  # fp32 policy on CPU and CUDA
-        return _smooth_l1_loss(
-            _autocast.fp32(ac, input), _autocast.fp32(ac, target), reduction, beta
-        )
+    return _autocast.run_fp32(  # fp32 policy on CPU and CUDA
+        input, _smooth_l1_loss, input, target, reduction=reduction, beta=beta
+    )
 
 
 def _smooth_l1_loss(input: Tensor, target: Tensor, reduction: str, beta: float) -> Tensor:

@@ -5,7 +5,8 @@ eager functional code (custom autograd Functions, fast paths, autocast and ``tor
 dispatch, PEP 604 annotations) is not written for. Each module's ``forward`` therefore
 takes, under ``torch.jit.is_scripting()`` only, the matching function here: the same
 formulas as the eager code, in float arithmetic of the input's dtype, with autograd's
-own gradients. Eager calls never come here.
+own gradients. Eager calls never come here, except the dropout recipe
+(``masked_dropout``), which the eager dropout functions share.
 
 The dropout functions draw exactly as the eager ones (one ``bernoulli_`` into a keep
 tensor of the input's dtype), so a scripted reimpl dropout and a scripted torch dropout
@@ -192,7 +193,8 @@ def _check_p(p: float) -> None:
 def masked_dropout(
     input: Tensor, p: float, training: bool, inplace: bool, per_channel: bool, alpha: bool
 ) -> Tensor:
-    """The eager ``_masked`` recipe: same draws, same scaling, same rounding."""
+    """The dropout recipe of :mod:`._dropout` (which calls it eagerly too): draws, scaling
+    and rounding as torch's CPU kernels."""
     _check_p(p)
     if p == 0 or not training or input.numel() == 0:
         return input
@@ -201,9 +203,12 @@ def masked_dropout(
         return input.mul_(zero) if inplace else input * zero
     if per_channel:
         if input.dim() < 2:
-            raise RuntimeError("channel-wise dropout needs an input of at least 2 dimensions")
+            raise RuntimeError(
+                "channel-wise dropout needs an input of at least 2 dimensions (N, C, ...), "
+                "but got a " + str(input.dim()) + "-D input"
+            )
         noise_shape = [input.size(0), input.size(1)] + [1] * (input.dim() - 2)
-        keep = input.new_empty(noise_shape)
+        keep = input.new_empty(noise_shape)  # as torch: batched under vmap
     else:
         keep = torch.empty_like(input)
     keep.bernoulli_(1 - p)
