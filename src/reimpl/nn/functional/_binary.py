@@ -91,13 +91,9 @@ def _check_unit_interval(x: Tensor, what: str) -> None:
 
 
 def binary_cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+    input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
+    reduce: bool | None = None, reduction: str = "mean",
+) -> Tensor:  # fmt: skip
     """Binary cross-entropy between probabilities ``input`` and ``target`` in [0, 1]."""
     reduction = _reduction.resolve(reduction, size_average, reduce)
     if target.size() != input.size():
@@ -227,14 +223,9 @@ class _BinaryCrossEntropyWithLogitsFwd(_BinaryCrossEntropyWithLogits):
 
 
 def binary_cross_entropy_with_logits(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-    pos_weight: Tensor | None = None,
-) -> Tensor:
+    input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
+    reduce: bool | None = None, reduction: str = "mean", pos_weight: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """Sigmoid + binary cross-entropy in one stable expression; ``pos_weight`` p scales the
     positive term and broadcasts over the last (class) dimension."""
     reduction = _reduction.resolve(reduction, size_average, reduce)

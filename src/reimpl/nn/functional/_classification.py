@@ -201,14 +201,9 @@ def _picked(
 
 
 def nll_loss(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    size_average: bool | None = None,
-    ignore_index: int = -100,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-) -> Tensor:
+    input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
+    ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
+) -> Tensor:  # fmt: skip
     """loss_n = -w[t_n] * input[n, t_n]; 'mean' divides by sum_n w[t_n] over kept samples."""
     reduction = _reduction.resolve(reduction, size_average, reduce)
     ac = _autocast.active(input)
@@ -244,15 +239,10 @@ def _nll_loss(
 
 
 def cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    weight: Tensor | None = None,
-    size_average: bool | None = None,
-    ignore_index: int = -100,
-    reduce: bool | None = None,
-    reduction: str = "mean",
+    input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
+    ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean",
     label_smoothing: float = 0.0,
-) -> Tensor:
+) -> Tensor:  # fmt: skip
     """Cross-entropy of logits ``input`` against class indices or class probabilities.
 
     With class indices, ``nll_loss(log_softmax(input))``; label smoothing eps mixes in

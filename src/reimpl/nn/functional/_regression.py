@@ -9,6 +9,7 @@ leaves alone on CPU and on CUDA runs with an fp32 ``pow`` and float32 sums.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -165,37 +166,32 @@ class _MixedDtypeHuber(torch.autograd.Function):
         )
 
 
-def _weighted_regression_inputs(
+def _weighted_regression(
+    impl: Callable[..., Tensor],
     input: Tensor,
     target: Tensor,
     size_average: bool | None,
     reduce: bool | None,
     reduction: str,
     weight: Tensor | None,
-) -> tuple[Tensor, Tensor, str]:
-    """MSE's and L1's shared preamble, in torch's order: warn on a size mismatch, map the
-    legacy flags, broadcast, check the element weight's size."""
+) -> Tensor:
+    """MSE's and L1's shared preamble, in torch's order (warn on a size mismatch, map the
+    legacy flags, broadcast, check the element weight's size), then ``impl`` under the
+    autocast policy."""
     _warn_size_mismatch(input, target)
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_reduction(size_average, reduce)
     x, t = torch.broadcast_tensors(input, target)
     _elementwise_weight(weight, input)
-    return x, t, reduction
+    return _autocast.run(input, impl, x, t, reduction, weight)
 
 
 def mse_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-    weight: Tensor | None = None,
-) -> Tensor:
+    input: Tensor, target: Tensor, size_average: bool | None = None, reduce: bool | None = None,
+    reduction: str = "mean", weight: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """l = (x - t)^2 (times ``weight``; the weighted mean divides by sum(weight))."""
-    x, t, reduction = _weighted_regression_inputs(
-        input, target, size_average, reduce, reduction, weight
-    )
-    return _autocast.run(input, _mse_loss, x, t, reduction, weight)
+    return _weighted_regression(_mse_loss, input, target, size_average, reduce, reduction, weight)
 
 
 def _mse_loss(
@@ -214,18 +210,11 @@ def _mse_loss(
 
 
 def l1_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-    weight: Tensor | None = None,
-) -> Tensor:
+    input: Tensor, target: Tensor, size_average: bool | None = None, reduce: bool | None = None,
+    reduction: str = "mean", weight: Tensor | None = None,
+) -> Tensor:  # fmt: skip
     """l = |x - t| (times ``weight``; the weighted mean divides by sum(weight))."""
-    x, t, reduction = _weighted_regression_inputs(
-        input, target, size_average, reduce, reduction, weight
-    )
-    return _autocast.run(input, _l1_loss, x, t, reduction, weight)
+    return _weighted_regression(_l1_loss, input, target, size_average, reduce, reduction, weight)
 
 
 def _l1_loss(x: Tensor, t: Tensor, reduction: str, weight: Tensor | None, ac: str | None) -> Tensor:

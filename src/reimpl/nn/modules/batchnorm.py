@@ -45,17 +45,11 @@ class _NormBase(torch.nn.Module):
         num_batches_tracked: Tensor | None
 
     def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+        affine: bool = True, track_running_stats: bool = True,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
         bias: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         # nn.Module's own set-up only: torch's batch-norm classes sit after this one in the MRO
         torch.nn.Module.__init__(self)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -237,18 +231,11 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     process_group: Any
 
     def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: Any | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+        affine: bool = True, track_running_stats: bool = True, process_group: Any | None = None,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
         bias: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         _NormBase.__init__(
             self,
             num_features,
