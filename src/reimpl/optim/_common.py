@@ -206,30 +206,25 @@ def squeeze_scalar(x: Any) -> Any:
 # ----------------------------------------------------------------- gradient prep
 
 
-def prepare_grad(grad: Tensor, param: Tensor, *, maximize: bool, weight_decay: Any) -> Tensor:
-    """The per-tensor gradient the rules see: negated for ``maximize``, plus the L2 term
-    ``weight_decay * param`` (never in place on ``param.grad``)."""
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
-            # keep autograd's path to a learnable decay (grad is already a fresh tensor
-            # when maximize negated it; otherwise addcmul_ below would write into .grad)
-            grad = (grad if maximize else grad.clone()).addcmul_(param.clone(), weight_decay)
-        else:
-            grad = grad.add(param, alpha=weight_decay)
-    return grad
-
-
 def grad_with_decay(grad: Tensor, param: Tensor, hp: Any) -> Tensor:
-    """The gradient a rule sees, with ``hp``'s weight decay: decoupled (AdamW,
-    Loshchilov & Hutter 2019: the param shrinks by ``lr * weight_decay`` first) or L2
-    (``weight_decay * param`` added to the gradient)."""
+    """The gradient a rule sees: negated for ``hp.maximize``, with ``hp``'s weight decay
+    either decoupled (AdamW, Loshchilov & Hutter 2019: the param shrinks by
+    ``lr * weight_decay`` first) or L2 (``weight_decay * param`` added to the gradient).
+    Never in place on ``param.grad``."""
     wd = hp.weight_decay
     if wd != 0 and getattr(hp, "decoupled_weight_decay", False):
         param.mul_(1 - hp.lr * wd)
         wd = 0
-    return prepare_grad(grad, param, maximize=hp.maximize, weight_decay=wd)
+    if hp.maximize:
+        grad = -grad
+    if wd != 0:
+        if isinstance(wd, Tensor) and wd.requires_grad:
+            # keep autograd's path to a learnable decay (grad is already a fresh tensor
+            # when maximize negated it; otherwise addcmul_ below would write into .grad)
+            grad = (grad if hp.maximize else grad.clone()).addcmul_(param.clone(), wd)
+        else:
+            grad = grad.add(param, alpha=wd)
+    return grad
 
 
 def grads_with_decay(grads: TensorList, params: TensorList, hp: Any) -> TensorList:
@@ -238,20 +233,13 @@ def grads_with_decay(grads: TensorList, params: TensorList, hp: Any) -> TensorLi
     if wd != 0 and getattr(hp, "decoupled_weight_decay", False):
         torch._foreach_mul_(params, 1 - hp.lr * wd)
         wd = 0
-    return prepare_grads(grads, params, maximize=hp.maximize, weight_decay=wd)
-
-
-def prepare_grads(
-    grads: TensorList, params: TensorList, *, maximize: bool, weight_decay: Any
-) -> TensorList:
-    """Multi-tensor version of :func:`prepare_grad`; never writes into ``.grad``."""
-    if maximize:
+    if hp.maximize:
         grads = list(torch._foreach_neg(grads))
-    if weight_decay != 0:
-        if maximize:  # grads is already our own copy
-            torch._foreach_add_(grads, params, alpha=weight_decay)
+    if wd != 0:
+        if hp.maximize:  # grads is already our own copy
+            torch._foreach_add_(grads, params, alpha=wd)
         else:
-            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+            grads = list(torch._foreach_add(grads, params, alpha=wd))
     return grads
 
 

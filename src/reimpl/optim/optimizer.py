@@ -118,27 +118,37 @@ class ReimplOptimizer:
         graph, by its name and list arguments; so it keeps torch's shape."""
         params, grads, *states = lists
         has_sparse = has_complex = False
-        keys = [(k, lst) for k, lst in zip(self._Tensors._fields[2:], states, strict=True)]
+        # decided once per group, not per param: which state this configuration keeps
+        kept = [
+            (key, lst, key in self._lazy)
+            for key, lst in zip(self._Tensors._fields[2:], states, strict=True)
+            if self._keeps(group, key)
+        ]
+        fused = group.get("fused")
+        track_complex = "has_complex" in self._HP._fields
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 if not self._sparse_ok:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 has_sparse = True
-            if group.get("fused"):
+            if fused:
                 check_fused_param(p)
-            has_complex |= torch.is_complex(p)
+            if track_complex:
+                has_complex |= torch.is_complex(p)
             params.append(p)
-            grads.append(p.grad)
+            grads.append(grad)
+            if not kept:
+                continue
             state = self.state.get(p)
             if not state:
                 state = self._new_state(p, group)
-                if state:  # no empty entries (SGD without momentum keeps none)
+                if state:  # no empty entries (SGD's buffers start on the first step)
                     self.state[p] = state
-            for key, lst in keys:
-                if self._keeps(group, key):
-                    lst.append(state.get(key) if key in self._lazy else state[key])
+            for key, lst, lazy in kept:
+                lst.append(state.get(key) if lazy else state[key])
         return has_sparse, has_complex
 
     # ------------------------------------------------------------------- step
