@@ -53,12 +53,13 @@ class CArgs(NamedTuple):
 class Forms(NamedTuple):
     """One optimizer's update rule in each form. ``single`` and ``multi`` take the tensor
     lists (a NamedTuple, one field per role) and the hyperparameters (a NamedTuple);
-    ``c_args`` gives the C kernel its scalars (after the step counters moved); ``family``
-    names the kernels."""
+    ``c_args`` gives the C kernel its scalars (after the step counters moved), None where
+    the family has no C kernel yet; ``family`` names the kernels (a family without a
+    Triton binding skips that path)."""
 
     single: Callable[..., None]
     multi: Callable[..., None]
-    c_args: Callable[[Any, Any], CArgs]
+    c_args: Callable[[Any, Any], CArgs] | None
     family: str
 
 
@@ -90,8 +91,10 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
         return
     # a state list left empty is one this configuration does not keep (amsgrad off, ...)
     c_roles = [(r, lst or None) for r, lst in zip(roles, lists, strict=True) if r != "step"]
-    batch = cpu_fused.prepare(where, c_roles, scaled=grad_scale is not None)
-    if batch is not None:
+    batch = None
+    if forms.c_args is not None:
+        batch = cpu_fused.prepare(where, c_roles, scaled=grad_scale is not None)
+    if batch is not None and forms.c_args is not None:
         if steps is not None:
             torch._foreach_add_(steps, 1)
         opts, per, first = forms.c_args(t, hp)
@@ -228,6 +231,8 @@ def run_triton(kernel: str, lists: list[list[Any]], *, steps_at: int | None, **k
                 return False  # a mismatch: the C path's or the fallback's check names it
     from reimpl.kernels import triton_optim
 
+    if kernel not in triton_optim.KEYWORDS:  # a family without a Triton binding yet
+        return False
     update = getattr(triton_optim, kernel)
     kwargs = {k: v for k, v in kwargs.items() if k in triton_optim.KEYWORDS[kernel]}
     for b_lists, indices in group_by_device_and_dtype(lists, with_indices=True).values():
