@@ -45,6 +45,20 @@ OPTIMS = {
         Optim("AdamW", {}, ("exp_avg", "exp_avg_sq")),
         Optim("SGD", {"momentum": 0.9}, ("momentum_buffer",), has_step=False),
         Optim("Adagrad", {}, ("sum",)),
+        Optim("Adamax", {}, ("exp_avg", "exp_inf"), torch_fused=False),
+        Optim("Adadelta", {"weight_decay": 0.1}, ("square_avg", "acc_delta"), torch_fused=False),
+        Optim(
+            "NAdam",
+            {"weight_decay": 0.1, "decoupled_weight_decay": True},
+            ("exp_avg", "exp_avg_sq"),
+            torch_fused=False,
+        ),
+        Optim(
+            "RAdam",
+            {"decoupled_weight_decay": True, "weight_decay": 0.1},
+            ("exp_avg", "exp_avg_sq"),
+            torch_fused=False,
+        ),
         Optim(
             "RMSprop",
             {"centered": True, "momentum": 0.9},
@@ -102,7 +116,12 @@ CASES = [
     Malformed("float16", lambda p, s: _like(p, dtype=torch.float16), fused_refuses=_FUSED_POLICY),
     Malformed("float64", lambda p, s: _like(p, dtype=torch.float64), fused_refuses=_FUSED_POLICY),
     Malformed("int32", lambda p, s: _like(p, dtype=torch.int32)),
-    Malformed("meta", lambda p, s: _like(p, device="meta")),
+    Malformed(
+        "meta",
+        lambda p, s: _like(p, device="meta"),
+        # torch's Adadelta loop lets a meta acc_delta through (meta in-place ops succeed)
+        fused_refuses="a state on another device than its param holds no data to read",
+    ),
     Malformed("sparse", lambda p, s: _like(p).to_sparse(), torch_fused_safe=False),
     Malformed("non-contiguous", lambda p, s: torch.zeros(2 * N)[::2]),
     Malformed(

@@ -1,19 +1,27 @@
 """Optimizers, LR schedulers and weight averaging, mirroring ``torch.optim``."""
 
 from reimpl.optim import lr_scheduler, swa_utils
+from reimpl.optim.adadelta import Adadelta
 from reimpl.optim.adagrad import Adagrad
 from reimpl.optim.adam import Adam, AdamW
+from reimpl.optim.adamax import Adamax
 from reimpl.optim.ewa import exponential_weighted_average
+from reimpl.optim.nadam import NAdam
 from reimpl.optim.optimizer import Optimizer
+from reimpl.optim.radam import RAdam
 from reimpl.optim.rmsprop import RMSprop
 from reimpl.optim.sgd import SGD
 
 __all__ = [
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "NAdam",
     "Optimizer",
+    "RAdam",
     "RMSprop",
     "exponential_weighted_average",
     "lr_scheduler",

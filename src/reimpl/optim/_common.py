@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import torch
@@ -64,43 +64,6 @@ def graph_capture_health_check(opt: Any) -> None:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_nonnegative(name: str, value: Any, *, nan_ok: bool = False) -> None:
-    """Raise ``ValueError`` unless ``0 <= value``. NaN fails too, unless ``nan_ok`` (torch's
-    SGD only rejects values below zero, so NaN gets through there)."""
-    if (value < 0.0) if nan_ok else not (value >= 0.0):
-        raise ValueError(f"Invalid {name}: {value} (it must be >= 0)")
-
-
-#: how torch's messages name a hyperparameter ("Invalid learning rate: -1")
-_LABELS = {"lr": "learning rate", "eps": "epsilon value"}
-
-
-def check_hparams(*, nan_ok: bool = False, **values: Any) -> None:
-    """:func:`check_nonnegative` for each keyword, in order, with torch's labels; a Tensor
-    ``lr`` must hold exactly one element."""
-    lr = values.get("lr")
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"lr given as a Tensor must have exactly one element, got {lr.numel()}")
-    for name, value in values.items():
-        check_nonnegative(_LABELS.get(name, f"{name} value"), value, nan_ok=nan_ok)
-
-
-def check_tensor_hparam(name: str, value: Any, *, foreach: bool | None, capturable: bool) -> None:
-    """A hyperparameter given as a Tensor must hold one element, and the multi-tensor path
-    can only take it when ``capturable=True`` (its ops need Python numbers otherwise)."""
-    if not isinstance(value, Tensor):
-        return
-    if foreach and not capturable:
-        raise ValueError(
-            f"{name} given as a Tensor needs capturable=True when foreach=True "
-            "(pass a float, or set capturable=True, or foreach=False)"
-        )
-    if value.numel() != 1:
-        raise ValueError(
-            f"{name} given as a Tensor must have exactly one element, got {value.numel()}"
-        )
 
 
 def check_capturable_devices(params: Sequence[Tensor], steps: Sequence[Tensor]) -> None:
@@ -204,6 +167,44 @@ def squeeze_scalar(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------- gradient prep
+
+
+def begin_step(t: Any, i: int, hp: Any) -> Tensor:
+    """A per-tensor form's first move on parameter ``i``: (capturable) its device check,
+    its step counter advanced, and the gradient it sees (:func:`grad_with_decay`)."""
+    param = t.param[i]
+    if getattr(hp, "capturable", False):
+        check_capturable_devices([param], [t.step[i]])
+    t.step[i] += 1
+    return grad_with_decay(t.grad[i], param, hp)
+
+
+def foreach_ready(t: Any, hp: Any, *, empty_first: bool = True) -> bool:
+    """The checks a multi-tensor form makes before any work: foreach ops cannot carry
+    autograd (``differentiable``: AssertionError, as torch), capturable params and counters
+    sit on one accelerator. False when no param has a gradient; ``empty_first``: that is
+    seen before the autograd check (most of torch's optimizers), else after."""
+    if empty_first and not t.param:
+        return False
+    if getattr(hp, "differentiable", False):
+        raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
+    if getattr(hp, "capturable", False):
+        check_capturable_devices(t.param, t.step)
+    return bool(t.param)
+
+
+def foreach_batches(t: Any, hp: Any, scalars: tuple[str, ...] = ("step",)) -> Iterator[Any]:
+    """The multi-tensor forms' batches: per (device, dtype), the lists of ``t`` (same
+    NamedTuple type; complex tensors viewed as real, except the one-element ``scalars``
+    states), with the step counters advanced, and the gradient the rule sees
+    (:func:`grads_with_decay`) as ``(batch, d)``."""
+    for lists, _ in group_by_device_and_dtype(list(t)).values():
+        b = type(t)(*lists)
+        if getattr(hp, "has_complex", True):
+            real = [lst for k, lst in zip(b._fields, lists, strict=True) if k not in scalars]
+            as_real(real[0], *[lst for lst in real[1:] if lst])
+        add_one_to_steps(b.step)
+        yield b, grads_with_decay(b.grad, b.param, hp)
 
 
 def grad_with_decay(grad: Tensor, param: Tensor, hp: Any) -> Tensor:

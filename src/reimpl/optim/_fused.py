@@ -61,6 +61,8 @@ class Forms(NamedTuple):
     multi: Callable[..., None]
     c_args: Callable[[Any, Any], CArgs] | None
     family: str
+    #: per-param state held as one-element tensors, not shaped like the param
+    scalars: tuple[str, ...] = ("step",)
 
 
 def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) -> None:
@@ -90,7 +92,9 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
     if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
         return
     # a state list left empty is one this configuration does not keep (amsgrad off, ...)
-    c_roles = [(r, lst or None) for r, lst in zip(roles, lists, strict=True) if r != "step"]
+    c_roles = [
+        (r, lst or None) for r, lst in zip(roles, lists, strict=True) if r not in forms.scalars
+    ]
     batch = None
     if forms.c_args is not None:
         batch = cpu_fused.prepare(where, c_roles, scaled=grad_scale is not None)

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
+from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
     add_one_to_steps,
     as_real,
-    check_hparams,
+    foreach_ready,
     grads_with_decay,
     group_by_device_and_dtype,
     plain_value,
@@ -153,9 +154,7 @@ def _single_tensor_adagrad(t: AdagradTensors, hp: AdagradHP) -> None:
 
 def _multi_tensor_adagrad(t: AdagradTensors, hp: AdagradHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch; sparse batches use the loop."""
-    if hp.differentiable:
-        raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    if not t.param:
+    if not foreach_ready(t, hp, empty_first=False):
         return
     batches = group_by_device_and_dtype(list(t))
     for (b_params, b_grads, b_sums, b_steps), _ in batches.values():

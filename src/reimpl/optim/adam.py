@@ -16,17 +16,13 @@ import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
+from reimpl.optim._checks import check_adam_family, check_tensor_hparam
 from reimpl.optim._common import (
     TensorList,
-    add_one_to_steps,
-    as_real,
-    check_capturable_devices,
-    check_hparams,
-    check_tensor_hparam,
+    begin_step,
     choose_path,
-    grad_with_decay,
-    grads_with_decay,
-    group_by_device_and_dtype,
+    foreach_batches,
+    foreach_ready,
     plain_value,
     squeeze_scalar,
     stack_if_compiling,
@@ -110,13 +106,7 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
         fused: bool | None = None, decoupled_weight_decay: bool = False,
     ) -> None:  # fmt: skip
         check_tensor_hparam("lr", lr, foreach=foreach, capturable=capturable)
-        check_hparams(lr=lr, eps=eps)
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(
-                    f"Invalid beta parameter at index {i}: {beta} (need 0 <= beta < 1)"
-                )
-        check_hparams(weight_decay=weight_decay)
+        check_adam_family(lr, eps, betas, weight_decay)
         b1, b2 = betas
         if not (
             (isinstance(b1, float) and isinstance(b2, float))
@@ -158,10 +148,6 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
             tensor_lr_needs_loop=isinstance(group["lr"], Tensor) and not group["capturable"],
         )
 
-    def _hparams(self, group: dict[str, Any], **flags: bool) -> AdamHP:
-        beta1, beta2 = group["betas"]
-        return ReimplOptimizer._hparams(self, {**group, "beta1": beta1, "beta2": beta2}, **flags)  # type: ignore[no-any-return]
-
 
 class AdamW(Adam, torch.optim.AdamW):
     r"""AdamW: :class:`Adam` with decoupled weight decay (default ``weight_decay=1e-2``).
@@ -201,15 +187,12 @@ class AdamW(Adam, torch.optim.AdamW):
 
 
 def _single_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
-    """Per-tensor loop: the docstring's formula, one parameter at a time."""
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = t
+    """Per-tensor loop: both moments, then the bias-corrected step."""
+    params, _, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = t
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     on_tensor = hp.capturable or hp.differentiable  # no host sync; autograd can follow
     for i, param in enumerate(params):
-        if hp.capturable:
-            check_capturable_devices([param], [steps[i]])
-        steps[i] += 1
-        grad = grad_with_decay(grads[i], param, hp)
+        grad = begin_step(t, i, hp)
         m, v = exp_avgs[i], exp_avg_sqs[i]
         v_max = max_exp_avg_sqs[i] if hp.amsgrad else None
         if torch.is_complex(param):
@@ -249,9 +232,8 @@ def _learnable(x: Any) -> bool:
 
 
 def _multi_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
-    """``torch._foreach_*`` over each (device, dtype) batch."""
-    params, steps = t.param, t.step
-    if not params:
+    """``torch._foreach_*`` per (device, dtype) batch; capturable: corrections on device."""
+    if not foreach_ready(t, hp):
         return
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     for name, value in (("lr", lr), ("beta1", beta1), ("beta2", beta2)):
@@ -261,34 +243,26 @@ def _multi_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
                 raise err(f"{name} given as a Tensor needs capturable=True when foreach=True")
             if value.numel() != 1:
                 raise ValueError(f"{name} given as a Tensor must have exactly one element")
-    if hp.capturable:
-        check_capturable_devices(params, steps)
-    if hp.differentiable:
-        raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    batches = group_by_device_and_dtype(list(t))
-    for (b_params, b_grads, b_m, b_v, b_vmax, b_steps), _ in batches.values():
+    for b, d in foreach_batches(t, hp):
         b1 = beta1
         if isinstance(beta1, Tensor) and beta1.device.type != "cpu":
-            b1 = beta1.to(device=b_params[0].device, non_blocking=True)
-        as_real(b_params, b_grads, b_m, b_v, *([b_vmax] if hp.amsgrad else []))
-        d = grads_with_decay(b_grads, b_params, hp)
-        add_one_to_steps(b_steps)
-        torch._foreach_lerp_(b_m, d, 1 - b1)  # type: ignore[arg-type]
-        torch._foreach_mul_(b_v, beta2)
+            b1 = beta1.to(device=b.param[0].device, non_blocking=True)
+        torch._foreach_lerp_(b.exp_avg, d, 1 - b1)  # type: ignore[arg-type]
+        torch._foreach_mul_(b.exp_avg_sq, beta2)
         if isinstance(beta2, Tensor):
             # _foreach_addcmul_ takes only a Python number as value: scale first
-            torch._foreach_addcmul_(b_v, torch._foreach_mul(d, 1 - beta2), d, 1.0)
+            torch._foreach_addcmul_(b.exp_avg_sq, torch._foreach_mul(d, 1 - beta2), d, 1.0)
         else:
-            torch._foreach_addcmul_(b_v, d, d, 1 - beta2)
+            torch._foreach_addcmul_(b.exp_avg_sq, d, d, 1 - beta2)
         del d
         if hp.amsgrad:
-            torch._foreach_maximum_(b_vmax, b_v)
-        denom = list(torch._foreach_sqrt(b_vmax if hp.amsgrad else b_v))
+            torch._foreach_maximum_(b.max_exp_avg_sq, b.exp_avg_sq)
+        denom = list(torch._foreach_sqrt(b.max_exp_avg_sq if hp.amsgrad else b.exp_avg_sq))
 
         if hp.capturable:
             # on device: bc1 becomes -lr / (1 - beta1^t), bc2 sqrt(1 - beta2^t)
-            bc1 = list(torch._foreach_pow(beta1, b_steps))  # type: ignore[arg-type]
-            bc2 = list(torch._foreach_pow(beta2, b_steps))  # type: ignore[arg-type]
+            bc1 = list(torch._foreach_pow(beta1, b.step))  # type: ignore[arg-type]
+            bc2 = list(torch._foreach_pow(beta2, b.step))  # type: ignore[arg-type]
             torch._foreach_sub_(bc1, 1)
             torch._foreach_sub_(bc2, 1)
             torch._foreach_neg_(bc2)
@@ -298,13 +272,13 @@ def _multi_tensor_adam(t: AdamTensors, hp: AdamHP) -> None:
             torch._foreach_div_(denom, bc2)
             torch._foreach_add_(denom, eps)
             torch._foreach_div_(denom, bc1)
-            torch._foreach_addcdiv_(b_params, b_m, denom)
+            torch._foreach_addcdiv_(b.param, b.exp_avg, denom)
         else:
-            ts = [plain_value(s) for s in b_steps]
+            ts = [plain_value(s) for s in b.step]
             neg_step_sizes = stack_if_compiling([(lr / (1 - beta1**n)) * -1 for n in ts])
             torch._foreach_div_(denom, [(1 - beta2**n) ** 0.5 for n in ts])
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(b_params, b_m, denom, neg_step_sizes)
+            torch._foreach_addcdiv_(b.param, b.exp_avg, denom, neg_step_sizes)
 
 
 def _c_args(t: AdamTensors, hp: AdamHP) -> CArgs:

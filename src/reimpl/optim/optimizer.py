@@ -65,7 +65,14 @@ class ReimplOptimizer:
     def _forms(self) -> Forms:
         raise NotImplementedError
 
-    def _setup(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+    def _setup(
+        self, params: ParamsT, defaults: dict[str, Any], *, fused_beyond_torch: bool | None = None
+    ) -> None:
+        """torch's base set-up, then the fused flags' checks. ``fused_beyond_torch``: the
+        ``fused`` of an optimizer torch has no fused path for, kept in the defaults only
+        when asked for, so default checkpoints stay exactly torch's format."""
+        if fused_beyond_torch:
+            defaults = {**defaults, "fused": fused_beyond_torch}
         Optimizer.__init__(self, params, defaults)  # type: ignore[arg-type]  # torch's base, not the class we replace
         fused = defaults.get("fused")
         check_fused_flags(fused, defaults.get("foreach"), defaults["differentiable"])
@@ -163,6 +170,8 @@ class ReimplOptimizer:
 
     def _hparams(self, group: dict[str, Any], **flags: bool) -> Any:
         fields = self._HP._fields
+        if "beta1" in fields:  # the rules read (beta1, beta2) as the papers name them
+            group = {**group, "beta1": group["betas"][0], "beta2": group["betas"][1]}
         # one-element Tensor hyperparameters as 0-dim tensors (they broadcast like numbers)
         return self._HP(**{k: squeeze_scalar(group[k]) for k in fields if k in group}, **flags)
 

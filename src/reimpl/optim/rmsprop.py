@@ -15,17 +15,8 @@ import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
-from reimpl.optim._common import (
-    TensorList,
-    add_one_to_steps,
-    as_real,
-    check_capturable_devices,
-    check_hparams,
-    grad_with_decay,
-    grads_with_decay,
-    group_by_device_and_dtype,
-    plain_value,
-)
+from reimpl.optim._checks import check_hparams
+from reimpl.optim._common import TensorList, begin_step, foreach_batches, foreach_ready, plain_value
 from reimpl.optim._fused import CArgs, Forms
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
@@ -103,10 +94,7 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
             "weight_decay": weight_decay, "capturable": capturable, "foreach": foreach,
             "maximize": maximize, "differentiable": differentiable,
         }  # fmt: skip
-        if fused:
-            # only when asked for, so default checkpoints stay exactly torch's format
-            defaults["fused"] = fused
-        self._setup(params, defaults)
+        self._setup(params, defaults, fused_beyond_torch=fused)
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = ReimplOptimizer._new_state(self, p, group)
@@ -121,14 +109,11 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
 
 
 def _single_tensor_rmsprop(t: RMSpropTensors, hp: RMSpropHP) -> None:
-    """Per-tensor loop."""
-    params, grads, square_avgs, grad_avgs, momentum_bufs, steps = t
+    """Per-tensor loop: the squared-gradient average, then the scaled step."""
+    params, _, square_avgs, grad_avgs, momentum_bufs, _ = t
     lr, alpha = hp.lr, hp.alpha
     for i, param in enumerate(params):
-        if hp.capturable:
-            check_capturable_devices([param], [steps[i]])
-        steps[i] += 1
-        grad = grad_with_decay(grads[i], param, hp)
+        grad = begin_step(t, i, hp)
         real = torch.view_as_real if torch.is_complex(param) else (lambda x: x)
         param, grad, v = real(param), real(grad), real(square_avgs[i])
         v.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
@@ -149,43 +134,32 @@ def _single_tensor_rmsprop(t: RMSpropTensors, hp: RMSpropHP) -> None:
 
 def _multi_tensor_rmsprop(t: RMSpropTensors, hp: RMSpropHP) -> None:
     """``torch._foreach_*`` over each (device, dtype) batch."""
-    params, steps = t.param, t.step
-    if not params:
+    if not foreach_ready(t, hp):
         return
-    if hp.differentiable:
-        raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
-    if hp.capturable:
-        check_capturable_devices(params, steps)
     lr, alpha = hp.lr, hp.alpha
     tensor_lr = hp.capturable and isinstance(lr, Tensor)
-    batches = group_by_device_and_dtype(list(t))
-    for (b_params, b_grads, b_sq, b_gavg, b_bufs, b_steps), _ in batches.values():
-        if hp.has_complex:
-            kept = [b_gavg] if hp.centered else []
-            as_real(b_params, b_grads, b_sq, *kept, *([b_bufs] if hp.momentum > 0 else []))
-        d = grads_with_decay(b_grads, b_params, hp)
-        add_one_to_steps(b_steps)
-        torch._foreach_mul_(b_sq, alpha)
-        torch._foreach_addcmul_(b_sq, d, d, value=1 - alpha)
+    for b, d in foreach_batches(t, hp):
+        torch._foreach_mul_(b.square_avg, alpha)
+        torch._foreach_addcmul_(b.square_avg, d, d, value=1 - alpha)
         if hp.centered:
-            torch._foreach_lerp_(b_gavg, d, 1 - alpha)
-            rms = list(torch._foreach_addcmul(b_sq, b_gavg, b_gavg, value=-1))
+            torch._foreach_lerp_(b.grad_avg, d, 1 - alpha)
+            rms = list(torch._foreach_addcmul(b.square_avg, b.grad_avg, b.grad_avg, value=-1))
             torch._foreach_sqrt_(rms)
         else:
-            rms = list(torch._foreach_sqrt(b_sq))
+            rms = list(torch._foreach_sqrt(b.square_avg))
         torch._foreach_add_(rms, hp.eps)
         if hp.momentum > 0:
-            torch._foreach_mul_(b_bufs, hp.momentum)
-            torch._foreach_addcdiv_(b_bufs, d, rms)
+            torch._foreach_mul_(b.momentum_buffer, hp.momentum)
+            torch._foreach_addcdiv_(b.momentum_buffer, d, rms)
             if tensor_lr:
-                torch._foreach_add_(b_params, torch._foreach_mul(b_bufs, -lr))
+                torch._foreach_add_(b.param, torch._foreach_mul(b.momentum_buffer, -lr))
             else:
-                torch._foreach_add_(b_params, b_bufs, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
+                torch._foreach_add_(b.param, b.momentum_buffer, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
         elif tensor_lr:
             torch._foreach_div_(rms, -lr)
-            torch._foreach_addcdiv_(b_params, d, rms)
+            torch._foreach_addcdiv_(b.param, d, rms)
         else:
-            torch._foreach_addcdiv_(b_params, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
+            torch._foreach_addcdiv_(b.param, d, rms, value=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
 
 
 def _c_args(t: RMSpropTensors, hp: RMSpropHP) -> CArgs:

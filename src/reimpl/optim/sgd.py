@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_fused
+from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
-    check_hparams,
     choose_path,
     grad_with_decay,
     grads_with_decay,
