@@ -158,6 +158,10 @@ def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[
         ("RMSprop", "RMSprop", {"lr": 0.01}),
         ("Adam", "Adam", {"lr": 1e-3}),
         ("AdamW", "AdamW", {"lr": 1e-3}),
+        ("NAdam", "NAdam", {"lr": 2e-3}),
+        ("RAdam", "RAdam", {"lr": 1e-3}),
+        ("Adamax", "Adamax", {"lr": 2e-3}),
+        ("Adadelta", "Adadelta", {"lr": 1.0}),
     ]
     g = torch.Generator(device=device).manual_seed(0)
     base = [torch.randn(numel, device=device, generator=g) for _ in range(n_tensors)]
@@ -176,7 +180,7 @@ def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[
                 try:
                     steps.append(cls(params, **kw, **flags).step)
                 except TypeError:
-                    # torch has no fused variant (RMSprop): compare with its foreach path
+                    # torch has no fused variant (RMSprop, ...): compare with its foreach path
                     steps.append(cls(params, **kw, foreach=True).step)
                     label_path = f"{label} [fused; torch has none: vs torch foreach]"
             yield f"{label_path} {n_tensors}x{numel // 1_000_000}M", steps[0], steps[1]
