@@ -36,6 +36,9 @@ class Optim:
     keys: tuple[str, ...]  # the state tensors (besides step) this configuration keeps
     has_step: bool = True
     torch_fused: bool = True  # torch has a fused kernel for it
+    #: cases torch computes with by mistake, which reimpl refuses on every path (RuntimeError)
+    refuses: tuple[str, ...] = ()
+    why_refuses: str = ""
 
 
 OPTIMS = {
@@ -46,6 +49,23 @@ OPTIMS = {
         Optim("SGD", {"momentum": 0.9}, ("momentum_buffer",), has_step=False),
         Optim("Adagrad", {}, ("sum",)),
         Optim("Adamax", {}, ("exp_avg", "exp_inf"), torch_fused=False),
+        Optim("Adafactor", {"weight_decay": 0.1}, ("variance",), torch_fused=False),
+        Optim(
+            "Rprop",
+            {"etas": (0.3, 1.5), "step_sizes": (1e-4, 1.0)},
+            ("prev", "step_size"),
+            torch_fused=False,
+        ),
+        Optim(
+            "ASGD",
+            {"t0": -5.0, "weight_decay": 0.1, "lambd": 0.1},
+            ("ax",),
+            torch_fused=False,
+            refuses=("step int", "step float"),
+            why_refuses="torch's ASGD loop steps a plain-number counter without advancing it "
+            "(the += rebinds a local); reimpl refuses such a checkpoint, as torch's other "
+            "optimizers do",
+        ),
         Optim("Adadelta", {"weight_decay": 0.1}, ("square_avg", "acc_delta"), torch_fused=False),
         Optim(
             "NAdam",
@@ -115,7 +135,8 @@ CASES = [
     ),
     Malformed("float16", lambda p, s: _like(p, dtype=torch.float16), fused_refuses=_FUSED_POLICY),
     Malformed("float64", lambda p, s: _like(p, dtype=torch.float64), fused_refuses=_FUSED_POLICY),
-    Malformed("int32", lambda p, s: _like(p, dtype=torch.int32)),
+    # torch's Rprop loop computes with an int32 prev (float math, truncated on store)
+    Malformed("int32", lambda p, s: _like(p, dtype=torch.int32), fused_refuses=_FUSED_POLICY),
     Malformed(
         "meta",
         lambda p, s: _like(p, device="meta"),

@@ -26,7 +26,7 @@ typedef struct {
   int64_t k;
   const int64_t *n;
   void **t[MAX_ROLES];
-  const double *per[2]; /* per-tensor scalars, by family */
+  const double *per[3]; /* per-tensor scalars, by family */
   const int32_t *first; /* SGD: 1 where the momentum buffer starts this step */
   double grad_scale;    /* GradScaler's scale, to divide the grads by; 0: not scaled */
 } batch_t;
@@ -47,6 +47,19 @@ typedef struct {
   double lr, alpha, w, eps, wd, momentum;
   int32_t maximize;
 } rmsprop_opts;
+typedef struct {
+  double w1, b2, eps, wd;
+  int32_t maximize;
+} adamax_opts;
+typedef struct {
+  double lr, rho, w, eps, wd;
+  int32_t maximize;
+} adadelta_opts;
+/* NAdam and RAdam: Adam's moments; shrink = 1 - lr * wd (decoupled decay) */
+typedef struct {
+  double lr, w1, b2, w2, eps, wd, shrink;
+  int32_t maximize, decoupled;
+} adam_family_opts;
 /* pointwise losses: kind 0 MSE, 1 smooth L1, 2 Huber */
 typedef struct {
   const void *x, *t, *g; /* g: per-element upstream gradient, or NULL (then scale) */
@@ -238,6 +251,127 @@ typedef struct {
     }                                                                                      \
   }
 
+/* ------------------------------------------------ Adamax, Adadelta, NAdam, RAdam
+ * The gradient as every body sees it, then each family's element update. DECAY: L2 decay
+ * into the gradient; the decoupled form scales the param by shrink_ first. */
+#define GRAD_DECAYED(T, DECAY) T gi = GRAD(gp, i); if (DECAY) gi += wd_ * pp[i];
+/* torch.maximum: a NaN on either side wins */
+#define MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
+
+#define ADAMAX_BODY(T, DECAY, LOW)                                                          \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *up = (T *)u[j];                  \
+    const T c = (T)clr[j];                                                                 \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      GRAD_DECAYED(T, DECAY)                                                                \
+      T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
+      T ui = MAX_NAN(up[i] * b2_, (gi < 0 ? -gi : gi) + eps_);                             \
+      mp[i] = mi;                                                                          \
+      up[i] = ui;                                                                          \
+      pp[i] -= c * (mi / ui);                                                              \
+    }                                                                                      \
+  }
+
+#define DEFINE_ADAMAX(T, NAME)                                                              \
+  void NAME(const batch_t *b, const adamax_opts *o) {                                     \
+    BATCH_SCALARS(T)                                                                       \
+    void **p = b->t[0], **g = b->t[1], **m = b->t[2], **u = b->t[3];                       \
+    const double *clr = b->per[0];                                                         \
+    const T sign = o->maximize ? -1 : 1, w1_ = o->w1, b2_ = o->b2, eps_ = o->eps;          \
+    const T wd_ = o->wd;                                                                   \
+    _Pragma("omp parallel") {                                                              \
+      if (o->wd != 0) {                                                                    \
+        if (w1_ < (T)0.5) { ADAMAX_BODY(T, 1, 1) } else { ADAMAX_BODY(T, 1, 0) }           \
+      } else {                                                                             \
+        if (w1_ < (T)0.5) { ADAMAX_BODY(T, 0, 1) } else { ADAMAX_BODY(T, 0, 0) }           \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+#define ADADELTA_BODY(T, SQRT, DECAY)                                                       \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *vp = (T *)v[j], *ap = (T *)acc[j];                \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      GRAD_DECAYED(T, DECAY)                                                                \
+      T vi = vp[i] * rho_ + w_ * gi * gi;                                                  \
+      T di = SQRT(ap[i] + eps_) / SQRT(vi + eps_) * gi;                                    \
+      vp[i] = vi;                                                                          \
+      ap[i] = ap[i] * rho_ + w_ * di * di;                                                 \
+      pp[i] -= lr_ * di;                                                                   \
+    }                                                                                      \
+  }
+
+#define DEFINE_ADADELTA(T, SQRT, NAME)                                                      \
+  void NAME(const batch_t *b, const adadelta_opts *o) {                                   \
+    BATCH_SCALARS(T)                                                                       \
+    void **p = b->t[0], **g = b->t[1], **v = b->t[2], **acc = b->t[3];                     \
+    const T sign = o->maximize ? -1 : 1, lr_ = o->lr, rho_ = o->rho, w_ = o->w;            \
+    const T eps_ = o->eps, wd_ = o->wd;                                                    \
+    _Pragma("omp parallel") {                                                              \
+      if (o->wd != 0) { ADADELTA_BODY(T, SQRT, 1) } else { ADADELTA_BODY(T, SQRT, 0) }     \
+    }                                                                                      \
+  }
+
+/* NAdam: per[0] = lr (1 - mu_t) / (1 - prod mu), per[1] = lr mu_{t+1} / (1 - prod mu
+ * mu_{t+1}), per[2] = 1 - beta2^t; the gradient and the momentum each take a step */
+#define NADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *vp = (T *)v[j];                  \
+    const T cg = (T)per0[j], cm = (T)per1[j], bc2 = (T)per2[j];                            \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      pp[i] *= shrink_;                                                                    \
+      GRAD_DECAYED(T, DECAY)                                                                \
+      T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
+      T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
+      mp[i] = mi;                                                                          \
+      vp[i] = vi;                                                                          \
+      T denom = SQRT(vi / bc2) + eps_;                                                     \
+      pp[i] = pp[i] - cg * (gi / denom) - cm * (mi / denom);                               \
+    }                                                                                      \
+  }
+
+/* RAdam: per[0] = 1 - beta1^t, per[1] = the rectification (0: not yet, plain momentum),
+ * per[2] = sqrt(1 - beta2^t) */
+#define RADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *vp = (T *)v[j];                  \
+    const T bc1 = (T)per0[j], rect = (T)per1[j], bc2s = (T)per2[j];                        \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      pp[i] *= shrink_;                                                                    \
+      GRAD_DECAYED(T, DECAY)                                                                \
+      T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
+      T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
+      mp[i] = mi;                                                                          \
+      vp[i] = vi;                                                                          \
+      T step = mi / bc1 * lr_;                                                             \
+      if (rect != 0) step = step * (bc2s / (SQRT(vi) + eps_)) * rect;                       \
+      pp[i] -= step;                                                                       \
+    }                                                                                      \
+  }
+
+#define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                             \
+  void NAME(const batch_t *b, const adam_family_opts *o) {                                \
+    BATCH_SCALARS(T)                                                                       \
+    void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3];                       \
+    const double *per0 = b->per[0], *per1 = b->per[1], *per2 = b->per[2];                  \
+    const T sign = o->maximize ? -1 : 1, lr_ = o->lr, w1_ = o->w1, b2_ = o->b2;            \
+    const T w2_ = o->w2, eps_ = o->eps, wd_ = o->wd;                                       \
+    const T shrink_ = (o->decoupled && o->wd != 0) ? (T)o->shrink : 1;                     \
+    const int coupled = !o->decoupled && o->wd != 0;                                       \
+    (void)lr_; /* NAdam's step sizes come per tensor */                                    \
+    _Pragma("omp parallel") {                                                              \
+      if (coupled) {                                                                       \
+        if (w1_ < (T)0.5) { BODY(T, SQRT, 1, 1) } else { BODY(T, SQRT, 1, 0) }             \
+      } else {                                                                             \
+        if (w1_ < (T)0.5) { BODY(T, SQRT, 0, 1) } else { BODY(T, SQRT, 0, 0) }             \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
 DEFINE_ADAM(float, sqrtf, adam_f32)
 DEFINE_ADAM(double, sqrt, adam_f64)
 DEFINE_SGD(float, sgd_f32)
@@ -246,6 +380,14 @@ DEFINE_ADAGRAD(float, sqrtf, adagrad_f32)
 DEFINE_ADAGRAD(double, sqrt, adagrad_f64)
 DEFINE_RMSPROP(float, sqrtf, rmsprop_f32)
 DEFINE_RMSPROP(double, sqrt, rmsprop_f64)
+DEFINE_ADAMAX(float, adamax_f32)
+DEFINE_ADAMAX(double, adamax_f64)
+DEFINE_ADADELTA(float, sqrtf, adadelta_f32)
+DEFINE_ADADELTA(double, sqrt, adadelta_f64)
+DEFINE_ADAM_FAMILY(float, sqrtf, nadam_f32, NADAM_BODY)
+DEFINE_ADAM_FAMILY(double, sqrt, nadam_f64, NADAM_BODY)
+DEFINE_ADAM_FAMILY(float, sqrtf, radam_f32, RADAM_BODY)
+DEFINE_ADAM_FAMILY(double, sqrt, radam_f64, RADAM_BODY)
 
 /* ----------------------------------------------------------------- pointwise losses
  * kind 0: MSE d^2; 1: smooth L1 (threshold b); 2: Huber (threshold b); d = x - t.

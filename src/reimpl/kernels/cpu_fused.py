@@ -44,7 +44,7 @@ class Batch(ctypes.Structure):
         ("k", ctypes.c_int64),
         ("n", ctypes.POINTER(ctypes.c_int64)),
         ("t", ctypes.POINTER(ctypes.c_void_p) * MAX_ROLES),
-        ("per", ctypes.POINTER(ctypes.c_double) * 2),
+        ("per", ctypes.POINTER(ctypes.c_double) * 3),
         ("first", ctypes.POINTER(ctypes.c_int32)),
         ("grad_scale", ctypes.c_double),
     ]
@@ -83,6 +83,28 @@ class RMSpropOpts(ctypes.Structure):
     ]
 
 
+class AdamaxOpts(ctypes.Structure):
+    """``adamax_opts``: w1 = 1 - beta1."""
+
+    _fields_ = [*((f, _D) for f in ("w1", "b2", "eps", "wd")), ("maximize", _I32)]
+
+
+class AdadeltaOpts(ctypes.Structure):
+    """``adadelta_opts``: w = 1 - rho."""
+
+    _fields_ = [*((f, _D) for f in ("lr", "rho", "w", "eps", "wd")), ("maximize", _I32)]
+
+
+class AdamFamilyOpts(ctypes.Structure):
+    """``adam_family_opts`` (NAdam, RAdam): w1 = 1 - beta1, w2 = 1 - beta2, shrink =
+    1 - lr * wd."""
+
+    _fields_ = [
+        *((f, _D) for f in ("lr", "w1", "b2", "w2", "eps", "wd", "shrink")),
+        *((f, _I32) for f in ("maximize", "decoupled")),
+    ]
+
+
 class Pointwise(ctypes.Structure):
     """``pointwise_t``: one pointwise-loss call (forward or backward)."""
 
@@ -101,6 +123,10 @@ OPTIONS: dict[str, type[ctypes.Structure]] = {
     "sgd": SGDOpts,
     "adagrad": AdagradOpts,
     "rmsprop": RMSpropOpts,
+    "adamax": AdamaxOpts,
+    "adadelta": AdadeltaOpts,
+    "nadam": AdamFamilyOpts,
+    "radam": AdamFamilyOpts,
 }
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # torch >= 2.6 bumps a whole list of version counters in one call
@@ -244,8 +270,8 @@ class Prepared:
         for values in (*per, *([first] if first is not None else [])):
             if len(values) != k:
                 raise ValueError(f"{where}: {len(values)} per-tensor values for {k} tensors")
-        if len(per) > 2:
-            raise ValueError(f"{where}: at most 2 per-tensor scalar lists")
+        if len(per) > 3:
+            raise ValueError(f"{where}: at most 3 per-tensor scalar lists")
         for r, i in self.missing:  # made after the check: fresh tensors shaped like params
             name, ts = roles[r]
             t, p = ts[i], params[i]  # type: ignore[index]

@@ -65,6 +65,16 @@ class Forms(NamedTuple):
     scalars: tuple[str, ...] = ("step",)
 
 
+def adam_family_opts(hp: Any, lr: float) -> ctypes.Structure:
+    """The options struct of the C kernels NAdam and RAdam share (Adam's moments, L2 or
+    decoupled decay); 1 - beta formed here, in double precision."""
+    return cpu_fused.AdamFamilyOpts(
+        lr=lr, w1=1 - hp.beta1, b2=hp.beta2, w2=1 - hp.beta2, eps=hp.eps, wd=hp.weight_decay,
+        shrink=1 - lr * hp.weight_decay, maximize=hp.maximize,
+        decoupled=hp.decoupled_weight_decay,
+    )  # fmt: skip
+
+
 def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) -> None:
     """One fused update of the tensor lists ``t`` (a NamedTuple whose fields name the
     roles; ``step`` holds the counters): Triton, else C, else the widened multi-tensor

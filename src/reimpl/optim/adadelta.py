@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
@@ -23,8 +24,9 @@ from reimpl.optim._common import (
     foreach_batches,
     foreach_ready,
     grad_with_decay,
+    plain_value,
 )
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Adadelta"]
@@ -84,7 +86,7 @@ class Adadelta(ReimplOptimizer, torch.optim.Adadelta):
     def _forms(self) -> Forms:
         # looked up at each step, so a test can spy on a form by its module name;
         # no C kernel yet: fused=True runs the widened multi-tensor form
-        return Forms(_single_tensor_adadelta, _multi_tensor_adadelta, None, "adadelta")
+        return Forms(_single_tensor_adadelta, _multi_tensor_adadelta, _c_args, "adadelta")
 
     def __init__(
         self, params: ParamsT, lr: float | Tensor = 1.0, rho: float = 0.9, eps: float = 1e-6,
@@ -151,3 +153,12 @@ def _multi_tensor_adadelta(t: AdadeltaTensors, hp: AdadeltaHP) -> None:
             torch._foreach_add_(b.param, deltas)
         else:
             torch._foreach_add_(b.param, deltas, alpha=-lr)  # type: ignore[arg-type]  # a 1-element Tensor lr is read as a number
+
+
+def _c_args(t: AdadeltaTensors, hp: AdadeltaHP) -> CArgs:
+    """The C kernel's scalars (1 - rho formed here, in double precision)."""
+    opts = cpu_fused.AdadeltaOpts(
+        lr=plain_value(hp.lr), rho=hp.rho, w=1 - hp.rho, eps=hp.eps, wd=hp.weight_decay,
+        maximize=hp.maximize,
+    )  # fmt: skip
+    return CArgs(opts)

@@ -16,9 +16,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_adam_family
 from reimpl.optim._common import TensorList, begin_step, foreach_batches, foreach_ready, plain_value
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Adamax"]
@@ -77,7 +78,7 @@ class Adamax(ReimplOptimizer, torch.optim.Adamax):
     def _forms(self) -> Forms:
         # looked up at each step, so a test can spy on a form by its module name; no C
         # kernel yet (None): fused=True runs the widened multi-tensor form
-        return Forms(_single_tensor_adamax, _multi_tensor_adamax, None, "adamax")
+        return Forms(_single_tensor_adamax, _multi_tensor_adamax, _c_args, "adamax")
 
     def __init__(
         self, params: ParamsT, lr: float | Tensor = 2e-3,
@@ -150,3 +151,13 @@ def _multi_tensor_adamax(t: AdamaxTensors, hp: AdamaxHP) -> None:
             lr_value = plain_value(lr)
             neg_step_sizes = [(lr_value / (1 - beta1 ** plain_value(s))) * -1 for s in b.step]
             torch._foreach_addcdiv_(b.param, b.exp_avg, b.exp_inf, neg_step_sizes)
+
+
+def _c_args(t: AdamaxTensors, hp: AdamaxHP) -> CArgs:
+    """The C kernel's scalars (1 - beta1 formed here, in double precision) and per tensor
+    the step size lr / (1 - beta1^t)."""
+    lr = plain_value(hp.lr)
+    opts = cpu_fused.AdamaxOpts(
+        w1=1 - hp.beta1, b2=hp.beta2, eps=hp.eps, wd=hp.weight_decay, maximize=hp.maximize
+    )
+    return CArgs(opts, [[lr / (1 - hp.beta1 ** plain_value(s)) for s in t.step]])

@@ -28,7 +28,7 @@ from reimpl.optim._common import (
     plain_value,
     stack_if_compiling,
 )
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms, adam_family_opts
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["NAdam"]
@@ -99,7 +99,7 @@ class NAdam(ReimplOptimizer, torch.optim.NAdam):
     def _forms(self) -> Forms:
         # looked up at each step, so a test can spy on a form by its module name
         return Forms(
-            _single_tensor_nadam, _multi_tensor_nadam, None, "nadam", scalars=("step", "mu_product")
+            _single_tensor_nadam, _multi_tensor_nadam, _c_args, "nadam", ("step", "mu_product")
         )
 
     def __init__(
@@ -251,3 +251,19 @@ def _multi_tensor_nadam(t: NAdamTensors, hp: NAdamHP) -> None:
             ]
             torch._foreach_addcdiv_(b.param, d, denom, stack_if_compiling(size_g))
             torch._foreach_addcdiv_(b.param, b.exp_avg, denom, stack_if_compiling(size_m))
+
+
+def _c_args(t: NAdamTensors, hp: NAdamHP) -> CArgs:
+    """The C kernel's scalars, and per tensor the two step sizes (the gradient's and the
+    momentum's) and 1 - beta2^t. The running product of mu advances here, on its tensor,
+    so it rounds as on the other paths."""
+    lr = plain_value(hp.lr)
+    cg, cm, bc2 = [], [], []
+    for s, mu_product in zip(t.step, t.mu_product, strict=True):
+        n = plain_value(s)
+        mu, mu_next = _mu(hp.beta1, n, hp.momentum_decay), _mu(hp.beta1, n + 1, hp.momentum_decay)
+        prod = plain_value(mu_product.mul_(mu))
+        cg.append(lr * (1.0 - mu) / (1.0 - prod))
+        cm.append(lr * mu_next / (1.0 - prod * mu_next))
+        bc2.append(1 - hp.beta2**n)
+    return CArgs(adam_family_opts(hp, lr), [cg, cm, bc2])

@@ -21,6 +21,7 @@ The torch base :class:`torch.optim.Optimizer` keeps ``param_groups``, ``state_di
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -41,6 +42,21 @@ from reimpl.optim._common import (
 from reimpl.optim._fused import Forms, amp_scaling, check_fused_flags, check_fused_param, fused_step
 
 __all__ = ["Optimizer", "ParamsT", "ReimplOptimizer"]
+
+
+def _grad_mode(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` with autograd on exactly when the optimizer is ``differentiable`` (torch's
+    decorator), or off where torch's class has no such option (Adafactor)."""
+    with_option = use_grad_for_differentiable(step)
+
+    @functools.wraps(step)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "differentiable" in self.defaults:
+            return with_option(self, *args, **kwargs)
+        with torch.no_grad():
+            return step(self, *args, **kwargs)
+
+    return wrapper
 
 
 class ReimplOptimizer:
@@ -75,20 +91,17 @@ class ReimplOptimizer:
             defaults = {**defaults, "fused": fused_beyond_torch}
         Optimizer.__init__(self, params, defaults)  # type: ignore[arg-type]  # torch's base, not the class we replace
         fused = defaults.get("fused")
-        check_fused_flags(fused, defaults.get("foreach"), defaults["differentiable"])
+        check_fused_flags(fused, defaults.get("foreach"), defaults.get("differentiable", False))
         if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
             self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)  # type: ignore[arg-type]
         for group in self.param_groups:
-            for key, value in (
-                ("maximize", False),
-                ("foreach", None),
-                ("differentiable", False),
-                *self._group_defaults,
-            ):
+            for key, value in (("maximize", False), ("foreach", None), *self._group_defaults):
                 group.setdefault(key, value)
+            if "differentiable" in self.defaults:  # not where torch's class has no such option
+                group.setdefault("differentiable", False)
             for p in group["params"]:
                 s = self.state.get(p, {})
                 if "step" in s and not torch.is_tensor(s["step"]):  # checkpoint of old torch
@@ -165,7 +178,7 @@ class ReimplOptimizer:
             params,
             foreach=group["foreach"],
             fused=group.get("fused"),
-            differentiable=group["differentiable"],
+            differentiable=group.get("differentiable", False),
         )
 
     def _hparams(self, group: dict[str, Any], **flags: bool) -> Any:
@@ -175,7 +188,7 @@ class ReimplOptimizer:
         # one-element Tensor hyperparameters as 0-dim tensors (they broadcast like numbers)
         return self._HP(**{k: squeeze_scalar(group[k]) for k in fields if k in group}, **flags)
 
-    @use_grad_for_differentiable
+    @_grad_mode
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every param with a gradient; ``closure`` re-evaluates the loss."""
         if "capturable" in self.defaults:

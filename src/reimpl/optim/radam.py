@@ -27,7 +27,7 @@ from reimpl.optim._common import (
     foreach_ready,
     plain_value,
 )
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms, adam_family_opts
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["RAdam"]
@@ -95,7 +95,7 @@ class RAdam(ReimplOptimizer, torch.optim.RAdam):
 
     def _forms(self) -> Forms:
         # looked up at each step, so a test can spy on a form by its module name
-        return Forms(_single_tensor_radam, _multi_tensor_radam, None, "radam")
+        return Forms(_single_tensor_radam, _multi_tensor_radam, _c_args, "radam")
 
     def __init__(
         self, params: ParamsT, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -232,3 +232,19 @@ def _multi_tensor_radam(t: RAdamTensors, hp: RAdamHP) -> None:
         torch._foreach_reciprocal_(factor)
         torch._foreach_add_(factor, plain)
         torch._foreach_addcmul_(b.param, b.exp_avg, factor)
+
+
+def _c_args(t: RAdamTensors, hp: RAdamHP) -> CArgs:
+    """The C kernel's scalars, and per tensor 1 - beta1^t, the rectification (0 while the
+    variance is not yet tractable) and sqrt(1 - beta2^t)."""
+    lr = plain_value(hp.lr)
+    rho_inf = 2 / (1 - hp.beta2) - 1
+    bc1, rect, bc2_sqrt = [], [], []
+    for s in t.step:
+        n = plain_value(s)
+        bc2 = 1 - hp.beta2**n
+        rho_t = rho_inf - 2 * n * hp.beta2**n / bc2
+        bc1.append(1 - hp.beta1**n)
+        rect.append(_rectification(rho_t, rho_inf) if rho_t > _RHO_MIN else 0.0)
+        bc2_sqrt.append(bc2**0.5)
+    return CArgs(adam_family_opts(hp, lr), [bc1, rect, bc2_sqrt])

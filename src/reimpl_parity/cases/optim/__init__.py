@@ -7,7 +7,17 @@ the drawn problem, the trajectory both sides run -- is in ``_machinery``. Adding
 optimizer = one file in ``reimpl/optim`` + its rows in a module here, listed below.
 """
 
-from reimpl_parity.cases.optim import adadelta, adamax, classic, nadam, radam
+from reimpl_parity.cases.optim import (
+    adadelta,
+    adafactor,
+    adamax,
+    asgd,
+    classic,
+    nadam,
+    radam,
+    rprop,
+    sparse_adam,
+)
 from reimpl_parity.cases.optim._machinery import (
     _FUSED_TOL,
     _FUSED_WHY,
@@ -32,6 +42,10 @@ ROWS: list[OptimRow] = [
     *radam.ROWS,
     *adamax.ROWS,
     *adadelta.ROWS,
+    *rprop.ROWS,
+    *asgd.ROWS,
+    *sparse_adam.ROWS,
+    *adafactor.ROWS,
 ]
 OPTIM_CASES: list[Case] = [r.case() for r in ROWS]
 
