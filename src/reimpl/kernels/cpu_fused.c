@@ -314,44 +314,39 @@ typedef struct {
     }                                                                                      \
   }
 
-/* NAdam: per[0] = lr (1 - mu_t) / (1 - prod mu), per[1] = lr mu_{t+1} / (1 - prod mu
- * mu_{t+1}), per[2] = 1 - beta2^t; the gradient and the momentum each take a step */
-#define NADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+/* NAdam and RAdam: Adam's moments, then each family's step from three per-tensor scalars
+ * s0, s1, s2. NAdam: s0 = lr (1 - mu_t) / (1 - prod mu), s1 = lr mu_{t+1} / (1 - prod mu
+ * mu_{t+1}), s2 = 1 - beta2^t; the gradient and the momentum each take a step. RAdam:
+ * s0 = 1 - beta1^t, s1 = the rectification (0: not yet, plain momentum), s2 =
+ * sqrt(1 - beta2^t). */
+#define ADAM_FAMILY_BODY(T, DECAY, LOW, UPDATE)                                             \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *vp = (T *)v[j];                  \
-    const T cg = (T)per0[j], cm = (T)per1[j], bc2 = (T)per2[j];                            \
+    const T s0 = (T)per0[j], s1 = (T)per1[j], s2 = (T)per2[j];                             \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
       pp[i] *= shrink_;                                                                    \
-      GRAD_DECAYED(T, DECAY)                                                                \
+      GRAD_DECAYED(T, DECAY)                                                               \
       T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
       T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
       mp[i] = mi;                                                                          \
       vp[i] = vi;                                                                          \
-      T denom = SQRT(vi / bc2) + eps_;                                                     \
-      pp[i] = pp[i] - cg * (gi / denom) - cm * (mi / denom);                               \
+      UPDATE                                                                               \
     }                                                                                      \
   }
 
-/* RAdam: per[0] = 1 - beta1^t, per[1] = the rectification (0: not yet, plain momentum),
- * per[2] = sqrt(1 - beta2^t) */
+#define NADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+  ADAM_FAMILY_BODY(T, DECAY, LOW, {                                                        \
+    T denom = SQRT(vi / s2) + eps_;                                                        \
+    pp[i] = pp[i] - s0 * (gi / denom) - s1 * (mi / denom);                                 \
+  })
+
 #define RADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
-  for (int64_t j = 0; j < k; j++) {                                                        \
-    T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *vp = (T *)v[j];                  \
-    const T bc1 = (T)per0[j], rect = (T)per1[j], bc2s = (T)per2[j];                        \
-    const int64_t nn = n[j];                                                               \
-    ELEMENTS {                                                                             \
-      pp[i] *= shrink_;                                                                    \
-      GRAD_DECAYED(T, DECAY)                                                                \
-      T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
-      T vi = vp[i] * b2_ + w2_ * gi * gi;                                                  \
-      mp[i] = mi;                                                                          \
-      vp[i] = vi;                                                                          \
-      T step = mi / bc1 * lr_;                                                             \
-      if (rect != 0) step = step * (bc2s / (SQRT(vi) + eps_)) * rect;                       \
-      pp[i] -= step;                                                                       \
-    }                                                                                      \
-  }
+  ADAM_FAMILY_BODY(T, DECAY, LOW, {                                                        \
+    T step = mi / s0 * lr_;                                                                \
+    if (s1 != 0) step = step * (s2 / (SQRT(vi) + eps_)) * s1;                              \
+    pp[i] -= step;                                                                         \
+  })
 
 #define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                             \
   void NAME(const batch_t *b, const adam_family_opts *o) {                                \

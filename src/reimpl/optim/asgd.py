@@ -112,15 +112,6 @@ class ASGD(ReimplOptimizer, torch.optim.ASGD):
         }  # fmt: skip
         self._setup(params, defaults, fused_beyond_torch=fused)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        ReimplOptimizer.__setstate__(self, state)
-        for group in self.param_groups:
-            for p in group["params"]:
-                s = self.state.get(p, {})
-                for key in ("eta", "mu"):  # numbers in an old torch's checkpoint
-                    if key in s and not torch.is_tensor(s[key]):
-                        s[key] = self._new_step(p, group).fill_(float(s[key]))
-
     def _new_step(self, p: Tensor, group: dict[str, Any]) -> Tensor:
         # torch keeps ASGD's counters on the param's device on every path
         return new_step(p, on_param_device=True)

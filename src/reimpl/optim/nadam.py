@@ -118,15 +118,6 @@ class NAdam(ReimplOptimizer, torch.optim.NAdam):
         }  # fmt: skip
         self._setup(params, defaults, fused_beyond_torch=fused)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        ReimplOptimizer.__setstate__(self, state)
-        for group in self.param_groups:
-            for p in group["params"]:
-                s = self.state.get(p, {})
-                if "mu_product" in s and not torch.is_tensor(s["mu_product"]):
-                    # a checkpoint of an old torch: a number, made a counter-like tensor
-                    s["mu_product"] = self._new_step(p, group).fill_(float(s["mu_product"]))
-
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         # mu_product is a one-element running product, kept where and as the step is
         step = self._new_step(p, group)

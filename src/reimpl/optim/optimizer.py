@@ -97,6 +97,7 @@ class ReimplOptimizer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)  # type: ignore[arg-type]
+        scalars = self._forms().scalars
         for group in self.param_groups:
             for key, value in (("maximize", False), ("foreach", None), *self._group_defaults):
                 group.setdefault(key, value)
@@ -104,8 +105,9 @@ class ReimplOptimizer:
                 group.setdefault("differentiable", False)
             for p in group["params"]:
                 s = self.state.get(p, {})
-                if "step" in s and not torch.is_tensor(s["step"]):  # checkpoint of old torch
-                    s["step"] = self._new_step(p, group).fill_(float(s["step"]))
+                for key in scalars:  # numbers in an old torch's checkpoint: counter-like tensors
+                    if key in s and not torch.is_tensor(s[key]):
+                        s[key] = self._new_step(p, group).fill_(float(s[key]))
 
     # ------------------------------------------------------------------ state
 
