@@ -1,5 +1,5 @@
 /* reimpl's one-pass CPU kernels: the fused optimizer updates (a whole list of tensors per
- * call) and, at the end, the pointwise losses.
+ * call); the pointwise losses are in cpu_pointwise.c, built into the same library.
  *
  * Each optimizer kernel takes two structs, mirrored field by field by ctypes Structures in
  * cpu_fused.py: a batch_t (k tensors as tables of data pointers by role, their sizes, the
@@ -60,14 +60,14 @@ typedef struct {
   double lr, w1, b2, w2, eps, wd, shrink;
   int32_t maximize, decoupled;
 } adam_family_opts;
-/* pointwise losses: kind 0 MSE, 1 smooth L1, 2 Huber */
 typedef struct {
-  const void *x, *t, *g; /* g: per-element upstream gradient, or NULL (then scale) */
-  void *out, *gx, *gt;   /* out: per-element loss, or NULL (then the sum is returned) */
-  int64_t n;
-  int32_t kind;
-  double b, scale;
-} pointwise_t;
+  double etaminus, etaplus, step_min, step_max;
+  int32_t maximize;
+} rprop_opts;
+typedef struct {
+  double lambd, wd;
+  int32_t maximize;
+} asgd_opts;
 
 #define ELEMENTS _Pragma("omp for simd schedule(static) nowait") for (int64_t i = 0; i < nn; i++)
 
@@ -348,6 +348,63 @@ typedef struct {
     pp[i] -= step;                                                                         \
   })
 
+/* Rprop: torch.sign and torch.clamp, NaN kept (a NaN comparison is false) */
+#define SIGN_NAN(T, x) ((x) != (x) ? (x) : (T)(((x) > 0) - ((x) < 0)))
+#define RPROP_BODY(T)                                                                       \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *qp = (T *)prev[j], *sp = (T *)ss[j];              \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      T gi = GRAD(gp, i);                                                                  \
+      T eta = SIGN_NAN(T, gi * qp[i]);                                                        \
+      eta = eta > 0 ? etaplus_ : eta;                                                      \
+      eta = eta < 0 ? etaminus_ : eta;                                                     \
+      eta = eta == 0 ? (T)1 : eta;                                                         \
+      T si = sp[i] * eta;                                                                  \
+      si = si < smin_ ? smin_ : si;                                                        \
+      si = si > smax_ ? smax_ : si;                                                        \
+      sp[i] = si;                                                                          \
+      if (eta == etaminus_) gi = 0;                                                        \
+      pp[i] -= SIGN_NAN(T, gi) * si;                                                          \
+      qp[i] = gi;                                                                          \
+    }                                                                                      \
+  }
+
+#define DEFINE_RPROP(T, NAME)                                                               \
+  void NAME(const batch_t *b, const rprop_opts *o) {                                      \
+    BATCH_SCALARS(T)                                                                       \
+    void **p = b->t[0], **g = b->t[1], **prev = b->t[2], **ss = b->t[3];                   \
+    const T sign = o->maximize ? -1 : 1, etaminus_ = o->etaminus, etaplus_ = o->etaplus;   \
+    const T smin_ = o->step_min, smax_ = o->step_max;                                      \
+    _Pragma("omp parallel") { RPROP_BODY(T) }                                              \
+  }
+
+/* ASGD: per[0] = eta, per[1] = mu (this step's, before they move); the decay lambd and
+ * the L2 term act on the param like one gradient; ax follows the param by weight mu */
+#define ASGD_BODY(T, DECAY)                                                                 \
+  for (int64_t j = 0; j < k; j++) {                                                        \
+    T *pp = (T *)p[j], *gp = (T *)g[j], *xp = (T *)ax[j];                                  \
+    const T eta = (T)per0[j], mu = (T)per1[j];                                             \
+    const int64_t nn = n[j];                                                               \
+    ELEMENTS {                                                                             \
+      GRAD_DECAYED(T, DECAY)                                                               \
+      T pi = pp[i] - eta * (gi + lambd_ * pp[i]);                                          \
+      pp[i] = pi;                                                                          \
+      xp[i] += (pi - xp[i]) * mu;                                                          \
+    }                                                                                      \
+  }
+
+#define DEFINE_ASGD(T, NAME)                                                                \
+  void NAME(const batch_t *b, const asgd_opts *o) {                                       \
+    BATCH_SCALARS(T)                                                                       \
+    void **p = b->t[0], **g = b->t[1], **ax = b->t[2];                                     \
+    const double *per0 = b->per[0], *per1 = b->per[1];                                     \
+    const T sign = o->maximize ? -1 : 1, lambd_ = o->lambd, wd_ = o->wd;                   \
+    _Pragma("omp parallel") {                                                              \
+      if (o->wd != 0) { ASGD_BODY(T, 1) } else { ASGD_BODY(T, 0) }                         \
+    }                                                                                      \
+  }
+
 #define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                             \
   void NAME(const batch_t *b, const adam_family_opts *o) {                                \
     BATCH_SCALARS(T)                                                                       \
@@ -383,71 +440,7 @@ DEFINE_ADAM_FAMILY(float, sqrtf, nadam_f32, NADAM_BODY)
 DEFINE_ADAM_FAMILY(double, sqrt, nadam_f64, NADAM_BODY)
 DEFINE_ADAM_FAMILY(float, sqrtf, radam_f32, RADAM_BODY)
 DEFINE_ADAM_FAMILY(double, sqrt, radam_f64, RADAM_BODY)
-
-/* ----------------------------------------------------------------- pointwise losses
- * kind 0: MSE d^2; 1: smooth L1 (threshold b); 2: Huber (threshold b); d = x - t.
- * Forward: with out, writes the per-element loss; without, returns the sum (in double).
- * Backward: gx = dl/dd * (scale, or g[i] per element); gt = -gx when asked for.
- * A nan difference stays nan through both (comparisons are false for nan).
- */
-#define LOSS_OF(d, ad, kind, b)                                                             \
-  ((kind) == 0 ? (d) * (d)                                                                 \
-   : (kind) == 1 ? ((ad) < (b) ? half * (ad) * (ad) / (b) : (ad) - half * (b))              \
-                 : ((ad) < (b) ? half * (ad) * (ad) : (b) * ((ad) - half * (b))))
-
-/* KIND is a constant in each loop below, so each loop is straight code */
-#define PW_FWD_LOOP(T, KIND)                                                                \
-  if (out) {                                                                               \
-    _Pragma("omp parallel for simd schedule(static)")                                      \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T d = x[i] - t[i], ad = d < 0 ? -d : d;                                              \
-      out[i] = LOSS_OF(d, ad, KIND, b_);                                                   \
-    }                                                                                      \
-  } else {                                                                                 \
-    _Pragma("omp parallel for simd schedule(static) reduction(+ : sum)")                   \
-    for (int64_t i = 0; i < n; i++) {                                                      \
-      T d = x[i] - t[i], ad = d < 0 ? -d : d;                                              \
-      sum += (double)(T)LOSS_OF(d, ad, KIND, b_);                                          \
-    }                                                                                      \
-  }
-
-#define PW_SLOPE(T, KIND, d)                                                                \
-  ((KIND) == 0 ? 2 * (d)                                                                   \
-   : (KIND) == 1 ? ((d) / b_ <= -1 ? (T)-1 : ((d) / b_ >= 1 ? (T)1 : (d) / b_))           \
-                 : ((d) <= -b_ ? -b_ : ((d) >= b_ ? b_ : (d))))
-
-#define PW_BWD_LOOP(T, KIND, PER_ELEMENT)                                                   \
-  _Pragma("omp parallel for simd schedule(static)")                                        \
-  for (int64_t i = 0; i < n; i++) {                                                        \
-    T d = x[i] - t[i];                                                                     \
-    T gi = PW_SLOPE(T, KIND, d) * (PER_ELEMENT ? g[i] : s_);                               \
-    gx[i] = gi;                                                                            \
-    if (gt) gt[i] = -gi;                                                                   \
-  }
-
-#define PW_BWD(T, KIND) if (g) { PW_BWD_LOOP(T, KIND, 1) } else { PW_BWD_LOOP(T, KIND, 0) }
-
-#define DEFINE_POINTWISE(T, NAME_F, NAME_B)                                                 \
-  double NAME_F(const pointwise_t *a) {                                                    \
-    const T *x = (const T *)a->x, *t = (const T *)a->t;                                    \
-    T *out = (T *)a->out;                                                                  \
-    const int64_t n = a->n;                                                                \
-    const int kind = a->kind;                                                              \
-    const T b_ = a->b, half = 0.5; /* arithmetic in T, as torch's kernels */               \
-    double sum = 0;                                                                        \
-    if (kind == 0) { PW_FWD_LOOP(T, 0) }                                                   \
-    else if (kind == 1) { PW_FWD_LOOP(T, 1) }                                              \
-    else { PW_FWD_LOOP(T, 2) }                                                             \
-    return sum;                                                                            \
-  }                                                                                        \
-  void NAME_B(const pointwise_t *a) {                                                      \
-    const T *x = (const T *)a->x, *t = (const T *)a->t, *g = (const T *)a->g;              \
-    T *gx = (T *)a->gx, *gt = (T *)a->gt;                                                  \
-    const int64_t n = a->n;                                                                \
-    const int kind = a->kind;                                                              \
-    const T b_ = a->b, s_ = a->scale;                                                      \
-    if (kind == 0) { PW_BWD(T, 0) } else if (kind == 1) { PW_BWD(T, 1) } else { PW_BWD(T, 2) } \
-  }
-
-DEFINE_POINTWISE(float, pointwise_fwd_f32, pointwise_bwd_f32)
-DEFINE_POINTWISE(double, pointwise_fwd_f64, pointwise_bwd_f64)
+DEFINE_RPROP(float, rprop_f32)
+DEFINE_RPROP(double, rprop_f64)
+DEFINE_ASGD(float, asgd_f32)
+DEFINE_ASGD(double, asgd_f64)

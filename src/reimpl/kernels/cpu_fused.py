@@ -30,7 +30,8 @@ from torch import Tensor
 from reimpl.kernels import guard
 from reimpl.kernels.guard import Roles
 
-_SRC = Path(__file__).with_name("cpu_fused.c")
+#: the C sources built into one library: optimizer kernels, pointwise losses
+_SOURCES = [Path(__file__).with_name(f) for f in ("cpu_fused.c", "cpu_pointwise.c")]
 _D = ctypes.c_double
 _I32 = ctypes.c_int32
 MAX_ROLES = 6  # as in cpu_fused.c
@@ -105,6 +106,21 @@ class AdamFamilyOpts(ctypes.Structure):
     ]
 
 
+class RpropOpts(ctypes.Structure):
+    """``rprop_opts``: the step-size factors and bounds."""
+
+    _fields_ = [
+        *((f, _D) for f in ("etaminus", "etaplus", "step_min", "step_max")),
+        ("maximize", _I32),
+    ]
+
+
+class ASGDOpts(ctypes.Structure):
+    """``asgd_opts``."""
+
+    _fields_ = [("lambd", _D), ("wd", _D), ("maximize", _I32)]
+
+
 class Pointwise(ctypes.Structure):
     """``pointwise_t``: one pointwise-loss call (forward or backward)."""
 
@@ -127,6 +143,8 @@ OPTIONS: dict[str, type[ctypes.Structure]] = {
     "adadelta": AdadeltaOpts,
     "nadam": AdamFamilyOpts,
     "radam": AdamFamilyOpts,
+    "rprop": RpropOpts,
+    "asgd": ASGDOpts,
 }
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # torch >= 2.6 bumps a whole list of version counters in one call
@@ -159,7 +177,8 @@ def _build(target: Path) -> bool:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     # no FMA contraction: v - a*a must round like the separate multiply and subtract
-    base = [cc, "-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC", str(_SRC)]
+    base = [cc, "-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
+    base += [str(src) for src in _SOURCES]
     if sanitizing():
         base[1:2] = ["-O1", *_SANITIZE]
     # -march=native where the compiler takes it; OpenMP where available
@@ -178,7 +197,8 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them if needed; None where that is not possible."""
     if os.environ.get("REIMPL_DISABLE_CPU_FUSED") == "1" or sys.platform == "win32":
         return None
-    digest = hashlib.sha256(_SRC.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
+    sources = b"".join(src.read_bytes() for src in _SOURCES)
+    digest = hashlib.sha256(sources + Path(__file__).read_bytes()).hexdigest()[:16]
     root = Path(os.environ.get("REIMPL_CACHE_DIR", Path.home() / ".cache" / "reimpl"))
     target = root / f"cpu_fused-{digest}{'-asan' if sanitizing() else ''}.so"
     try:

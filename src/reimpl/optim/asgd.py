@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
@@ -30,7 +31,7 @@ from reimpl.optim._common import (
     plain_value,
     squeeze_scalar,
 )
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["ASGD"]
@@ -83,8 +84,9 @@ class ASGD(ReimplOptimizer, torch.optim.ASGD):
     Args: as :class:`torch.optim.ASGD` — ``lr`` (float or one-element Tensor),
     ``lambd``, ``alpha``, ``t0``, ``weight_decay``, ``foreach``, ``maximize``,
     ``differentiable``, ``capturable`` — plus ``fused`` (keyword-only, last), which
-    torch's ASGD lacks: it runs the multi-tensor form with 16-bit tensors widened to
-    float32 and rounded once, as a fused kernel would.
+    torch's ASGD lacks:
+    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
+    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
     """
 
     _Tensors = ASGDTensors
@@ -92,10 +94,9 @@ class ASGD(ReimplOptimizer, torch.optim.ASGD):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name; no C
-        # kernel yet (None): fused=True runs the widened multi-tensor form
+        # looked up at each step, so a test can spy on a form by its module name
         return Forms(
-            _single_tensor_asgd, _multi_tensor_asgd, None, "asgd", scalars=("step", "eta", "mu")
+            _single_tensor_asgd, _multi_tensor_asgd, _c_args, "asgd", ("step", "eta", "mu")
         )
 
     def __init__(
@@ -210,3 +211,15 @@ def _multi_tensor_asgd(t: ASGDTensors, hp: ASGDHP) -> None:
             ]
         torch._foreach_copy_(b.eta, new_etas)
         torch._foreach_copy_(b.mu, new_mus)
+
+
+def _c_args(t: ASGDTensors, hp: ASGDHP) -> CArgs:
+    """The C kernel's scalars, and per tensor this step's eta and mu; then eta and mu move
+    on for the next step, as the multi-tensor form moves them (its rounding, its order)."""
+    per = [[plain_value(e) for e in t.eta], [plain_value(m) for m in t.mu]]
+    lr = plain_value(hp.lr)
+    etas = [torch.as_tensor(lr / ((1 + hp.lambd * lr * s) ** hp.alpha)) for s in t.step]
+    mus = [torch.as_tensor(1 / max(1, plain_value(s) - hp.t0)) for s in t.step]
+    torch._foreach_copy_(t.eta, etas)
+    torch._foreach_copy_(t.mu, mus)
+    return CArgs(cpu_fused.ASGDOpts(lambd=hp.lambd, wd=hp.weight_decay, maximize=hp.maximize), per)

@@ -88,8 +88,9 @@ class NAdam(ReimplOptimizer, torch.optim.NAdam):
     Args: as :class:`torch.optim.NAdam` — ``lr`` (float or one-element Tensor),
     ``betas``, ``eps``, ``weight_decay``, ``momentum_decay``, ``decoupled_weight_decay``,
     and keyword-only ``foreach``, ``maximize``, ``capturable``, ``differentiable`` — plus
-    ``fused`` (last), which torch's NAdam lacks: one pass per step over each (device,
-    dtype) batch, 16-bit params computed in float32 and rounded once.
+    ``fused`` (last), which torch's NAdam lacks:
+    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
+    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
     """
 
     _Tensors = NAdamTensors

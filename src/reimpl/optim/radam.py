@@ -85,8 +85,8 @@ class RAdam(ReimplOptimizer, torch.optim.RAdam):
     Args: as :class:`torch.optim.RAdam` — ``lr`` (float or one-element Tensor),
     ``betas``, ``eps``, ``weight_decay``, ``decoupled_weight_decay``, and keyword-only
     ``foreach``, ``maximize``, ``capturable``, ``differentiable`` — plus ``fused`` (last),
-    which torch's RAdam lacks: the fused routine's checks and GradScaler hand-over, the
-    update computed by the multi-tensor form (no native kernel yet).
+    which torch's RAdam lacks: one pass over memory per tensor (the C kernel on CPU;
+    elsewhere the multi-tensor form with 16-bit tensors widened to float32).
     """
 
     _Tensors = RAdamTensors

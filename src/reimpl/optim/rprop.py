@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
@@ -26,7 +27,7 @@ from reimpl.optim._common import (
     foreach_ready,
     squeeze_scalar,
 )
-from reimpl.optim._fused import Forms
+from reimpl.optim._fused import CArgs, Forms
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Rprop"]
@@ -82,8 +83,9 @@ class Rprop(ReimplOptimizer, torch.optim.Rprop):
     initial step size), ``etas`` (:math:`(\eta^-, \eta^+)`), ``step_sizes``
     (:math:`(\Delta_{min}, \Delta_{max})`), and keyword-only ``capturable``,
     ``foreach``, ``maximize``, ``differentiable`` — plus ``fused`` (last), which torch's
-    Rprop lacks: it runs the multi-tensor form with 16-bit tensors widened to float32
-    and rounded once, as a fused kernel would.
+    Rprop lacks:
+    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
+    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
     """
 
     _Tensors = RpropTensors
@@ -91,9 +93,8 @@ class Rprop(ReimplOptimizer, torch.optim.Rprop):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name;
-        # no C kernel yet: fused=True runs the widened multi-tensor form
-        return Forms(_single_tensor_rprop, _multi_tensor_rprop, None, "rprop")
+        # looked up at each step, so a test can spy on a form by its module name
+        return Forms(_single_tensor_rprop, _multi_tensor_rprop, _c_args, "rprop")
 
     def __init__(
         self, params: ParamsT, lr: float | Tensor = 1e-2, etas: tuple[float, float] = (0.5, 1.2),
@@ -181,3 +182,12 @@ def _multi_tensor_rprop(t: RpropTensors, hp: RpropHP) -> None:
             prev.masked_fill_(eta == hp.etaminus, 0)
         del etas
         torch._foreach_addcmul_(b.param, torch._foreach_sign(b.prev), b.step_size, value=-1)
+
+
+def _c_args(t: RpropTensors, hp: RpropHP) -> CArgs:
+    """The C kernel's scalars: the step-size factors and bounds."""
+    opts = cpu_fused.RpropOpts(
+        etaminus=hp.etaminus, etaplus=hp.etaplus, step_min=hp.step_size_min,
+        step_max=hp.step_size_max, maximize=hp.maximize,
+    )  # fmt: skip
+    return CArgs(opts)
