@@ -162,6 +162,9 @@ def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[
         ("RAdam", "RAdam", {"lr": 1e-3}),
         ("Adamax", "Adamax", {"lr": 2e-3}),
         ("Adadelta", "Adadelta", {"lr": 1.0}),
+        ("Rprop", "Rprop", {"lr": 1e-2}),
+        ("ASGD", "ASGD", {"lr": 1e-2}),
+        ("Adafactor", "Adafactor", {"lr": 1e-2}),
     ]
     g = torch.Generator(device=device).manual_seed(0)
     base = [torch.randn(numel, device=device, generator=g) for _ in range(n_tensors)]

@@ -8,6 +8,7 @@ from reimpl.optim.adam import Adam, AdamW
 from reimpl.optim.adamax import Adamax
 from reimpl.optim.asgd import ASGD
 from reimpl.optim.ewa import exponential_weighted_average
+from reimpl.optim.muon import Muon
 from reimpl.optim.nadam import NAdam
 from reimpl.optim.optimizer import Optimizer
 from reimpl.optim.radam import RAdam
@@ -25,6 +26,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Muon",
     "NAdam",
     "Optimizer",
     "RAdam",

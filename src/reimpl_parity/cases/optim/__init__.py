@@ -13,6 +13,7 @@ from reimpl_parity.cases.optim import (
     adamax,
     asgd,
     classic,
+    muon,
     nadam,
     radam,
     rprop,
@@ -46,6 +47,7 @@ ROWS: list[OptimRow] = [
     *asgd.ROWS,
     *sparse_adam.ROWS,
     *adafactor.ROWS,
+    *muon.ROWS,
 ]
 OPTIM_CASES: list[Case] = [r.case() for r in ROWS]
 
