@@ -8,6 +8,7 @@ from reimpl.optim.adam import Adam, AdamW
 from reimpl.optim.adamax import Adamax
 from reimpl.optim.asgd import ASGD
 from reimpl.optim.ewa import exponential_weighted_average
+from reimpl.optim.lbfgs import LBFGS
 from reimpl.optim.muon import Muon
 from reimpl.optim.nadam import NAdam
 from reimpl.optim.optimizer import Optimizer
@@ -19,6 +20,7 @@ from reimpl.optim.sparse_adam import SparseAdam
 
 __all__ = [
     "ASGD",
+    "LBFGS",
     "SGD",
     "Adadelta",
     "Adafactor",

@@ -13,6 +13,7 @@ from reimpl_parity.cases.optim import (
     adamax,
     asgd,
     classic,
+    lbfgs,
     muon,
     nadam,
     radam,
@@ -48,6 +49,7 @@ ROWS: list[OptimRow] = [
     *sparse_adam.ROWS,
     *adafactor.ROWS,
     *muon.ROWS,
+    *lbfgs.ROWS,
 ]
 OPTIM_CASES: list[Case] = [r.case() for r in ROWS]
 
