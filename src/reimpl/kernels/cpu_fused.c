@@ -111,7 +111,7 @@ typedef struct {
   if (w1_ < (T)0.5) { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 1) }                            \
   else { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 0) }
 
-#define DEFINE_ADAM(T, SQRT, NAME)                                                          \
+#define DEFINE_ADAM(T, SQRT, NAME)                                                         \
   void NAME(const batch_t *b, const adam_opts *o) {                                       \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3], **vmax = b->t[4];     \
@@ -156,7 +156,7 @@ typedef struct {
   else if (nesterov) { SGD_BODY(T, DECAY, 1, 1) SGD_BODY(T, DECAY, 2, 1) }                 \
   else { SGD_BODY(T, DECAY, 1, 0) SGD_BODY(T, DECAY, 2, 0) }
 
-#define DEFINE_SGD(T, NAME)                                                                 \
+#define DEFINE_SGD(T, SQRT, NAME)                                                          \
   void NAME(const batch_t *b, const sgd_opts *o) {                                        \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **buf = b->t[2];                                    \
@@ -187,7 +187,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_ADAGRAD(T, SQRT, NAME)                                                       \
+#define DEFINE_ADAGRAD(T, SQRT, NAME)                                                      \
   void NAME(const batch_t *b, const adagrad_opts *o) {                                    \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sum = b->t[2];                                    \
@@ -240,7 +240,7 @@ typedef struct {
     if (buf) { RMSPROP_LOW(T, SQRT, DECAY, 0, 1) } else { RMSPROP_LOW(T, SQRT, DECAY, 0, 0) } \
   }
 
-#define DEFINE_RMSPROP(T, SQRT, NAME)                                                       \
+#define DEFINE_RMSPROP(T, SQRT, NAME)                                                      \
   void NAME(const batch_t *b, const rmsprop_opts *o) {                                    \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sq = b->t[2], **gavg = b->t[3], **buf = b->t[4];  \
@@ -273,7 +273,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_ADAMAX(T, NAME)                                                              \
+#define DEFINE_ADAMAX(T, SQRT, NAME)                                                       \
   void NAME(const batch_t *b, const adamax_opts *o) {                                     \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **u = b->t[3];                       \
@@ -303,7 +303,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_ADADELTA(T, SQRT, NAME)                                                      \
+#define DEFINE_ADADELTA(T, SQRT, NAME)                                                     \
   void NAME(const batch_t *b, const adadelta_opts *o) {                                   \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **v = b->t[2], **acc = b->t[3];                     \
@@ -370,7 +370,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_RPROP(T, NAME)                                                               \
+#define DEFINE_RPROP(T, SQRT, NAME)                                                        \
   void NAME(const batch_t *b, const rprop_opts *o) {                                      \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **prev = b->t[2], **ss = b->t[3];                   \
@@ -394,7 +394,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_ASGD(T, NAME)                                                                \
+#define DEFINE_ASGD(T, SQRT, NAME)                                                         \
   void NAME(const batch_t *b, const asgd_opts *o) {                                       \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **ax = b->t[2];                                     \
@@ -405,7 +405,7 @@ typedef struct {
     }                                                                                      \
   }
 
-#define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                             \
+#define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                            \
   void NAME(const batch_t *b, const adam_family_opts *o) {                                \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3];                       \
@@ -424,23 +424,20 @@ typedef struct {
     }                                                                                      \
   }
 
-DEFINE_ADAM(float, sqrtf, adam_f32)
-DEFINE_ADAM(double, sqrt, adam_f64)
-DEFINE_SGD(float, sgd_f32)
-DEFINE_SGD(double, sgd_f64)
-DEFINE_ADAGRAD(float, sqrtf, adagrad_f32)
-DEFINE_ADAGRAD(double, sqrt, adagrad_f64)
-DEFINE_RMSPROP(float, sqrtf, rmsprop_f32)
-DEFINE_RMSPROP(double, sqrt, rmsprop_f64)
-DEFINE_ADAMAX(float, adamax_f32)
-DEFINE_ADAMAX(double, adamax_f64)
-DEFINE_ADADELTA(float, sqrtf, adadelta_f32)
-DEFINE_ADADELTA(double, sqrt, adadelta_f64)
-DEFINE_ADAM_FAMILY(float, sqrtf, nadam_f32, NADAM_BODY)
-DEFINE_ADAM_FAMILY(double, sqrt, nadam_f64, NADAM_BODY)
-DEFINE_ADAM_FAMILY(float, sqrtf, radam_f32, RADAM_BODY)
-DEFINE_ADAM_FAMILY(double, sqrt, radam_f64, RADAM_BODY)
-DEFINE_RPROP(float, rprop_f32)
-DEFINE_RPROP(double, rprop_f64)
-DEFINE_ASGD(float, asgd_f32)
-DEFINE_ASGD(double, asgd_f64)
+/* every family in float and double: <family>_f32 and <family>_f64 */
+#define BOTH_DTYPES(DEFINE, FAMILY)                                                         \
+  DEFINE(float, sqrtf, FAMILY##_f32)                                                       \
+  DEFINE(double, sqrt, FAMILY##_f64)
+#define DEFINE_NADAM(T, SQRT, NAME) DEFINE_ADAM_FAMILY(T, SQRT, NAME, NADAM_BODY)
+#define DEFINE_RADAM(T, SQRT, NAME) DEFINE_ADAM_FAMILY(T, SQRT, NAME, RADAM_BODY)
+
+BOTH_DTYPES(DEFINE_ADAM, adam)
+BOTH_DTYPES(DEFINE_SGD, sgd)
+BOTH_DTYPES(DEFINE_ADAGRAD, adagrad)
+BOTH_DTYPES(DEFINE_RMSPROP, rmsprop)
+BOTH_DTYPES(DEFINE_ADAMAX, adamax)
+BOTH_DTYPES(DEFINE_ADADELTA, adadelta)
+BOTH_DTYPES(DEFINE_NADAM, nadam)
+BOTH_DTYPES(DEFINE_RADAM, radam)
+BOTH_DTYPES(DEFINE_RPROP, rprop)
+BOTH_DTYPES(DEFINE_ASGD, asgd)

@@ -75,9 +75,7 @@ class Adadelta(ReimplOptimizer, torch.optim.Adadelta):
     Args: as :class:`torch.optim.Adadelta` — ``lr`` (float or one-element Tensor),
     ``rho`` (in [0, 1]), ``eps``, ``weight_decay``, ``foreach``, and keyword-only
     ``capturable``, ``maximize``, ``differentiable`` — plus ``fused`` (last), which
-    torch's Adadelta lacks:
-    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
-    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
+    torch's Adadelta lacks: one pass over memory per tensor (:mod:`reimpl.optim._fused`).
     """
 
     _Tensors = AdadeltaTensors
@@ -85,7 +83,6 @@ class Adadelta(ReimplOptimizer, torch.optim.Adadelta):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_adadelta, _multi_tensor_adadelta, _c_args, "adadelta")
 
     def __init__(

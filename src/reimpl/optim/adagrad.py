@@ -78,7 +78,6 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
     _sparse_ok = True
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_adagrad, _multi_tensor_adagrad, _c_args, "adagrad")
 
     def __init__(

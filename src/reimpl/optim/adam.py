@@ -95,7 +95,6 @@ class Adam(ReimplOptimizer, torch.optim.Adam):
     )
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_adam, _multi_tensor_adam, _c_args, "adam")
 
     def __init__(

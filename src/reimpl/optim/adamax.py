@@ -68,9 +68,7 @@ class Adamax(ReimplOptimizer, torch.optim.Adamax):
     Args: as :class:`torch.optim.Adamax` -- ``lr`` (float or one-element Tensor),
     ``betas``, ``eps``, ``weight_decay``, ``foreach``, and keyword-only ``maximize``,
     ``differentiable``, ``capturable`` -- plus ``fused`` (keyword-only, last), which torch's
-    Adamax lacks:
-    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
-    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
+    Adamax lacks: one pass over memory per tensor (:mod:`reimpl.optim._fused`).
     """
 
     _Tensors = AdamaxTensors
@@ -78,7 +76,6 @@ class Adamax(ReimplOptimizer, torch.optim.Adamax):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_adamax, _multi_tensor_adamax, _c_args, "adamax")
 
     def __init__(

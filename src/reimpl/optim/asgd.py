@@ -84,9 +84,7 @@ class ASGD(ReimplOptimizer, torch.optim.ASGD):
     Args: as :class:`torch.optim.ASGD` — ``lr`` (float or one-element Tensor),
     ``lambd``, ``alpha``, ``t0``, ``weight_decay``, ``foreach``, ``maximize``,
     ``differentiable``, ``capturable`` — plus ``fused`` (keyword-only, last), which
-    torch's ASGD lacks:
-    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
-    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
+    torch's ASGD lacks: one pass over memory per tensor (:mod:`reimpl.optim._fused`).
     """
 
     _Tensors = ASGDTensors
@@ -94,7 +92,6 @@ class ASGD(ReimplOptimizer, torch.optim.ASGD):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(
             _single_tensor_asgd, _multi_tensor_asgd, _c_args, "asgd", ("step", "eta", "mu")
         )

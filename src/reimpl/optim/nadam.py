@@ -89,8 +89,7 @@ class NAdam(ReimplOptimizer, torch.optim.NAdam):
     ``betas``, ``eps``, ``weight_decay``, ``momentum_decay``, ``decoupled_weight_decay``,
     and keyword-only ``foreach``, ``maximize``, ``capturable``, ``differentiable`` — plus
     ``fused`` (last), which torch's NAdam lacks:
-    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
-    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
+    one pass over memory per tensor (:mod:`reimpl.optim._fused`).
     """
 
     _Tensors = NAdamTensors
@@ -98,7 +97,6 @@ class NAdam(ReimplOptimizer, torch.optim.NAdam):
     _group_defaults = (("capturable", False), ("decoupled_weight_decay", False))
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(
             _single_tensor_nadam, _multi_tensor_nadam, _c_args, "nadam", ("step", "mu_product")
         )

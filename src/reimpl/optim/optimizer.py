@@ -79,6 +79,8 @@ class ReimplOptimizer:
     state: defaultdict[Tensor, Any]
 
     def _forms(self) -> Forms:
+        """The optimizer's update rule in each form; a method, looked up at each step (not
+        a class constant), so a test can spy on a form by its module name."""
         raise NotImplementedError
 
     def _setup(

@@ -94,7 +94,6 @@ class RAdam(ReimplOptimizer, torch.optim.RAdam):
     _group_defaults = (("decoupled_weight_decay", False), ("capturable", False))
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_radam, _multi_tensor_radam, _c_args, "radam")
 
     def __init__(

@@ -79,7 +79,6 @@ class RMSprop(ReimplOptimizer, torch.optim.RMSprop):
     _group_defaults = (("momentum", 0), ("centered", False), ("capturable", False))
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_rmsprop, _multi_tensor_rmsprop, _c_args, "rmsprop")
 
     def __init__(

@@ -83,9 +83,7 @@ class Rprop(ReimplOptimizer, torch.optim.Rprop):
     initial step size), ``etas`` (:math:`(\eta^-, \eta^+)`), ``step_sizes``
     (:math:`(\Delta_{min}, \Delta_{max})`), and keyword-only ``capturable``,
     ``foreach``, ``maximize``, ``differentiable`` — plus ``fused`` (last), which torch's
-    Rprop lacks:
-    one pass over memory per tensor (the C kernel on CPU; elsewhere the multi-tensor form
-    with 16-bit tensors widened to float32 and rounded once, as a kernel would).
+    Rprop lacks: one pass over memory per tensor (:mod:`reimpl.optim._fused`).
     """
 
     _Tensors = RpropTensors
@@ -93,7 +91,6 @@ class Rprop(ReimplOptimizer, torch.optim.Rprop):
     _group_defaults = (("capturable", False),)
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_rprop, _multi_tensor_rprop, _c_args, "rprop")
 
     def __init__(

@@ -81,7 +81,6 @@ class SGD(ReimplOptimizer, torch.optim.SGD):
     _sparse_ok = True
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name
         return Forms(_single_tensor_sgd, _multi_tensor_sgd, _c_args, "sgd")
 
     def __init__(
