@@ -22,9 +22,10 @@ from torch import Tensor
 from reimpl.optim._checks import check_adam_family
 from reimpl.optim._common import (
     TensorList,
-    begin_step,
+    check_capturable_devices,
     foreach_batches,
     foreach_ready,
+    grad_with_decay,
     plain_value,
 )
 from reimpl.optim._fused import CArgs, Forms, adam_family_opts
@@ -125,15 +126,21 @@ def _adaptive(v: Tensor, bc2: Any, hp: RAdamHP) -> Tensor:
 
 def _single_tensor_radam(t: RAdamTensors, hp: RAdamHP) -> None:
     """Per-tensor loop: Adam's moments, rectified once the variance is tractable."""
-    params, _, exp_avgs, exp_avg_sqs, steps = t
+    params, grads, exp_avgs, exp_avg_sqs, steps = t
     lr, beta1, beta2 = hp.lr, hp.beta1, hp.beta2
     rho_inf = 2 / (1 - beta2) - 1
     for i, param in enumerate(params):
-        grad, m, v = begin_step(t, i, hp), exp_avgs[i], exp_avg_sqs[i]
-        if torch.is_complex(param):  # decay and sign act alike on the complex and real views
+        if hp.capturable:
+            check_capturable_devices([param], [steps[i]])
+        grad, m, v = grads[i], exp_avgs[i], exp_avg_sqs[i]
+        # real views first: torch adds the L2 term to the real view, and a complex add
+        # rounds differently (the parity check found 1 ulp)
+        if torch.is_complex(param):
             param, grad, m, v = (torch.view_as_real(x) for x in (param, grad, m, v))
+        steps[i] += 1
         # capturable: t stays a device tensor (no host sync), else it is read as a number
         n: Any = steps[i] if hp.capturable else plain_value(steps[i])
+        grad = grad_with_decay(grad, param, hp)
 
         m.lerp_(grad, 1 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
