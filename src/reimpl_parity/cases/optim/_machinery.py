@@ -305,3 +305,14 @@ def _ours_side(row: OptimRow) -> Callable[..., Any]:
         return run_trajectory(row.ours, row.theirs, problem, *params, **kwargs)
 
     return run
+
+
+def torch_unfused(cls: type[torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+    """The oracle for a reimpl-only ``fused=True``: torch's ``cls`` has no such keyword, so
+    it runs its default path with the same other kwargs."""
+
+    def make(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        kwargs.pop("fused", None)
+        return cls(params, **kwargs)
+
+    return make

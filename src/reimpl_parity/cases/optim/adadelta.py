@@ -25,6 +25,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -51,12 +52,6 @@ def _adadelta_kwargs(fused: bool) -> KwargsFor:
     return make
 
 
-def _torch_adadelta_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's Adadelta has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.Adadelta(params, **kwargs)
-
-
 # every path runs torch's elementary ops in torch's order (complex params included: the
 # per-tensor loop adds the update as complex numbers, as torch does), so bit for bit
 _EXACT = dict.fromkeys(ALL_DTYPES, (0.0, 0.0))
@@ -78,7 +73,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "Adadelta-fused",
         Adadelta,
-        _torch_adadelta_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.Adadelta),  # type: ignore[arg-type]
         _adadelta_kwargs(True),
         _adadelta_groups,
         dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside

@@ -26,6 +26,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -50,12 +51,6 @@ def _adamax_kwargs(fused: bool) -> KwargsFor:
     return make
 
 
-def _torch_adamax_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's Adamax has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.Adamax(params, **kwargs)
-
-
 _adamax_groups = _groups(
     lr=_lrs,
     weight_decay=_decays,
@@ -75,7 +70,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "Adamax-fused",
         Adamax,
-        _torch_adamax_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.Adamax),  # type: ignore[arg-type]
         _adamax_kwargs(True),
         _adamax_groups,
         # torch's 16-bit loop rounds each intermediate to 16 bits; the fused fallback

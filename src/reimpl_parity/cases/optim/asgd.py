@@ -27,6 +27,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -50,12 +51,6 @@ def _asgd_kwargs(fused: bool) -> KwargsFor:
         return _always_fused(optional_kwargs(s), fused)
 
     return make
-
-
-def _torch_asgd_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's ASGD has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.ASGD(params, **kwargs)
 
 
 _asgd_groups = _groups(
@@ -88,7 +83,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "ASGD-fused",
         ASGD,
-        _torch_asgd_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.ASGD),  # type: ignore[arg-type]
         _asgd_kwargs(True),
         _asgd_groups,
         # torch's 16-bit loop rounds each intermediate to 16 bits; the fused fallback

@@ -20,6 +20,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -94,12 +95,6 @@ def _rmsprop_fused_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any
             )
         )
     )
-
-
-def _torch_rmsprop_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's RMSprop has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.RMSprop(params, **kwargs)
 
 
 def _adam_kwargs(decoupled: bool | None, fused: bool) -> KwargsFor:
@@ -209,7 +204,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "RMSprop-fused",
         ours.RMSprop,
-        _torch_rmsprop_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.RMSprop),  # type: ignore[arg-type]
         _rmsprop_fused_kwargs,
         _rms_fused_groups,
         dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside

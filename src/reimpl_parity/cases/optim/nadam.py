@@ -24,6 +24,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -48,12 +49,6 @@ def _nadam_kwargs(fused: bool) -> KwargsFor:
     return make
 
 
-def _torch_nadam_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's NAdam has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.NAdam(params, **kwargs)
-
-
 _nadam_groups = _groups(
     lr=_lrs,
     weight_decay=_decays,
@@ -73,7 +68,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "NAdam-fused",
         NAdam,
-        _torch_nadam_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.NAdam),  # type: ignore[arg-type]
         _nadam_kwargs(True),
         _nadam_groups,
         # torch's 16-bit per-tensor loop rounds after every op, the fused path once

@@ -25,6 +25,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.compare import EXACT
 from reimpl_parity.strategies import optional_kwargs
@@ -55,12 +56,6 @@ def _radam_kwargs(fused: bool) -> KwargsFor:
     return make
 
 
-def _torch_radam_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's RAdam has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.RAdam(params, **kwargs)
-
-
 _EXACT = dict.fromkeys(ALL_DTYPES, EXACT)
 _EXACT_WHY = "exact: the same operations in the same order as torch's RAdam, on every path"
 
@@ -83,7 +78,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "RAdam-fused",
         RAdam,
-        _torch_radam_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.RAdam),  # type: ignore[arg-type]
         _radam_kwargs(True),
         _radam_groups,
         dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside

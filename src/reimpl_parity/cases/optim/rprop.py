@@ -25,6 +25,7 @@ from reimpl_parity.cases.optim._machinery import (
     _lrs,
     _paths,
     _with,
+    torch_unfused,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -54,12 +55,6 @@ def _rprop_kwargs(fused: bool) -> KwargsFor:
     return make
 
 
-def _torch_rprop_unfused(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """torch's Rprop has no ``fused``: the oracle for ours runs its default path."""
-    kwargs.pop("fused", None)
-    return torch.optim.Rprop(params, **kwargs)
-
-
 # every path runs torch's elementary ops in torch's order (complex params as pairs of
 # reals, as torch does), so bit for bit on every dtype
 _EXACT = dict.fromkeys(ALL_DTYPES, (0.0, 0.0))
@@ -81,7 +76,7 @@ ROWS: list[OptimRow] = [
     OptimRow(
         "Rprop-fused",
         Rprop,
-        _torch_rprop_unfused,  # type: ignore[arg-type]
+        torch_unfused(torch.optim.Rprop),  # type: ignore[arg-type]
         _rprop_kwargs(True),
         _rprop_groups,
         # torch's 16-bit per-tensor loop rounds after every op, the fused path once
