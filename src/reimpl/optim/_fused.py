@@ -97,7 +97,8 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
     if steps is not None:
         check_fused_steps(where, params, steps)
     kernel_kw = hp._asdict() | {"grad_scale": grad_scale, "found_inf": found_inf}
-    if run_triton(f"{forms.family}_", lists, steps_at=steps_at, **kernel_kw):
+    scalars_at = frozenset(i for i, r in enumerate(roles) if r in forms.scalars)
+    if run_triton(f"{forms.family}_", lists, steps_at=steps_at, scalars_at=scalars_at, **kernel_kw):
         return
     if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
         return
@@ -213,14 +214,22 @@ def unscale_grads_(grads: TensorList, grad_scale: Tensor) -> None:
 # --------------------------------------------------------------- the three paths
 
 
-def run_triton(kernel: str, lists: list[list[Any]], *, steps_at: int | None, **kwargs: Any) -> bool:
+def run_triton(
+    kernel: str,
+    lists: list[list[Any]],
+    *,
+    steps_at: int | None,
+    scalars_at: frozenset[int] = frozenset(),
+    **kwargs: Any,
+) -> bool:
     """Run the Triton binding ``reimpl.kernels.triton_optim.<kernel>`` once per (device,
     dtype) batch, with those of ``kwargs`` it takes: the fused path on GPUs (and on CPU
     under the interpreter, for tests). Returns False, having done nothing, where the kernel
     cannot take the tensors (no Triton, CPU, complex or non-contiguous params,
     ``lists[steps_at]`` holding step counters of more than one dtype, a list with some
     entries still ``None``: a kernel starts all of a state or none); the caller then runs
-    its fallback."""
+    its fallback. ``scalars_at``: the lists holding one-element per-param states (step
+    counters, NAdam's ``mu_product``, ...), which are not shaped like their params."""
     params = lists[0]
     if not params or is_compiling() or not triton_available(params[0]):
         return False
@@ -241,7 +250,7 @@ def run_triton(kernel: str, lists: list[list[Any]], *, steps_at: int | None, **k
                 and t.is_contiguous()
             ):
                 return False
-            if j != steps_at and (t.dtype != params[i].dtype or t.shape != params[i].shape):
+            if j not in scalars_at and (t.dtype != params[i].dtype or t.shape != params[i].shape):
                 return False  # a mismatch: the C path's or the fallback's check names it
     from reimpl.kernels import triton_optim
 
