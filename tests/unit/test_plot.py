@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from reimpl import plot
 
@@ -49,3 +50,33 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"reimpl\[plot\]"):
         plot.plot_ewa()
+
+
+def test_optimizer_paths_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "optimizers.png"
+    fig = plot.plot_optimizer_paths(steps=20, path=out)
+    assert _is_png(out)
+    titles = [ax.get_title().split(":")[0] for ax in fig.axes if ax.get_title()]
+    assert titles == list(plot.optimizer_zoo())
+
+
+def test_optimizer_zoo_covers_reimpl_optim() -> None:
+    import reimpl.optim
+
+    classes = {
+        n
+        for n in reimpl.optim.__all__
+        if n != "Optimizer"
+        and isinstance(getattr(reimpl.optim, n), type)
+        and issubclass(getattr(reimpl.optim, n), torch.optim.Optimizer)
+    }
+    assert {name.split(" ")[0] for name in plot.optimizer_zoo()} == classes
+
+
+@pytest.mark.parametrize("name", list(plot.optimizer_zoo()))
+def test_optimizer_paths_are_torchs(name: str) -> None:
+    """The picture shows what torch's optimizer does on the same problem (the oracle)."""
+    ours = plot.optimizer_path(plot.optimizer_zoo()[name], steps=30)
+    theirs = plot.optimizer_path(plot.optimizer_zoo(torch.optim)[name], steps=30)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
