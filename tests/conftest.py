@@ -1,8 +1,10 @@
 """Shared test setup: hypothesis profiles and the device fixture.
 
 Profiles (pick with REIMPL_HYPOTHESIS_PROFILE): ``dev`` (default, fast), ``ci``
-(derandomized and bounded, what .ci/run uses), ``thorough`` (many examples, for a GPU
-box or a long run).
+(derandomized and bounded, what ``make test`` uses), ``quick`` (derandomized, few examples:
+the reruns of the suite on the other torch versions and under the sanitizers, which look
+for version drift and memory errors, not for new inputs), ``thorough`` (many examples, for
+a GPU box or a long run).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _common = {
 }
 settings.register_profile("dev", max_examples=15, **_common)
 settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_common)
+settings.register_profile("quick", max_examples=8, derandomize=True, database=None, **_common)
 settings.register_profile("thorough", max_examples=400, **_common)
 settings.load_profile(os.environ.get("REIMPL_HYPOTHESIS_PROFILE", "dev"))
 
