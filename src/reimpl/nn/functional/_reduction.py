@@ -42,6 +42,21 @@ def resolve(reduction: str, size_average: bool | None = None, reduce: bool | Non
     return reduction
 
 
+def resolve_enum(
+    reduction: str, size_average: bool | None = None, reduce: bool | None = None
+) -> str:
+    """:func:`resolve` for the losses whose torch form maps ``reduction`` to ATen's enum: those
+    also take the deprecated spelling ``'elementwise_mean'`` for ``'mean'`` (with a warning)."""
+    if size_average is None and reduce is None and reduction == "elementwise_mean":
+        warnings.warn(
+            "reduction='elementwise_mean' is deprecated; pass reduction='mean' instead.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return "mean"
+    return resolve(reduction, size_average, reduce)
+
+
 def check(reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(
