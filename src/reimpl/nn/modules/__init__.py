@@ -1,4 +1,5 @@
 from reimpl.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
+from reimpl.nn.modules.distance import CosineSimilarity, PairwiseDistance
 from reimpl.nn.modules.dropout import (
     AlphaDropout,
     Dropout,
@@ -17,24 +18,57 @@ from reimpl.nn.modules.loss import (
     NLLLoss,
     SmoothL1Loss,
 )
+from reimpl.nn.modules.loss_lean import AdaptiveLogSoftmaxWithLoss, LinearCrossEntropyLoss
+from reimpl.nn.modules.loss_likelihood import GaussianNLLLoss, KLDivLoss, PoissonNLLLoss
+from reimpl.nn.modules.loss_margin import (
+    CosineEmbeddingLoss,
+    HingeEmbeddingLoss,
+    MarginRankingLoss,
+    MultiLabelMarginLoss,
+    MultiLabelSoftMarginLoss,
+    MultiMarginLoss,
+    SoftMarginLoss,
+    TripletMarginLoss,
+    TripletMarginWithDistanceLoss,
+)
+from reimpl.nn.modules.normalization import GroupNorm, LayerNorm, RMSNorm
 
 __all__ = [
+    "AdaptiveLogSoftmaxWithLoss",
     "AlphaDropout",
     "BCELoss",
     "BCEWithLogitsLoss",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "CosineEmbeddingLoss",
+    "CosineSimilarity",
     "CrossEntropyLoss",
     "Dropout",
     "Dropout1d",
     "Dropout2d",
     "Dropout3d",
     "FeatureAlphaDropout",
+    "GaussianNLLLoss",
+    "GroupNorm",
+    "HingeEmbeddingLoss",
     "HuberLoss",
+    "KLDivLoss",
     "L1Loss",
+    "LayerNorm",
+    "LinearCrossEntropyLoss",
     "MSELoss",
+    "MarginRankingLoss",
+    "MultiLabelMarginLoss",
+    "MultiLabelSoftMarginLoss",
+    "MultiMarginLoss",
     "NLLLoss",
+    "PairwiseDistance",
+    "PoissonNLLLoss",
+    "RMSNorm",
     "SmoothL1Loss",
+    "SoftMarginLoss",
     "SyncBatchNorm",
+    "TripletMarginLoss",
+    "TripletMarginWithDistanceLoss",
 ]
