@@ -232,7 +232,10 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
                 ys = y.dot(s)
                 if ys > 1e-10:  # curvature condition: the pair keeps H positive definite
                     if len(ys_hist) == hp.history_size:
-                        del ys_hist[0], ss_hist[0], rhos[0]
+                        # pop, as torch does: a tuple or a missing list (a malformed
+                        # checkpoint) then fails with torch's AttributeError
+                        for hist in (ys_hist, ss_hist, rhos):
+                            hist.pop(0)
                     ys_hist.append(y)
                     ss_hist.append(s)
                     rhos.append(1.0 / ys)
