@@ -1,11 +1,12 @@
 """Malformed optimizer state never reaches a native kernel (issue: memory safety).
 
-Each (optimizer, path) runs in a child process (``reimpl_parity.malformed``), so a kernel
-that writes past a buffer fails this test with the case it died in instead of killing the
-run. Held to torch: on the for-loop and foreach paths reimpl's outcome (exception type, or
-the updated parameters) is torch's on the same path; on the fused paths it is torch's
-fused kernel's where that kernel survives the case, else torch's for-loop's, except the
-refusals each case names with its reason (``Malformed.fused_refuses``).
+Each path runs in a child process (``reimpl_parity.malformed``) over every optimizer that
+has it, so a kernel that writes past a buffer fails this test with the case it died in
+instead of killing the run (and a new child carries on with the optimizers after it).
+Held to torch: on the for-loop, foreach and single paths reimpl's outcome (exception
+type, or the updated parameters) is torch's on the same path; on the fused paths it is
+torch's fused kernel's where that kernel survives the case, else torch's for-loop's,
+except the refusals each case names with its reason (``Malformed.fused_refuses``).
 """
 
 from __future__ import annotations
@@ -20,33 +21,44 @@ import pytest
 import torch
 
 from reimpl.kernels import cpu_fused, guard, triton_installed
-from reimpl_parity.malformed import CASES, OPTIMS
+from reimpl_parity.malformed import CASES, FUSED_PATHS, LBFGS_CASES, OPTIMS, PATHS, units
 
 FUSED_ATOL = 1e-5  # one pass per element in another order (float32 params of size ~1)
-_BY_NAME = {c.name: c for c in CASES}
+_BY_NAME = {c.name: c for c in (*CASES, *LBFGS_CASES)}
 
 
-def _run_child(opt: str, path: str) -> list[dict]:
+def _run_children(path: str, opts: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """The outcome rows of ``opts`` on ``path``, and for each optimizer a child died in,
+    the case and how. A child that dies is followed by one for the optimizers after it."""
     env = dict(os.environ)
     if path == "triton":
         env.update(TRITON_INTERPRET="1", REIMPL_TRITON_CPU="1", REIMPL_DISABLE_CPU_FUSED="1")
-    res = subprocess.run(
-        [sys.executable, "-m", "reimpl_parity.malformed", opt, path],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
-    started = [x["start"] for x in lines if "start" in x]
-    assert res.returncode == 0, (
-        f"{opt} on the {path} path died (exit {res.returncode}) in case "
-        f"{started[-1] if started else '?'}:\n{res.stderr[-3000:]}"
-    )
-    return [x["done"] for x in lines if "done" in x]
+    rows: list[dict] = []
+    deaths: dict[str, str] = {}
+    todo = list(opts)
+    while todo:
+        res = subprocess.run(
+            [sys.executable, "-m", "reimpl_parity.malformed", path, *todo],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+        rows += [x["done"] for x in lines if "done" in x]
+        if res.returncode == 0:
+            break
+        started = [x["start"] for x in lines if "start" in x]
+        where = started[-1] if started else {"optim": todo[0], "case": "?", "key": "?"}
+        deaths[where["optim"]] = (
+            f"{where['optim']} on the {path} path died (exit {res.returncode}) in case "
+            f"'{where['case']}' on {where['key']}:\n{res.stderr[-3000:]}"
+        )
+        todo = todo[todo.index(where["optim"]) + 1 :]
+    return rows, deaths
 
 
-def _expected_fused(row: dict, torch_fused: bool) -> str:
+def _expected_fused(row: dict) -> str:
     if row["torch_path"] == "fused" or row["torch_loop"] != "ok":
         return row["torch"] if row["torch_path"] == "fused" else row["torch_loop"]
     return "RuntimeError" if _BY_NAME[row["case"]].fused_refuses else "ok"
@@ -61,36 +73,43 @@ def _is_a(ours: str, want: str) -> bool:
     return isinstance(a, type) and isinstance(b, type) and issubclass(a, b)
 
 
+def _wrong(path: str, row: dict) -> str | None:
+    """What is wrong with one case's outcome, or None."""
+    opt = OPTIMS[row["optim"]]
+    fused = path in FUSED_PATHS
+    want = _expected_fused(row) if fused else row["torch"]
+    if row["case"] in opt.refuses:  # a torch mistake we do not copy (see why_refuses)
+        want = "RuntimeError"
+    where = f"{opt.name} {path} '{row['case']}' on {row['key']}"
+    if not _is_a(row["ours"], want):
+        return f"{where}: reimpl {row['ours']} ({row['ours_msg']}), expected {want}"
+    if "max_diff" in row and row["max_diff"] > (FUSED_ATOL if fused else 0.0):
+        return f"{where}: params differ from torch's by {row['max_diff']:.3g}"
+    # our own refusals name the parameter (index 1 is the malformed one) and the key
+    if fused and row["ours"] in ("RuntimeError", "NotImplementedError"):
+        msg = row["ours_msg"]
+        if f"'{row['key']}'" not in msg or "parameter 1" not in msg:
+            return f"{where}: message does not name parameter 1 and the key: {msg}"
+    return None
+
+
 _TRITON = triton_installed() and os.environ.get("REIMPL_DISABLE_TRITON") != "1"
-PATHS = ["loop", "foreach", "fused"] + (["triton"] if _TRITON else [])
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("opt", list(OPTIMS))
-def test_malformed_state_raises_like_torch_and_never_crashes(opt: str, path: str) -> None:
+@pytest.mark.parametrize("path", [p for p in PATHS if p != "triton" or _TRITON])
+def test_malformed_state_raises_like_torch_and_never_crashes(path: str) -> None:
     if path == "fused" and cpu_fused.library() is None:
         pytest.skip("no C compiler: the fused path is the multi-tensor one")
     if path == "triton" and torch.cuda.is_available():
         pytest.skip("the interpreter run is for CPU-only machines")
-    rows = _run_child(opt, path)
-    assert len(rows) >= 14, f"only {len(rows)} cases ran"
-    wrong = []
-    for row in rows:
-        fused = path in ("fused", "triton")
-        want = _expected_fused(row, OPTIMS[opt].torch_fused) if fused else row["torch"]
-        if row["case"] in OPTIMS[opt].refuses:  # a torch mistake we do not copy (see why_refuses)
-            want = "RuntimeError"
-        where = f"{opt} {path} '{row['case']}' on {row['key']}"
-        if not _is_a(row["ours"], want):
-            wrong.append(f"{where}: reimpl {row['ours']} ({row['ours_msg']}), expected {want}")
-            continue
-        if "max_diff" in row and row["max_diff"] > (FUSED_ATOL if fused else 0.0):
-            wrong.append(f"{where}: params differ from torch's by {row['max_diff']:.3g}")
-        # our own refusals name the parameter (index 1 is the malformed one) and the key
-        if fused and row["ours"] in ("RuntimeError", "NotImplementedError"):
-            msg = row["ours_msg"]
-            if f"'{row['key']}'" not in msg or "parameter 1" not in msg:
-                wrong.append(f"{where}: message does not name parameter 1 and the key: {msg}")
+    opts = [name for name, opt in OPTIMS.items() if path in opt.paths]
+    rows, deaths = _run_children(path, opts)
+    wrong = list(deaths.values())
+    for name in opts:  # every case ran, in each child that did not die
+        ran, planned = sum(row["optim"] == name for row in rows), len(units(OPTIMS[name]))
+        if name not in deaths and ran != planned:
+            wrong.append(f"{name} {path}: {ran} of {planned} cases ran")
+    wrong += [w for row in rows if (w := _wrong(path, row))]
     assert not wrong, "\n".join(wrong)
 
 
