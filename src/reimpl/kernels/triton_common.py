@@ -1,8 +1,9 @@
-"""Device-side pieces every Triton optimizer kernel in ``triton_optim`` shares: finding a
-program's tensor and elements from the block map and the address tables, the found_inf
-gate, scalars read from a tensor or given, an exact integer power, the gradient as the
-rules see it (unscaled, signed), torch's lerp, and the kernel that advances the step
-counters on the device.
+"""Device-side pieces every Triton optimizer kernel (``triton_optim``,
+``triton_optim_rules``) shares: finding a program's tensor and elements from the block map
+and the address tables, the found_inf gate, scalars read from a tensor or given, an exact
+integer power and a real one, the gradient as the rules see it (unscaled, signed), torch's
+lerp, and the per-tensor pieces (one lane per tensor) that advance the step counters and
+other one-element states on the device.
 
 Like ``triton_optim``, no ``from __future__ import annotations``: Triton reads the
 annotations (``tl.constexpr``) as objects.
@@ -89,13 +90,43 @@ def _lerp(start, end, weight):
 
 
 @triton.jit
-def _steps_kernel(
-    S, n_tensors, inf_ptr, S_ELT: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr
-):
-    """``steps[i] += 1`` for every tensor (nothing when found_inf)."""
+def _powf(base, exponent):
+    """``base ** exponent`` in float64 for a base >= 0 and any real exponent (NaN for a
+    negative base), as exp(exponent log base): libdevice's float64 exp and log on GPUs."""
+    return tl.where(exponent == 0, 1.0, tl.exp(exponent * tl.log(base)))
+
+
+@triton.jit
+def _tensor_lanes(n_tensors, inf_ptr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+    """For a per-tensor kernel (one lane per tensor, not per element): this program's
+    tensor indices and which to update (none when found_inf is nonzero)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n_tensors
     if HAS_INF:
         mask = tl.where(tl.load(inf_ptr) == 0, mask, False)
-    addr = tl.load(S + i, mask=mask, other=0).to(tl.pointer_type(S_ELT), bitcast=True)
-    tl.store(addr, tl.load(addr, mask=mask) + 1, mask=mask)
+    return i, mask
+
+
+@triton.jit
+def _slots(table, i, mask, ELT: tl.constexpr):
+    """Typed pointers to the one-element states of tensors ``i``, from an address table."""
+    return tl.load(table + i, mask=mask, other=0).to(tl.pointer_type(ELT), bitcast=True)
+
+
+@triton.jit
+def _advance_steps(S, i, mask, S_ELT: tl.constexpr):
+    """``steps[i] += 1`` (in the counters' dtype, as torch's ``+= 1``); the new counts, as
+    float64."""
+    addr = _slots(S, i, mask, S_ELT)
+    t = tl.load(addr, mask=mask) + 1
+    tl.store(addr, t, mask=mask)
+    return t.to(tl.float64)
+
+
+@triton.jit
+def _steps_kernel(
+    S, n_tensors, inf_ptr, S_ELT: tl.constexpr, HAS_INF: tl.constexpr, BLOCK: tl.constexpr
+):
+    """``steps[i] += 1`` for every tensor (nothing when found_inf)."""
+    i, mask = _tensor_lanes(n_tensors, inf_ptr, HAS_INF, BLOCK)
+    _advance_steps(S, i, mask, S_ELT)

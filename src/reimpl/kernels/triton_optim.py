@@ -1,4 +1,6 @@
-r"""Triton multi-tensor optimizer kernels: Adam/AdamW, SGD, Adagrad, RMSprop in one launch.
+r"""Triton multi-tensor optimizer kernels: Adam/AdamW, SGD, Adagrad, RMSprop in one launch,
+and (re-exported here, so ``triton_optim.<family>_`` names every binding) NAdam, RAdam,
+Adamax (``triton_optim_adam_family``), Adadelta, Rprop and ASGD (``triton_optim_rules``).
 
 Each launcher updates lists of same-device, same-dtype tensors in place with one pass over
 memory. The update rules are those of ``reimpl.optim`` (see the docstrings of ``Adam``,
@@ -48,21 +50,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from reimpl.kernels.triton_common import (  # the shared device-side pieces
-    _base,
-    _go,
-    _grad,
-    _lerp,
-    _locate,
-    _pow,
-    _scalar,
-)
-from reimpl.kernels.triton_launch import (  # the launch machinery, apart from the bodies
-    _ELEMENT,
-    _common,
-    _increment_steps,
-    _plan,
-)
+from reimpl.kernels.triton_common import _base, _go, _grad, _lerp, _locate, _pow, _scalar
+from reimpl.kernels.triton_launch import _ELEMENT, _common, _increment_steps, _plan
+from reimpl.kernels.triton_optim_adam_family import adamax_, nadam_, radam_
+from reimpl.kernels.triton_optim_rules import adadelta_, asgd_, rprop_
 
 # Kernel float arguments are annotated "fp64" (Triton's type name) so they are passed as
 # doubles, not rounded to float32 as plain Python floats are. Triton reads the annotation
@@ -71,7 +62,8 @@ from reimpl.kernels.triton_launch import (  # the launch machinery, apart from t
 # ruff: noqa: F821
 # mypy: disable-error-code="name-defined"
 
-__all__ = ["adagrad_", "adam_", "rmsprop_", "sgd_"]
+__all__ = ["adadelta_", "adagrad_", "adam_", "adamax_", "asgd_", "nadam_", "radam_"]
+__all__ += ["rmsprop_", "rprop_", "sgd_"]
 
 # --------------------------------------------------------------------------- kernels
 # Each kernel finds its (tensor, block), computes the per-tensor scalars once, and runs the
@@ -492,7 +484,5 @@ def rmsprop_(
 
 #: the keywords each binding takes, read once here: the fused routine hands a binding those
 #: of an optimizer's hyperparameters it names (and no others)
-KEYWORDS = {
-    fn.__name__: frozenset(inspect.signature(fn).parameters)
-    for fn in (adam_, sgd_, adagrad_, rmsprop_)
-}
+_BINDINGS = (adam_, sgd_, adagrad_, rmsprop_, nadam_, radam_, adamax_, adadelta_, rprop_, asgd_)
+KEYWORDS = {fn.__name__: frozenset(inspect.signature(fn).parameters) for fn in _BINDINGS}
