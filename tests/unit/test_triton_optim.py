@@ -8,8 +8,9 @@ CPU per-tensor path does not share (it rounds after every op); so each 16-bit st
 checked from identical starting points: torch steps float32 copies of our current params
 and states, and its result rounded to 16 bits must match ours within the dtype tolerance.
 
-The ``cuda`` tests compare the compiled kernels with torch's ``fused=True`` on a GPU
-(RMSprop, which torch does not fuse, against ``foreach=False``).
+The families torch does not fuse at all (NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD)
+have their specs in ``test_triton_optim_rules.py``, on this file's machinery; the GPU
+tests (compiled kernels against torch) are in ``test_triton_optim_cuda.py``.
 """
 
 from __future__ import annotations
@@ -41,23 +42,42 @@ State = dict[str, list[Any]]
 TORCH_FUSED = {torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad}
 
 
+#: torch's paired keyword arguments, as the bindings (the optimizers' HP fields) name them
+_PAIRS = {
+    "betas": ("beta1", "beta2"),
+    "etas": ("etaminus", "etaplus"),
+    "step_sizes": ("step_size_min", "step_size_max"),
+}
+
+
 @dataclass
 class Spec:
     """One optimizer: torch's class and kwargs, our launcher, and its state keys."""
 
-    name: str
+    name: str  # the binding's family: triton_optim.<name>_ (adamw: adam_)
     torch_cls: type[torch.optim.Optimizer]
     kwargs: dict[str, Any]
-    keys: tuple[str, ...]  # torch's state keys we keep (besides "step")
+    keys: tuple[str, ...]  # torch's state keys we keep (besides "step"), in binding order
     has_step: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # only for our launcher
+    init: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict)  # not zeros
+    scalars: tuple[str, ...] = ("step",)  # one-element states (float32 tolerance)
+    n_steps: int = 4
 
     def ours(self, params: list[Tensor], grads: list[Tensor], st: State, **kw: Any) -> None:
         from reimpl.kernels import triton_optim as K
 
         k = {**self.kwargs, **kw}
         lr = k.pop("lr")
-        if self.torch_cls is torch.optim.Adam or self.torch_cls is torch.optim.AdamW:
+        if self.name not in ("adam", "adamw", "sgd", "adagrad", "rmsprop"):
+            # the states in the binding's order, the steps, then the HP fields it names
+            for pair, names in _PAIRS.items():
+                if pair in k:
+                    k.update(zip(names, k.pop(pair), strict=True))
+            if "lr" in K.KEYWORDS[self.name + "_"]:  # (Rprop's lr is the states' start)
+                k["lr"] = lr
+            states = [st[key] for key in self.keys]
+            getattr(K, self.name + "_")(params, grads, *states, st["step"], **k)
+        elif self.torch_cls is torch.optim.Adam or self.torch_cls is torch.optim.AdamW:
             b1, b2 = k.pop("betas")
             K.adam_(
                 params, grads, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq", []),
@@ -81,6 +101,8 @@ class Spec:
         for key in self.keys:
             if key == "momentum_buffer" and self.torch_cls is torch.optim.SGD:
                 st[key] = [None] * len(params)
+            elif key in self.init:
+                st[key] = [self.init[key](p) for p in params]
             else:
                 st[key] = [torch.zeros_like(p) for p in params]
         if self.has_step:
@@ -176,11 +198,12 @@ def _load_state(opt: Any, refs: list[Tensor], st: State) -> None:
 
 def _close(ours: Tensor, ref: Tensor, dtype: torch.dtype, what: str) -> None:
     rtol, atol = TOLERANCES[dtype]
-    torch.testing.assert_close(ours, ref.to(ours.dtype).reshape(ours.shape), rtol=rtol,
+    ref = ref.to(ours.device, ours.dtype).reshape(ours.shape)  # (torch's CPU counters)
+    torch.testing.assert_close(ours, ref, rtol=rtol,
                                atol=atol, msg=lambda m: f"{what}: {m}")  # fmt: skip
 
 
-def run_parity(spec: Spec, dtype: torch.dtype, lr_tensor: bool, n_steps: int = 4) -> None:
+def run_parity(spec: Spec, dtype: torch.dtype, lr_tensor: bool, n_steps: int | None = None) -> None:
     gen = torch.Generator().manual_seed(0)
     params = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
     st = spec.init_state(params)
@@ -189,12 +212,12 @@ def run_parity(spec: Spec, dtype: torch.dtype, lr_tensor: bool, n_steps: int = 4
     low = dtype in LOW
     refs = [p.clone().to(torch.float32 if low else dtype) for p in params]
     opt = _torch_opt(spec, refs, torch.tensor(lr) if lr_tensor else lr)
-    for k in range(n_steps):
+    for k in range(n_steps or spec.n_steps):
         grads = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
         if low:  # re-sync: torch starts this step from our params and states
             refs = [p.float() for p in params]
             opt = _torch_opt(spec, refs, torch.tensor(lr) if lr_tensor else lr)
-            if k:
+            if k or spec.init:  # (states that start nonzero start from ours, rounded)
                 _load_state(opt, refs, st)
         for r, g in zip(refs, grads, strict=True):
             r.grad = g.to(r.dtype)
@@ -204,7 +227,7 @@ def run_parity(spec: Spec, dtype: torch.dtype, lr_tensor: bool, n_steps: int = 4
             _close(params[i], r.detach(), dtype, f"step {k} param {i}")
             for key, vals in st.items():
                 ref_val = opt.state[r][key]
-                _close(vals[i], ref_val, torch.float32 if key == "step" else dtype,
+                _close(vals[i], ref_val, vals[i].dtype if key in spec.scalars else dtype,
                        f"step {k} {key} {i}")  # fmt: skip
 
 
@@ -232,21 +255,22 @@ def test_parity_tensor_lr(spec: Spec) -> None:
     run_parity(spec, torch.float32, lr_tensor=True, n_steps=3)
 
 
-def _amp_case(spec: Spec, found: float) -> None:
+def _amp_case(spec: Spec, found: float, device: str = "cpu") -> None:
     """grad_scale divides the grads (written back unscaled); found_inf != 0 skips all."""
     gen = torch.Generator().manual_seed(1)
-    params = [torch.randn(n, generator=gen) for n in SIZES]
+    params = [torch.randn(n, generator=gen).to(device) for n in SIZES]
     twin = [p.clone() for p in params]
     st, st_twin = spec.init_state(params), spec.init_state(twin)
     for _ in range(2):  # a plain step first, so states are nonzero
-        grads = [torch.randn(n, generator=gen) for n in SIZES]
+        grads = [torch.randn(n, generator=gen).to(device) for n in SIZES]
         spec.ours(params, grads, st)
         spec.ours(twin, [g.clone() for g in grads], st_twin)
-    grads = [torch.randn(n, generator=gen) for n in SIZES]
-    scale = torch.tensor([1024.0])
+    grads = [torch.randn(n, generator=gen).to(device) for n in SIZES]
+    scale = torch.tensor([1024.0], device=device)
     scaled = [g * scale for g in grads]
     before = ([p.clone() for p in params], {k: [x.clone() for x in v] for k, v in st.items()})
-    spec.ours(params, scaled, st, grad_scale=scale, found_inf=torch.tensor([found]))
+    found_inf = torch.tensor([found], device=device)
+    spec.ours(params, scaled, st, grad_scale=scale, found_inf=found_inf)
     if found:
         torch.testing.assert_close(params, before[0], rtol=0, atol=0)
         torch.testing.assert_close(st, before[1], rtol=0, atol=0)
@@ -304,6 +328,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from reimpl.kernels import triton_common as C
 from reimpl.kernels import triton_optim as K
+from reimpl.kernels import triton_optim_adam_family as F
+from reimpl.kernels import triton_optim_rules as R
 
 def compile_one(fn, consts):
     sig = {}
@@ -318,18 +344,32 @@ def compile_one(fn, consts):
             ptr = "*fp32" if "_ptr" in p.name else "*i64"
             sig[p.name] = "*i32" if p.name == "blk_tensor" else ptr
     assert all(sig[k] == "fp64" for k in ("lr", "eps", "weight_decay") if k in sig), sig
+    consts = {k: v for k, v in consts.items() if k in sig}  # (base has every family's flags)
     return triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
 
 amp = dict(LR_PTR=True, HAS_SCALE=True, HAS_INF=True, MAXIMIZE=True, HAS_WD=True, BLOCK=1024)
 for elt, acc, align in [(tl.bfloat16, tl.float32, 16), (tl.float64, tl.float64, 1)]:
     base = dict(amp, ELT=elt, ACC=acc, ALIGN=align)
-    k = compile_one(K._adam_kernel, dict(base, S_ELT=tl.float32, AMSGRAD=True, DECOUPLED=True))
-    compile_one(K._sgd_kernel, dict(base, MOMENTUM=True, FIRST=False, NESTEROV=True))
-    compile_one(K._adagrad_kernel, dict(base, S_ELT=tl.float32))
-    compile_one(K._rmsprop_kernel, dict(base, CENTERED=True, MOMENTUM=True))
-    if align == 16:
-        assert "ld.global.v4" in k.asm["ptx"] or "ld.global.nc.v4" in k.asm["ptx"]
-compile_one(C._steps_kernel, dict(S_ELT=tl.float32, HAS_INF=True, BLOCK=128))
+    nadam = dict(base, S_ELT=tl.float32, M_ELT=tl.float64)
+    ks = [
+        compile_one(K._adam_kernel, dict(base, S_ELT=tl.float32, AMSGRAD=True, DECOUPLED=True)),
+        compile_one(K._sgd_kernel, dict(base, MOMENTUM=True, FIRST=False, NESTEROV=True)),
+        compile_one(K._adagrad_kernel, dict(base, S_ELT=tl.float32)),
+        compile_one(K._rmsprop_kernel, dict(base, CENTERED=True, MOMENTUM=True)),
+        compile_one(F._adam_family_kernel, dict(nadam, RADAM=False, DECOUPLED=True)),
+        compile_one(F._adam_family_kernel, dict(nadam, RADAM=True, DECOUPLED=False)),
+        compile_one(F._adamax_kernel, dict(base, S_ELT=tl.float32)),
+        compile_one(R._adadelta_kernel, base),
+        compile_one(R._rprop_kernel, base),
+        compile_one(R._asgd_kernel, dict(base, E_ELT=tl.float32, U_ELT=tl.float64)),
+    ]
+    if align == 16:  # every element kernel's full blocks use vector loads
+        assert all("ld.global.v4" in k.asm["ptx"] or "ld.global.nc.v4" in k.asm["ptx"]
+                   for k in ks)
+lanes = dict(S_ELT=tl.float32, HAS_INF=True, BLOCK=128)
+compile_one(C._steps_kernel, lanes)
+compile_one(F._nadam_schedule_kernel, dict(lanes, M_ELT=tl.float64))
+compile_one(R._asgd_schedule_kernel, dict(lanes, E_ELT=tl.float32, U_ELT=tl.float64, LR_PTR=True))
 print("ok")
 """
 
@@ -352,95 +392,6 @@ def test_kernels_compile_for_sm90() -> None:
     if res.returncode != 0 and "ptxas" in res.stderr and "not found" in res.stderr:
         pytest.skip("no ptxas for sm_90")
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
-
-
-# ----------------------------------------------------------------------------- CUDA
-
-
-def _cuda_run(spec: Spec, dtype: torch.dtype, lr_tensor: bool, amp: bool, n_steps: int = 5) -> None:
-    dev = "cuda"
-    gen = torch.Generator(device=dev).manual_seed(0)
-    sizes = (1, 7, 1500, 100_003)
-    params = [torch.randn(n, generator=gen, device=dev).to(dtype) for n in sizes]
-    refs = [p.clone() for p in params]
-    fused = spec.torch_cls in TORCH_FUSED
-    lr = spec.kwargs["lr"]
-    opt = _torch_opt(spec, refs, torch.tensor(lr, device=dev) if lr_tensor else lr, fused)
-    st = spec.init_state(params)
-    our_lr: float | Tensor = torch.tensor([lr], device=dev) if lr_tensor else lr
-    for k in range(n_steps):
-        grads = [torch.randn(n, generator=gen, device=dev).to(dtype) for n in sizes]
-        amp_kw: dict[str, Tensor] = {}
-        if amp:
-            scale = torch.tensor([256.0], device=dev)
-            found = torch.tensor([float(k == 2)], device=dev)
-            grads = [g * 256 for g in grads]
-            opt.grad_scale, opt.found_inf = scale.reshape(()), found.reshape(())
-            amp_kw = {"grad_scale": scale, "found_inf": found}
-        for r, g in zip(refs, grads, strict=True):
-            r.grad = g.clone()
-        opt.step()
-        spec.ours(params, grads, st, lr=our_lr, **amp_kw)
-        for i, r in enumerate(refs):
-            _close(params[i], r, dtype, f"step {k} param {i}")
-            assert r.grad is not None
-            _close(grads[i], r.grad, dtype, f"step {k} grad {i}")
-            for key, vals in st.items():
-                _close(vals[i], opt.state[r][key], torch.float32 if key == "step" else dtype,
-                       f"step {k} {key} {i}")  # fmt: skip
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("lr_tensor", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, *LOW], ids=str)
-@pytest.mark.parametrize("spec", SPECS, ids=_id)
-def test_cuda_matches_torch_fused(spec: Spec, dtype: torch.dtype, lr_tensor: bool) -> None:
-    if spec.torch_cls not in TORCH_FUSED and dtype in LOW:
-        pytest.skip("torch's unfused 16-bit path rounds after every op; checked on CPU")
-    _cuda_run(spec, dtype, lr_tensor, amp=False)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.torch_cls in TORCH_FUSED], ids=_id)
-def test_cuda_amp_matches_torch_fused(spec: Spec) -> None:
-    _cuda_run(spec, torch.float32, lr_tensor=False, amp=True)
-
-
-@pytest.mark.cuda
-def test_cuda_adam_bandwidth() -> None:
-    """100 x 1M float32 params: one Adam step should stay near one pass over memory."""
-    from reimpl.kernels.triton_optim import adam_
-
-    n, size = 100, 1 << 20
-    ts = [[torch.randn(size, device="cuda") for _ in range(n)] for _ in range(4)]
-    steps = [torch.zeros(1, device="cuda") for _ in range(n)]
-
-    def step() -> None:
-        kw: dict[str, Any] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
-        adam_(ts[0], ts[1], ts[2], ts[3], [], steps, lr=1e-3, amsgrad=False, maximize=False,
-              decoupled_weight_decay=False, **kw)  # fmt: skip
-
-    ms = _cuda_time(step)
-    refs = [p.clone().requires_grad_() for p in ts[0]]
-    for r, g in zip(refs, ts[1], strict=True):
-        r.grad = g
-    ref_ms = _cuda_time(torch.optim.Adam(refs, lr=1e-3, fused=True).step)
-    print(f"adam_ 100 x 1M fp32: {ms:.3f} ms/step ({28 * n * size / ms / 1e9:.0f} GB/s); "
-          f"torch fused: {ref_ms:.3f} ms")  # fmt: skip
-    assert ms < 2.0  # the design goal is <= 1.10 ms on an H100; this only catches disasters
-
-
-def _cuda_time(fn: Callable[[], None], reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 @interp
@@ -466,9 +417,11 @@ def test_empty_and_unaligned_tensors() -> None:
         _close(p, r.detach(), torch.float32, "param")
 
 
-@pytest.mark.parametrize(
-    "row", ["SGD-fused", "Adagrad-fused", "Adam-fused", "AdamW-fused", "RMSprop-fused"]
-)
+FUSED_ROWS = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop", "NAdam", "RAdam", "Adamax"]
+FUSED_ROWS += ["Adadelta", "Rprop", "ASGD"]
+
+
+@pytest.mark.parametrize("row", [f"{r}-fused" for r in FUSED_ROWS])
 def test_fused_optimizers_take_the_triton_path(row: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: with the kernels allowed on CPU (interpreter), ``fused=True`` runs the Triton
     kernels through the optimizers' hooks and still matches torch's trajectories."""
@@ -478,7 +431,7 @@ def test_fused_optimizers_take_the_triton_path(row: str, monkeypatch: pytest.Mon
 
     monkeypatch.setenv("REIMPL_TRITON_CPU", "1")
     calls: list[str] = []
-    for name in ("adam_", "sgd_", "adagrad_", "rmsprop_"):
+    for name in triton_optim.KEYWORDS:
         real = getattr(triton_optim, name)
 
         def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
@@ -499,4 +452,5 @@ def test_fused_optimizers_take_the_triton_path(row: str, monkeypatch: pytest.Mon
             return case.ours(*args, **kwargs)
 
     check_case(dataclasses.replace(case, ours=quiet), torch.float32, "cpu", max_examples=3)
-    assert calls, "the fused hook did not reach the Triton kernel"
+    family = row.removesuffix("-fused").lower().removesuffix("w") + "_"
+    assert family in calls, f"the fused hook did not reach the Triton kernel {family}: {calls}"
