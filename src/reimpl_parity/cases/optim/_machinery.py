@@ -232,6 +232,17 @@ def _with(kwargs_for: KwargsFor, **fixed: Any) -> KwargsFor:
     return lambda dtype: kwargs_for(dtype).map(lambda kw: {**kw, **fixed})
 
 
+def path_kwargs(
+    strategies: dict[str, st.SearchStrategy[Any]], fused: bool
+) -> st.SearchStrategy[dict[str, Any]]:
+    """An optimizer's keyword strategies, each sometimes left out, with the path keywords:
+    ``foreach`` and ``differentiable`` on a default row, ``fused=True`` always on a fused
+    row (whose other path keywords torch would refuse next to it)."""
+    if not fused:
+        strategies = {**strategies, "foreach": _paths, "differentiable": st.booleans()}
+    return _always_fused(optional_kwargs(strategies), fused)
+
+
 def _groups(**opts: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Per-group overrides (valid values only: groups are not re-validated by torch)."""
     return optional_kwargs(opts)
@@ -316,3 +327,74 @@ def torch_unfused(cls: type[torch.optim.Optimizer]) -> Callable[..., torch.optim
         return cls(params, **kwargs)
 
     return make
+
+
+def standard_rows(
+    name: str,
+    ours: type[torch.optim.Optimizer],
+    theirs: type[torch.optim.Optimizer],
+    kwargs_for: Callable[[bool], KwargsFor],
+    groups: st.SearchStrategy[dict[str, Any]],
+    *,
+    fused_why: str,
+    tol: dict[torch.dtype, tuple[float, float]] | None = None,
+    why: str = "",
+    tensor_hparams: tuple[str, ...] = ("lr",),
+    torch_fused: bool = False,
+    fused_dtypes: tuple[torch.dtype, ...] = (torch.float64, torch.float32),
+    fused_tol: dict[torch.dtype, tuple[float, float]] = _FUSED_TOL,
+    fused_groups: st.SearchStrategy[dict[str, Any]] | None = None,
+    fused_none_grads: bool = True,
+    capturable: bool = True,
+) -> list[OptimRow]:
+    """The rows most optimizers have (``kwargs_for(fused)`` draws a row's keywords):
+
+    - ``name``: every option on torch's own paths, against torch on the same path;
+    - ``name-fused``: ``fused=True`` on contiguous params without ~1e3 grads (see
+      ``_FUSED_TOL``), against torch's fused kernel where torch has one
+      (``torch_fused``), else against torch's default path (``torch_unfused``). The
+      default ``fused_dtypes`` leave out 16-bit params: torch's 16-bit per-tensor loop
+      rounds after every op, where a fused pass widens to float32 and rounds once;
+    - ``name-capturable`` (unless ``capturable=False``: torch's class has no such
+      option): CUDA only, since torch refuses ``capturable=True`` on the CPU at the
+      first step.
+    """
+    rows = [
+        OptimRow(
+            name,
+            ours,
+            theirs,
+            kwargs_for(False),
+            groups,
+            tol=tol or {},
+            why=why,
+            tensor_hparams=tensor_hparams,
+        ),
+        OptimRow(
+            f"{name}-fused",
+            ours,
+            theirs if torch_fused else torch_unfused(theirs),  # type: ignore[arg-type]
+            kwargs_for(True),
+            groups if fused_groups is None else fused_groups,
+            dtypes=fused_dtypes,
+            tol=fused_tol,
+            why=fused_why,
+            contiguous=True,
+            large_grads=False,
+            none_grads=fused_none_grads,
+        ),
+    ]
+    if capturable:
+        rows.append(
+            OptimRow(
+                f"{name}-capturable",
+                ours,
+                theirs,
+                _with(kwargs_for(False), capturable=True),
+                groups,
+                dtypes=REAL_DTYPES,
+                devices=("cuda",),
+                tensor_hparams=tensor_hparams,
+            )
+        )
+    return rows

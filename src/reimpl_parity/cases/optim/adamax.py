@@ -16,19 +16,14 @@ from hypothesis import strategies as st
 
 from reimpl.optim.adamax import Adamax
 from reimpl_parity.cases.optim._machinery import (
-    _FUSED_TOL,
-    REAL_DTYPES,
     KwargsFor,
     OptimRow,
-    _always_fused,
     _decays,
     _groups,
     _lrs,
-    _paths,
-    _with,
-    torch_unfused,
+    path_kwargs,
+    standard_rows,
 )
-from reimpl_parity.strategies import optional_kwargs
 
 
 def _adamax_kwargs(fused: bool) -> KwargsFor:
@@ -43,10 +38,7 @@ def _adamax_kwargs(fused: bool) -> KwargsFor:
             "weight_decay": _decays,
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -58,44 +50,17 @@ _adamax_groups = _groups(
     eps=st.sampled_from([1e-8, 1e-3]),
 )
 
-ROWS: list[OptimRow] = [
-    OptimRow(
-        "Adamax",
-        Adamax,
-        torch.optim.Adamax,
-        _adamax_kwargs(False),
-        _adamax_groups,
-        tensor_hparams=("lr",),
+# capturable: step counters and bias corrections stay on the GPU
+ROWS: list[OptimRow] = standard_rows(
+    "Adamax",
+    Adamax,
+    torch.optim.Adamax,
+    _adamax_kwargs,
+    _adamax_groups,
+    fused_why=(
+        "fused (reimpl only): the multi-tensor form, against torch's per-tensor loop; "
+        "the same arithmetic on the CPU today, but a fused kernel may order it differently"
     ),
-    OptimRow(
-        "Adamax-fused",
-        Adamax,
-        torch_unfused(torch.optim.Adamax),  # type: ignore[arg-type]
-        _adamax_kwargs(True),
-        _adamax_groups,
-        # torch's 16-bit loop rounds each intermediate to 16 bits; the fused fallback
-        # computes in float32 and rounds once, so 16-bit rows would compare two algorithms
-        dtypes=(torch.float64, torch.float32),
-        tol=_FUSED_TOL,
-        why=(
-            "fused (reimpl only): the multi-tensor form, against torch's per-tensor loop; "
-            "the same arithmetic on the CPU today, but a fused kernel may order it differently"
-        ),
-        contiguous=True,
-        large_grads=False,
-    ),
-    # capturable: step counters and bias corrections stay on the GPU (CUDA only; on the
-    # CPU torch refuses capturable=True at the first step)
-    OptimRow(
-        "Adamax-capturable",
-        Adamax,
-        torch.optim.Adamax,
-        _with(_adamax_kwargs(False), capturable=True),
-        _adamax_groups,
-        dtypes=REAL_DTYPES,
-        devices=("cuda",),
-        tensor_hparams=("lr",),
-    ),
-]
+)
 
 __all__ = ["ROWS"]

@@ -18,18 +18,14 @@ from hypothesis import strategies as st
 from reimpl.optim.asgd import ASGD
 from reimpl_parity.cases.optim._machinery import (
     _FUSED_TOL,
-    REAL_DTYPES,
     KwargsFor,
     OptimRow,
-    _always_fused,
     _decays,
     _groups,
     _lrs,
-    _paths,
-    _with,
-    torch_unfused,
+    path_kwargs,
+    standard_rows,
 )
-from reimpl_parity.strategies import optional_kwargs
 
 
 def _asgd_kwargs(fused: bool) -> KwargsFor:
@@ -45,10 +41,7 @@ def _asgd_kwargs(fused: bool) -> KwargsFor:
             "weight_decay": _decays,
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -71,45 +64,19 @@ _ASGD_FUSED_TOL = {
     torch.float32: _FUSED_TOL[torch.float32],
 }
 
-ROWS: list[OptimRow] = [
-    OptimRow(
-        "ASGD",
-        ASGD,
-        torch.optim.ASGD,
-        _asgd_kwargs(False),
-        _asgd_groups,
-        tensor_hparams=("lr",),
+# capturable: step counters, eta and mu stay on the GPU
+ROWS: list[OptimRow] = standard_rows(
+    "ASGD",
+    ASGD,
+    torch.optim.ASGD,
+    _asgd_kwargs,
+    _asgd_groups,
+    fused_tol=_ASGD_FUSED_TOL,
+    fused_why=(
+        "fused (reimpl only): torch's multi-tensor algorithm (eta in float32 tensor "
+        "arithmetic, the average never a plain copy), against torch's per-tensor loop; "
+        "eta is float32 state even for float64 params, hence float32's tolerance"
     ),
-    OptimRow(
-        "ASGD-fused",
-        ASGD,
-        torch_unfused(torch.optim.ASGD),  # type: ignore[arg-type]
-        _asgd_kwargs(True),
-        _asgd_groups,
-        # torch's 16-bit loop rounds each intermediate to 16 bits; the fused fallback
-        # computes in float32 and rounds once, so 16-bit rows would compare two algorithms
-        dtypes=(torch.float64, torch.float32),
-        tol=_ASGD_FUSED_TOL,
-        why=(
-            "fused (reimpl only): torch's multi-tensor algorithm (eta in float32 tensor "
-            "arithmetic, the average never a plain copy), against torch's per-tensor loop; "
-            "eta is float32 state even for float64 params, hence float32's tolerance"
-        ),
-        contiguous=True,
-        large_grads=False,
-    ),
-    # capturable: step counters, eta and mu stay on the GPU (CUDA only; on the CPU torch
-    # refuses capturable=True at the first step)
-    OptimRow(
-        "ASGD-capturable",
-        ASGD,
-        torch.optim.ASGD,
-        _with(_asgd_kwargs(False), capturable=True),
-        _asgd_groups,
-        dtypes=REAL_DTYPES,
-        devices=("cuda",),
-        tensor_hparams=("lr",),
-    ),
-]
+)
 
 __all__ = ["ROWS"]

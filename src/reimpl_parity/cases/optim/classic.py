@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -9,7 +10,6 @@ from hypothesis import strategies as st
 
 import reimpl.optim as ours
 from reimpl_parity.cases.optim._machinery import (
-    _FUSED_TOL,
     _FUSED_WHY,
     REAL_DTYPES,
     KwargsFor,
@@ -19,8 +19,8 @@ from reimpl_parity.cases.optim._machinery import (
     _groups,
     _lrs,
     _paths,
-    _with,
-    torch_unfused,
+    path_kwargs,
+    standard_rows,
 )
 from reimpl_parity.strategies import optional_kwargs
 
@@ -36,10 +36,7 @@ def _sgd_kwargs(fused: bool) -> KwargsFor:
             "nesterov": st.booleans(),
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -54,10 +51,7 @@ def _adagrad_kwargs(fused: bool) -> KwargsFor:
             "eps": st.sampled_from([1e-10, 1e-6, 0.0]),
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -111,6 +105,8 @@ def _adam_kwargs(decoupled: bool | None, fused: bool) -> KwargsFor:
         if not fused:
             s["foreach"] = _paths
             s["differentiable"] = st.booleans()
+        # drawn after the path keywords (not through path_kwargs), so that the
+        # derandomized CI draws stay the ones these rows have always had
         if decoupled is None:
             s["decoupled_weight_decay"] = st.booleans()
         return _always_fused(optional_kwargs(s), fused)
@@ -127,14 +123,31 @@ _rms_fused_groups = _rms_groups.map(
 )
 _adam_groups = _groups(lr=_lrs, weight_decay=_decays, amsgrad=st.booleans())
 
+
+def _rmsprop_kwargs_for(fused: bool) -> KwargsFor:
+    return _rmsprop_fused_kwargs if fused else _rmsprop_kwargs
+
+
 ROWS: list[OptimRow] = [
-    OptimRow(
+    # no -capturable rows: torch's SGD and Adagrad have no such option
+    *standard_rows(
         "SGD",
         ours.SGD,
         torch.optim.SGD,
-        _sgd_kwargs(False),
+        _sgd_kwargs,
         _sgd_groups,
         tensor_hparams=("lr", "weight_decay"),
+        torch_fused=True,
+        # torch 2.13's fused CPU SGD is off by up to ~2 ulps per step for 16-bit params
+        # (e.g. lr=1e-3 on ones leaves float16 params unchanged), further from the float32
+        # result than the plain loop; we don't reproduce that, so float64/float32 fused
+        # rows only (the default fused_dtypes).
+        fused_why=_FUSED_WHY,
+        # torch 2.13's fused SGD raises TypeError when a param first gets a grad after
+        # others already have momentum buffers (it passes None into the kernel); reimpl
+        # creates the buffer. Not drawn there; see the README's known differences.
+        fused_none_grads=False,
+        capturable=False,
     ),
     OptimRow(
         "SGD-sparse",
@@ -145,32 +158,16 @@ ROWS: list[OptimRow] = [
         dtypes=(torch.float64, torch.float32),
         sparse=True,
     ),
-    OptimRow(
-        "SGD-fused",
-        ours.SGD,
-        torch.optim.SGD,
-        _sgd_kwargs(True),
-        _sgd_groups,
-        # torch 2.13's fused CPU SGD is off by up to ~2 ulps per step for 16-bit params
-        # (e.g. lr=1e-3 on ones leaves float16 params unchanged), further from the float32
-        # result than the plain loop; we don't reproduce that, so no 16-bit rows here.
-        dtypes=(torch.float64, torch.float32),
-        tol=_FUSED_TOL,
-        why=_FUSED_WHY,
-        contiguous=True,
-        large_grads=False,
-        # torch 2.13's fused SGD raises TypeError when a param first gets a grad after
-        # others already have momentum buffers (it passes None into the kernel); reimpl
-        # creates the buffer. Not drawn here; see the README's known differences.
-        none_grads=False,
-    ),
-    OptimRow(
+    *standard_rows(
         "Adagrad",
         ours.Adagrad,
         torch.optim.Adagrad,
-        _adagrad_kwargs(False),
+        _adagrad_kwargs,
         _adagrad_groups,
-        tensor_hparams=("lr",),
+        torch_fused=True,
+        fused_dtypes=REAL_DTYPES,
+        fused_why=_FUSED_WHY,
+        capturable=False,
     ),
     OptimRow(
         "Adagrad-sparse",
@@ -181,109 +178,32 @@ ROWS: list[OptimRow] = [
         dtypes=(torch.float64, torch.float32),
         sparse=True,
     ),
-    OptimRow(
-        "Adagrad-fused",
-        ours.Adagrad,
-        torch.optim.Adagrad,
-        _adagrad_kwargs(True),
-        _adagrad_groups,
-        dtypes=REAL_DTYPES,
-        tol=_FUSED_TOL,
-        why=_FUSED_WHY,
-        contiguous=True,
-        large_grads=False,
-    ),
-    OptimRow(
+    # capturable (RMSprop, Adam, AdamW): step counters and bias corrections stay on the GPU
+    *standard_rows(
         "RMSprop",
         ours.RMSprop,
         torch.optim.RMSprop,
-        _rmsprop_kwargs,
+        _rmsprop_kwargs_for,
         _rms_groups,
-        tensor_hparams=("lr",),
+        fused_groups=_rms_fused_groups,
+        fused_why="fused (reimpl only): one pass per element, against torch's per-tensor loop",
     ),
-    OptimRow(
-        "RMSprop-fused",
-        ours.RMSprop,
-        torch_unfused(torch.optim.RMSprop),  # type: ignore[arg-type]
-        _rmsprop_fused_kwargs,
-        _rms_fused_groups,
-        dtypes=(torch.float64, torch.float32),  # torch's 16-bit loop is not float32 inside
-        tol=_FUSED_TOL,
-        why="fused (reimpl only): one pass per element, against torch's per-tensor loop",
-        contiguous=True,
-        large_grads=False,
-    ),
-    # capturable: step counters and bias corrections stay on the GPU (CUDA only; on the
-    # CPU torch refuses capturable=True at the first step, see tests/unit/test_optim_api)
     *[
-        OptimRow(
-            f"{name}-capturable",
+        row
+        for name, cls, tcls, decoupled in [
+            ("Adam", ours.Adam, torch.optim.Adam, None),
+            ("AdamW", ours.AdamW, torch.optim.AdamW, True),
+        ]
+        for row in standard_rows(
+            name,
             cls,
             tcls,
-            _with(kwargs_for, capturable=True),
-            groups,
-            dtypes=REAL_DTYPES,
-            devices=("cuda",),
-            tensor_hparams=hparams,
+            functools.partial(_adam_kwargs, decoupled),
+            _adam_groups,
+            tensor_hparams=("lr", "betas"),
+            torch_fused=True,
+            fused_dtypes=REAL_DTYPES,
+            fused_why=_FUSED_WHY,
         )
-        for name, cls, tcls, kwargs_for, groups, hparams in [
-            ("RMSprop", ours.RMSprop, torch.optim.RMSprop, _rmsprop_kwargs, _rms_groups, ("lr",)),
-            (
-                "Adam",
-                ours.Adam,
-                torch.optim.Adam,
-                _adam_kwargs(None, False),
-                _adam_groups,
-                ("lr", "betas"),
-            ),
-            (
-                "AdamW",
-                ours.AdamW,
-                torch.optim.AdamW,
-                _adam_kwargs(True, False),
-                _adam_groups,
-                ("lr", "betas"),
-            ),
-        ]
     ],
-    OptimRow(
-        "Adam",
-        ours.Adam,
-        torch.optim.Adam,
-        _adam_kwargs(None, False),
-        _adam_groups,
-        tensor_hparams=("lr", "betas"),
-    ),
-    OptimRow(
-        "Adam-fused",
-        ours.Adam,
-        torch.optim.Adam,
-        _adam_kwargs(None, True),
-        _adam_groups,
-        dtypes=REAL_DTYPES,
-        tol=_FUSED_TOL,
-        why=_FUSED_WHY,
-        contiguous=True,
-        large_grads=False,
-    ),
-    OptimRow(
-        "AdamW",
-        ours.AdamW,
-        torch.optim.AdamW,
-        _adam_kwargs(True, False),
-        _adam_groups,
-        tensor_hparams=("lr", "betas"),
-    ),
-    OptimRow(
-        "AdamW-fused",
-        ours.AdamW,
-        torch.optim.AdamW,
-        _adam_kwargs(True, True),
-        _adam_groups,
-        dtypes=REAL_DTYPES,
-        tol=_FUSED_TOL,
-        why=_FUSED_WHY,
-        contiguous=True,
-        large_grads=False,
-    ),
 ]

@@ -14,19 +14,14 @@ from hypothesis import strategies as st
 
 from reimpl.optim.nadam import NAdam
 from reimpl_parity.cases.optim._machinery import (
-    _FUSED_TOL,
-    REAL_DTYPES,
     KwargsFor,
     OptimRow,
-    _always_fused,
     _decays,
     _groups,
     _lrs,
-    _paths,
-    _with,
-    torch_unfused,
+    path_kwargs,
+    standard_rows,
 )
-from reimpl_parity.strategies import optional_kwargs
 
 
 def _nadam_kwargs(fused: bool) -> KwargsFor:
@@ -41,10 +36,7 @@ def _nadam_kwargs(fused: bool) -> KwargsFor:
             "decoupled_weight_decay": st.booleans(),
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -56,43 +48,18 @@ _nadam_groups = _groups(
     decoupled_weight_decay=st.booleans(),
 )
 
-ROWS: list[OptimRow] = [
-    OptimRow(
-        "NAdam",
-        NAdam,
-        torch.optim.NAdam,
-        _nadam_kwargs(False),
-        _nadam_groups,
-        tensor_hparams=("lr",),
+# capturable: step counters, mu_product and the step sizes stay on the GPU
+ROWS: list[OptimRow] = standard_rows(
+    "NAdam",
+    NAdam,
+    torch.optim.NAdam,
+    _nadam_kwargs,
+    _nadam_groups,
+    fused_why=(
+        "fused (reimpl only): the multi-tensor form's operation order (one sqrt, then "
+        "a division by sqrt(1 - beta2^t)), against torch's per-tensor loop (sqrt of "
+        "v / (1 - beta2^t))"
     ),
-    OptimRow(
-        "NAdam-fused",
-        NAdam,
-        torch_unfused(torch.optim.NAdam),  # type: ignore[arg-type]
-        _nadam_kwargs(True),
-        _nadam_groups,
-        # torch's 16-bit per-tensor loop rounds after every op, the fused path once
-        dtypes=(torch.float64, torch.float32),
-        tol=_FUSED_TOL,
-        why=(
-            "fused (reimpl only): the multi-tensor form's operation order (one sqrt, then "
-            "a division by sqrt(1 - beta2^t)), against torch's per-tensor loop (sqrt of "
-            "v / (1 - beta2^t))"
-        ),
-        contiguous=True,
-        large_grads=False,
-    ),
-    # capturable: step counters, mu_product and the step sizes stay on the GPU
-    OptimRow(
-        "NAdam-capturable",
-        NAdam,
-        torch.optim.NAdam,
-        _with(_nadam_kwargs(False), capturable=True),
-        _nadam_groups,
-        dtypes=REAL_DTYPES,
-        devices=("cuda",),
-        tensor_hparams=("lr",),
-    ),
-]
+)
 
 __all__ = ["ROWS"]

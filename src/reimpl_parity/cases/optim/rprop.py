@@ -17,17 +17,13 @@ from hypothesis import strategies as st
 from reimpl.optim.rprop import Rprop
 from reimpl_parity.cases.optim._machinery import (
     ALL_DTYPES,
-    REAL_DTYPES,
     KwargsFor,
     OptimRow,
-    _always_fused,
     _groups,
     _lrs,
-    _paths,
-    _with,
-    torch_unfused,
+    path_kwargs,
+    standard_rows,
 )
-from reimpl_parity.strategies import optional_kwargs
 
 # (etaminus, etaplus): the paper's (0.5, 1.2), a near-1 pair that barely adapts, and
 # steep ones that hit the step-size bounds within a few steps
@@ -47,10 +43,7 @@ def _rprop_kwargs(fused: bool) -> KwargsFor:
             "step_sizes": _step_sizes,
             "maximize": st.booleans(),
         }
-        if not fused:
-            s["foreach"] = _paths
-            s["differentiable"] = st.booleans()
-        return _always_fused(optional_kwargs(s), fused)
+        return path_kwargs(s, fused)
 
     return make
 
@@ -62,46 +55,20 @@ _EXACT_WHY = "exact: the same operations in the same order as torch's Rprop"
 
 _rprop_groups = _groups(lr=_lrs, etas=_etas, step_sizes=_step_sizes)
 
-ROWS: list[OptimRow] = [
-    OptimRow(
-        "Rprop",
-        Rprop,
-        torch.optim.Rprop,
-        _rprop_kwargs(False),
-        _rprop_groups,
-        tol=_EXACT,
-        why=_EXACT_WHY,
-        tensor_hparams=("lr",),
-    ),
-    OptimRow(
-        "Rprop-fused",
-        Rprop,
-        torch_unfused(torch.optim.Rprop),  # type: ignore[arg-type]
-        _rprop_kwargs(True),
-        _rprop_groups,
-        # torch's 16-bit per-tensor loop rounds after every op, the fused path once
-        # (widened to float32): those differ by design, so float64/float32 only. Without
-        # a kernel the fused path is the multi-tensor form, whose every op rounds as the
-        # loop's (a product, a sign, an exact factor, a clamp, one addcmul): bit for bit.
-        # A one-pass kernel added later loosens this to _FUSED_TOL with its own why.
-        dtypes=(torch.float64, torch.float32),
-        tol=_EXACT,
-        why="exact: fused=True runs the multi-tensor form, the same ops as torch's loop",
-        contiguous=True,
-        large_grads=False,
-    ),
-    # capturable: step counters stay on the GPU and the sign tests use where, not masked
-    # writes (CUDA only; on the CPU torch refuses capturable=True at the first step)
-    OptimRow(
-        "Rprop-capturable",
-        Rprop,
-        torch.optim.Rprop,
-        _with(_rprop_kwargs(False), capturable=True),
-        _rprop_groups,
-        dtypes=REAL_DTYPES,
-        devices=("cuda",),
-        tensor_hparams=("lr",),
-    ),
-]
+# fused: without a kernel the fused path is the multi-tensor form, whose every op rounds
+# as the loop's (a product, a sign, an exact factor, a clamp, one addcmul): bit for bit.
+# A one-pass kernel added later loosens this to _FUSED_TOL with its own why.
+# capturable: step counters stay on the GPU and the sign tests use where, not masked writes
+ROWS: list[OptimRow] = standard_rows(
+    "Rprop",
+    Rprop,
+    torch.optim.Rprop,
+    _rprop_kwargs,
+    _rprop_groups,
+    tol=_EXACT,
+    why=_EXACT_WHY,
+    fused_tol=_EXACT,
+    fused_why="exact: fused=True runs the multi-tensor form, the same ops as torch's loop",
+)
 
 __all__ = ["ROWS"]
