@@ -59,6 +59,7 @@ def bench(session: nox.Session) -> None:
 SANITIZED = [
     "tests/unit/test_malformed_state.py",
     "tests/unit/test_cpu_fused_subclass.py",
+    "tests/unit/test_cpu_fused_nonfinite.py",
     "tests/unit/test_loss_gradgrad.py",
     "tests/parity/test_losses.py",
     "tests/parity/test_optim.py",

@@ -348,15 +348,16 @@ typedef struct {
     pp[i] -= step;                                                                         \
   })
 
-/* Rprop: torch.sign and torch.clamp, NaN kept (a NaN comparison is false) */
-#define SIGN_NAN(T, x) ((x) != (x) ? (x) : (T)(((x) > 0) - ((x) < 0)))
+/* Rprop: torch.sign is 0 for NaN, as this is (both comparisons are false); torch.clamp
+   keeps NaN, as the ternaries do */
+#define SIGN(T, x) ((T)(((x) > 0) - ((x) < 0)))
 #define RPROP_BODY(T)                                                                       \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *qp = (T *)prev[j], *sp = (T *)ss[j];              \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
       T gi = GRAD(gp, i);                                                                  \
-      T eta = SIGN_NAN(T, gi * qp[i]);                                                        \
+      T eta = SIGN(T, gi * qp[i]);                                                         \
       eta = eta > 0 ? etaplus_ : eta;                                                      \
       eta = eta < 0 ? etaminus_ : eta;                                                     \
       eta = eta == 0 ? (T)1 : eta;                                                         \
@@ -365,7 +366,7 @@ typedef struct {
       si = si > smax_ ? smax_ : si;                                                        \
       sp[i] = si;                                                                          \
       if (eta == etaminus_) gi = 0;                                                        \
-      pp[i] -= SIGN_NAN(T, gi) * si;                                                          \
+      pp[i] -= SIGN(T, gi) * si;                                                           \
       qp[i] = gi;                                                                          \
     }                                                                                      \
   }
