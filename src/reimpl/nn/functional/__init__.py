@@ -7,6 +7,7 @@ would read, to the from-scratch scan, like a lookup of torch's kernels by name).
 from reimpl.nn.functional._batchnorm import batch_norm
 from reimpl.nn.functional._binary import binary_cross_entropy, binary_cross_entropy_with_logits
 from reimpl.nn.functional._classification import cross_entropy, log_softmax, nll_loss
+from reimpl.nn.functional._ctc import ctc_loss
 from reimpl.nn.functional._distance import cosine_similarity, pairwise_distance
 from reimpl.nn.functional._dropout import (
     alpha_dropout,
