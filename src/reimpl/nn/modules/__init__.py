@@ -18,6 +18,7 @@ from reimpl.nn.modules.loss import (
     NLLLoss,
     SmoothL1Loss,
 )
+from reimpl.nn.modules.loss_ctc import CTCLoss
 from reimpl.nn.modules.loss_lean import AdaptiveLogSoftmaxWithLoss, LinearCrossEntropyLoss
 from reimpl.nn.modules.loss_likelihood import GaussianNLLLoss, KLDivLoss, PoissonNLLLoss
 from reimpl.nn.modules.loss_margin import (
@@ -41,6 +42,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "CTCLoss",
     "CosineEmbeddingLoss",
     "CosineSimilarity",
     "CrossEntropyLoss",
