@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import reimpl.nn.functional as F
 from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.cases.loss_errors import LOSS_ERROR_CASES
+from reimpl_parity.cases.losses_ctc import CTC_CASES, CTC_ERROR_CASES
 from reimpl_parity.compare import TOLERANCES
 from reimpl_parity.harness import Case
 from reimpl_parity.strategies import (
@@ -374,6 +375,15 @@ def _autocast_rows(plain: list[Case]) -> list[Case]:
     return rows
 
 
-LOSS_CASES: list[Case] = [*_PLAIN_CASES, *MIXED_DTYPE_CASES, *_autocast_rows(_PLAIN_CASES)]
+LOSS_CASES: list[Case] = [
+    *_PLAIN_CASES,
+    *MIXED_DTYPE_CASES,
+    *_autocast_rows(_PLAIN_CASES),
+    *CTC_CASES,
+]
+LOSS_ERROR_CASES = [
+    *LOSS_ERROR_CASES,
+    *CTC_ERROR_CASES,
+]
 
 __all__ = ["LOSS_CASES", "LOSS_ERROR_CASES", "MIXED_DTYPE_CASES"]
