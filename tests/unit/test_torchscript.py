@@ -78,6 +78,17 @@ LOSSES: list[Row] = [
     ("smooth_l1_beta0", lambda nn: nn.SmoothL1Loss(beta=0.0, reduction="none"), {}, (X, Y)),
     ("huber", lambda nn: nn.HuberLoss(delta=0.7), {}, (X, Y)),
     ("huber_sum", lambda nn: nn.HuberLoss(reduction="sum"), {}, (X, Y)),
+    (
+        "ctc_sum",
+        lambda nn: nn.CTCLoss(reduction="sum", zero_infinity=True),
+        {},
+        (
+            X3.permute(2, 0, 1).log_softmax(2),  # (T, N, C) = (5, 4, 3)
+            torch.tensor([[1, 2], [2, 2], [1, 1], [2, 1]]),
+            torch.tensor([5, 5, 2, 2]),
+            torch.tensor([2, 2, 2, 2]),
+        ),
+    ),
 ]
 
 BATCHNORMS: list[Row] = [
