@@ -67,7 +67,11 @@ def _cosine_similarity(x1: Tensor, x2: Tensor, dim: int, eps: float, ac: str | N
         x1 = x1.to(common)
     if not (x2.is_floating_point() or x2.is_complex()):
         x2 = x2.to(common)
-    x1, x2 = torch.broadcast_tensors(x1, x2)
+    # both expanded unless the shapes are equal, as torch does: an expand is a node in the
+    # graph, and where it sits decides the order in which autograd sums x1's gradient terms
+    if x1.shape != x2.shape:
+        shape = torch.broadcast_shapes(x1.shape, x2.shape)
+        x1, x2 = x1.expand(shape), x2.expand(shape)
     # clones: the floor below writes in place, and the norms' own backward reads their values
     n1 = torch.linalg.vector_norm(x1, 2, dim, keepdim=True).clone()
     n2 = torch.linalg.vector_norm(x2, 2, dim, keepdim=True).clone()

@@ -69,11 +69,15 @@ def _kl_div(input: Tensor, target: Tensor, reduction: str, log_target: bool) -> 
                 f"kl_div needs floating point input and target, got {t.dtype}; convert with "
                 ".float()"
             )
+    # torch's C++ evaluates each operator's right operand first; the same order here makes
+    # autograd sum the gradient terms of the target in the same order (bit for bit)
     if log_target:
-        loss = torch.exp(target) * (target - input)
+        diff = target - input
+        loss = torch.exp(target) * diff
     else:
+        cross = target * input
         # xlogy: 0 log 0 = 0, so a zero-probability class adds nothing
-        loss = torch.xlogy(target, target) - target * input
+        loss = torch.xlogy(target, target) - cross
     return _reduction.apply(loss, reduction)
 
 
@@ -104,12 +108,17 @@ def poisson_nll_loss(
 def _poisson_nll_loss(
     input: Tensor, target: Tensor, log_input: bool, full: bool, eps: float, reduction: str
 ) -> Tensor:
+    # right operands first, as torch's C++ evaluates them (the order autograd sums in)
     if log_input:
-        loss = torch.exp(input) - target * input
+        cross = target * input
+        loss = torch.exp(input) - cross
     else:
-        loss = input - target * torch.log(input + eps)
+        cross = target * torch.log(input + eps)
+        loss = input - cross
     if full:
-        stirling = target * torch.log(target) - target + 0.5 * torch.log(2 * math.pi * target)
+        half_log = 0.5 * torch.log(2 * math.pi * target)
+        t_log_t = target * torch.log(target)
+        stirling = (t_log_t - target) + half_log
         loss = loss + stirling.masked_fill(target <= 1, 0)
     return _reduction.apply(loss, reduction)
 
@@ -182,11 +191,12 @@ def _gaussian_nll_loss(
     var = var.clone()
     with torch.no_grad():  # the floor is not differentiated (torch's choice)
         var.clamp_(min=eps)
+    # log and pow are fp32 under CUDA autocast (on CPU neither is listed)
+    log_var = torch.log(_autocast.fp32(ac, var) if ac == "cuda" else var)
     d = input - target
-    log_var = var
-    if ac == "cuda":  # log and pow are fp32 under CUDA autocast
-        log_var, d = _autocast.fp32(ac, var), _autocast.fp32(ac, d)
-    loss = 0.5 * (torch.log(log_var) + d**2 / var)
+    if ac == "cuda":
+        d = _autocast.fp32(ac, d)
+    loss = 0.5 * (log_var + d**2 / var)
     if full:
         loss = loss + _HALF_LOG_2PI
     return _reduction.apply(loss, reduction)

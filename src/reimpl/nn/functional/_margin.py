@@ -17,6 +17,7 @@ run as they are, on CUDA their sums are float32 (and the default distance's norm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +58,8 @@ def margin_ranking_loss(
 def _margin_ranking_loss(
     input1: Tensor, input2: Tensor, target: Tensor, margin: float, reduction: str
 ) -> Tensor:
-    loss = (-target * (input1 - input2) + margin).clamp_min(0)
+    diff = input1 - input2  # right operand first, as torch's C++ evaluates it
+    loss = (-target * diff + margin).clamp_min(0)
     return _reduction.apply(loss, reduction)
 
 
@@ -75,7 +77,10 @@ def hinge_embedding_loss(
 
 def _hinge_embedding_loss(input: Tensor, target: Tensor, margin: float, reduction: str) -> Tensor:
     zeros = torch.zeros_like(input)
-    margin_term = torch.where(target != 1, (margin - input).clamp_min(0), zeros)
+    # torch's C++ forms margin - x in x's dtype (a fill, then a subtraction)
+    margin_term = torch.where(
+        target != 1, (torch.full_like(input, margin) - input).clamp_min(0), zeros
+    )
     self_term = torch.where(target != -1, input, zeros)
     return _reduction.apply(margin_term + self_term, reduction)
 
@@ -101,10 +106,12 @@ class _SoftMargin(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
         x, y = ctx.saved_tensors
-        norm = 1.0 / x.numel() if ctx.reduction == "mean" else 1.0
+        # C++'s 1.0 / 0 is inf (an empty input: nothing to scale)
+        norm = 1.0 if ctx.reduction != "mean" else 1.0 / x.numel() if x.numel() else math.inf
         z = torch.exp(-y * x)
-        # each product is rounded into x's dtype where torch's in-place steps round it
-        gx = (y * z).to(x.dtype) * -norm
+        # each product is rounded into x's dtype where torch's in-place steps round it, and
+        # so is the scale (a C++ scalar op on a 16-bit tensor rounds the scalar first)
+        gx = (y * z).to(x.dtype) * float(torch.tensor(-norm, dtype=x.dtype))
         gx = (gx / (z + 1)).to(x.dtype)
         return (gx * g).to(x.dtype), None, None
 
@@ -168,7 +175,8 @@ class _LogSigmoid(torch.autograd.Function):
     @staticmethod
     def _dx(x: Tensor, g: Tensor) -> Tensor:
         xa = _acc(x)
-        z = torch.exp(-torch.abs(xa))
+        # torch keeps e^{-|x|} from the forward in x's dtype
+        z = torch.exp(-torch.abs(xa)).to(x.dtype).to(xa.dtype)
         below = xa < 0
         slope = below.to(xa.dtype) - torch.where(below, 1.0, -1.0) * (z / (1 + z))
         return (slope * _acc(g)).to(g.dtype)
@@ -256,9 +264,10 @@ def _cosine_embedding_loss(
     mag_square2 = (input2 * input2).sum(dim) + _COSINE_EPS
     cos = prod_sum / (mag_square1 * mag_square2).sqrt()
     zeros = torch.zeros_like(cos)
-    pos = torch.where(target == 1, 1 - cos, zeros)
-    neg = torch.where(target == -1, (cos - margin).clamp_min(0), zeros)
-    return _reduction.apply(pos + neg, reduction)
+    pos = 1 - cos
+    neg = (cos - margin).clamp_min(0)
+    loss = torch.where(target == 1, pos, zeros) + torch.where(target == -1, neg, zeros)
+    return _reduction.apply(loss, reduction)
 
 
 # --------------------------------------------------------------------------- triplet
