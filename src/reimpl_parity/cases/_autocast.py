@@ -19,6 +19,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from reimpl_parity.compare import TOLERANCES
 from reimpl_parity.harness import Case
 from reimpl_parity.strategies import Call, TensorSpec
 
@@ -89,3 +90,19 @@ def autocast_case(
         backward=case.backward,
         devices=(device,),
     )
+
+
+def loss_rows(plain: list[Case], fp32_on_cpu: set[str]) -> list[Case]:
+    """Each plain loss row under every run of :data:`RUNS`. On CPU the rows named in
+    ``fp32_on_cpu`` compute in float32 (torch's fp32 policy), so float32's tolerance holds
+    whatever the inputs' dtype; the others keep the row's tolerance."""
+    f32_tol = {dt: TOLERANCES[torch.float32] for dt in INPUT_DTYPES}
+    rows = []
+    for case in plain:
+        for device, dtype in RUNS:
+            if device == "cpu" and case.name in fp32_on_cpu:
+                why = "CPU autocast computes this loss in float32 (torch's fp32 policy)"
+                rows.append(autocast_case(case, device, dtype, tol=f32_tol, why=why))
+            else:
+                rows.append(autocast_case(case, device, dtype))
+    return rows
