@@ -27,18 +27,50 @@ PAIRS = [
     (rnn.MSELoss, torch.nn.MSELoss, {"reduction": "none"}),
     (rnn.SmoothL1Loss, torch.nn.SmoothL1Loss, {"beta": 0.5}),
     (rnn.HuberLoss, torch.nn.HuberLoss, {"delta": 2.0, "reduction": "sum"}),
+    (rnn.KLDivLoss, torch.nn.KLDivLoss, {"reduction": "batchmean", "log_target": True}),
+    (rnn.PoissonNLLLoss, torch.nn.PoissonNLLLoss, {"full": True, "eps": 1e-3}),
+    (rnn.GaussianNLLLoss, torch.nn.GaussianNLLLoss, {"full": True, "reduction": "sum"}),
+    (rnn.MarginRankingLoss, torch.nn.MarginRankingLoss, {"margin": 0.3}),
+    (rnn.HingeEmbeddingLoss, torch.nn.HingeEmbeddingLoss, {"margin": 0.5, "reduction": "none"}),
+    (rnn.SoftMarginLoss, torch.nn.SoftMarginLoss, {"reduction": "sum"}),
+    (rnn.MultiLabelSoftMarginLoss, torch.nn.MultiLabelSoftMarginLoss, {"weight": torch.rand(4)}),
+    (rnn.MultiLabelMarginLoss, torch.nn.MultiLabelMarginLoss, {"reduction": "none"}),
+    (
+        rnn.MultiMarginLoss,
+        torch.nn.MultiMarginLoss,
+        {"p": 2, "margin": 0.5, "weight": torch.rand(4) + 0.5},
+    ),
+    (rnn.CosineEmbeddingLoss, torch.nn.CosineEmbeddingLoss, {"margin": 0.2}),
+    (rnn.TripletMarginLoss, torch.nn.TripletMarginLoss, {"p": 1.0, "swap": True}),
+    (rnn.TripletMarginWithDistanceLoss, torch.nn.TripletMarginWithDistanceLoss, {"swap": True}),
 ]
 IDS = [p[0].__name__ for p in PAIRS]
 
 
-def _inputs(cls: type) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(cls: type) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, generator=g)
-    if cls in (rnn.CrossEntropyLoss, rnn.NLLLoss):
+    if cls in (rnn.CrossEntropyLoss, rnn.NLLLoss, rnn.MultiMarginLoss):
         return x, torch.tensor([0, 1, 3])
     if cls is rnn.BCELoss:
         return torch.sigmoid(x), torch.rand(3, 4, generator=g)
+    signs = torch.randint(0, 2, (3, 4), generator=g) * 2.0 - 1
+    three = (x, torch.randn(3, 4, generator=g), torch.rand(3, 4, generator=g) + 0.1)
+    if cls in (rnn.GaussianNLLLoss, rnn.TripletMarginLoss, rnn.TripletMarginWithDistanceLoss):
+        return three
+    if cls is rnn.MarginRankingLoss:
+        return (*three[:2], signs)
+    if cls is rnn.CosineEmbeddingLoss:
+        return (*three[:2], signs[:, 0])
+    if cls in (rnn.HingeEmbeddingLoss, rnn.SoftMarginLoss):
+        return x, signs
+    if cls is rnn.MultiLabelMarginLoss:
+        return x, torch.tensor([[3, 0, -1, 1], [1, -1, 2, 2], [0, 1, 2, 3]])
     return x, torch.rand(3, 4, generator=g)
+
+
+#: the attributes of the likelihood and margin losses
+_MORE = ("margin", "p", "eps", "swap", "full", "log_input", "log_target")
 
 
 def _params(fn: object) -> list[tuple[str, object]]:
@@ -55,11 +87,12 @@ def test_signatures_match(ours: type, theirs: type, kwargs: dict) -> None:
 @pytest.mark.parametrize(("ours", "theirs", "kwargs"), PAIRS, ids=IDS)
 def test_attributes_buffers_and_forward(ours: type, theirs: type, kwargs: dict) -> None:
     a, b = ours(**kwargs), theirs(**kwargs)
-    for name in ("reduction", "ignore_index", "label_smoothing", "beta", "delta"):
+    for name in ("reduction", "ignore_index", "label_smoothing", "beta", "delta", *_MORE):
         assert getattr(a, name, None) == getattr(b, name, None), name
     assert list(dict(a.named_buffers())) == list(dict(b.named_buffers()))
-    x, t = _inputs(ours)
-    torch.testing.assert_close(a(x, t), b(x, t))
+    assert repr(a) == repr(b)
+    inputs = _inputs(ours)
+    torch.testing.assert_close(a(*inputs), b(*inputs))
 
 
 @pytest.mark.parametrize(("ours", "theirs", "kwargs"), PAIRS, ids=IDS)
@@ -73,9 +106,9 @@ def test_state_dict_moves_both_ways(ours: type, theirs: type, kwargs: dict) -> N
     b2.load_state_dict(a.state_dict())
     for k, v in changed.items():
         torch.testing.assert_close(b2.state_dict()[k], v)
-    x, t = _inputs(ours)
+    inputs = _inputs(ours)
     b.load_state_dict(changed)
-    torch.testing.assert_close(a(x, t), b(x, t))
+    torch.testing.assert_close(a(*inputs), b(*inputs))
 
 
 @pytest.mark.parametrize(
