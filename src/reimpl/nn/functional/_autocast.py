@@ -15,7 +15,9 @@ happens to the op's floating-point tensor arguments on that device type (torch 2
 * weighted ``mse``/``l1``/``huber`` losses are elementwise ops in torch's Python code:
   none listed on CPU; on CUDA ``pow`` is fp32 and ``sum`` accumulates in float32 (the
   huber term itself is fp32 on both);
-* ``batch_norm`` and the dropout family: not listed on either.
+* ``batch_norm`` and the dropout family: not listed on either;
+* ``linear_cross_entropy``: its linear is lower-precision (``linear``: every eligible
+  tensor cast to autocast's dtype) on both, then its cross-entropy as ``cross_entropy``.
 
 *fp32*: every floating-point tensor argument on that device type, other than float64, is
 cast to float32 and the op runs with autocast off. *Not listed*: the op runs on its
@@ -95,6 +97,12 @@ def fp32(device_type: str, t: Tensor) -> Tensor:
     if eligible(t, device_type) and t.dtype != torch.float32:
         return t.to(torch.float32)
     return t
+
+
+def lower(device_type: str, t: Tensor) -> Tensor:
+    """``t`` as the lower-precision policy passes it on: in autocast's dtype if eligible."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return t.to(dtype) if eligible(t, device_type) and t.dtype != dtype else t
 
 
 def fp32_opt(device_type: str, t: Tensor | None) -> Tensor | None:
