@@ -89,6 +89,27 @@ LOSSES: list[Row] = [
             torch.tensor([2, 2, 2, 2]),
         ),
     ),
+    ("kl_batchmean", lambda nn: nn.KLDivLoss(reduction="batchmean"), {}, (X.log_softmax(1), U)),
+    ("kl_log_sum", lambda nn: nn.KLDivLoss(reduction="sum", log_target=True), {}, (X, Y)),
+    ("poisson_full", lambda nn: nn.PoissonNLLLoss(full=True), {}, (X, T * 4)),
+    ("poisson_rate", lambda nn: nn.PoissonNLLLoss(False, reduction="none"), {}, (U, T * 4)),
+    ("ranking", lambda nn: nn.MarginRankingLoss(0.2), {}, (X, Y, torch.sign(T - 0.5))),
+    ("hinge_sum", lambda nn: nn.HingeEmbeddingLoss(0.5, reduction="sum"), {}, (X, Y.sign())),
+    ("soft_margin", lambda nn: nn.SoftMarginLoss(), {}, (X, Y.sign())),
+    ("ml_soft_none", lambda nn: nn.MultiLabelSoftMarginLoss(W, reduction="none"), {}, (X, T)),
+    (
+        "ml_margin",
+        lambda nn: nn.MultiLabelMarginLoss(),
+        {},
+        (X, torch.tensor([[0, 2, -1], [1, -1, 0], [2, 1, 0], [-1, 0, 0]])),
+    ),
+    ("ml_margin_1d", lambda nn: nn.MultiLabelMarginLoss(reduction="none"), {}, (X1, IDX[:3] - 1)),
+    ("multi_margin", lambda nn: nn.MultiMarginLoss(p=2, margin=0.5, weight=W), {}, (X, IDX)),
+    ("multi_margin_none", lambda nn: nn.MultiMarginLoss(reduction="none"), {}, (X, IDX)),
+    ("cos_embedding", lambda nn: nn.CosineEmbeddingLoss(0.1), {}, (X, Y, (T[:, 0] - 0.5).sign())),
+    ("triplet", lambda nn: nn.TripletMarginLoss(p=1.0, swap=True), {}, (X, Y, T)),
+    ("pairwise_distance", lambda nn: nn.PairwiseDistance(keepdim=True), {}, (X, Y)),
+    ("cosine_similarity", lambda nn: nn.CosineSimilarity(dim=0), {}, (X, Y)),
 ]
 
 BATCHNORMS: list[Row] = [
