@@ -15,6 +15,7 @@ import reimpl.nn.functional as F
 from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.cases.loss_errors import LOSS_ERROR_CASES
 from reimpl_parity.cases.losses_ctc import CTC_CASES, CTC_ERROR_CASES
+from reimpl_parity.cases.losses_lean import LEAN_CASES, LEAN_ERROR_CASES
 from reimpl_parity.cases.losses_likelihood import LIKELIHOOD_CASES, LIKELIHOOD_ERROR_CASES
 from reimpl_parity.cases.losses_margin import MARGIN_CASES, MARGIN_ERROR_CASES
 from reimpl_parity.compare import TOLERANCES
@@ -382,12 +383,14 @@ LOSS_CASES: list[Case] = [
     *MIXED_DTYPE_CASES,
     *_autocast_rows(_PLAIN_CASES),
     *CTC_CASES,
+    *LEAN_CASES,
     *LIKELIHOOD_CASES,
     *MARGIN_CASES,
 ]
 LOSS_ERROR_CASES = [
     *LOSS_ERROR_CASES,
     *CTC_ERROR_CASES,
+    *LEAN_ERROR_CASES,
     *LIKELIHOOD_ERROR_CASES,
     *MARGIN_ERROR_CASES,
 ]
