@@ -101,6 +101,31 @@ ROWS = [
     Row("mse_loss_none", _loss("mse_loss"), (X, T), {"reduction": "none"}, (0, 1)),
     Row("smooth_l1_loss", _loss("smooth_l1_loss"), (X, T), {"beta": 0.7}, (0, 1)),
     Row("huber_loss", _loss("huber_loss"), (X, T), {"delta": 0.7, "reduction": "sum"}, (0, 1)),
+    # the likelihood and margin losses torch serves under every transform (the others, where
+    # torch lacks forward AD or refuses vmap, are in test_likelihood_margin_func)
+    Row("kl_div_batchmean", _loss("kl_div"), (X, P), {"reduction": "batchmean"}, (0, 1)),
+    Row("kl_div_log_target", _loss("kl_div"), (X, T), {"log_target": True}, (0, 1)),
+    Row("poisson_nll_full", _loss("poisson_nll_loss"), (X, U * 3), {"full": True}, (0, 1)),
+    Row("margin_ranking", _loss("margin_ranking_loss"), (X, T, (U - 0.5).sign()), {}, (0, 1)),
+    Row("hinge_embedding", _loss("hinge_embedding_loss"), (X, T.sign()), {"reduction": "sum"}),
+    Row("multilabel_soft_margin", _loss("multilabel_soft_margin_loss"), (X, U), {"weight": W}),
+    Row("cosine_embedding", _loss("cosine_embedding_loss"), (X, T, T[:, 0].sign()), {}, (0, 1)),
+    Row(
+        "triplet_margin",
+        _loss("triplet_margin_loss"),
+        (X, T, U),
+        {"swap": True, "p": 1.5},
+        (0, 1, 2),
+    ),
+    Row(
+        "triplet_with_distance",
+        _loss("triplet_margin_with_distance_loss"),
+        (X, T, U),
+        {},
+        (0, 1, 2),
+    ),
+    Row("pairwise_distance", _loss("pairwise_distance"), (X, T), {"keepdim": True}, (0, 1)),
+    Row("cosine_similarity", _loss("cosine_similarity"), (X, T), {"dim": 0}, (0, 1)),
     # float32 rows: torch.testing's float32 defaults
     Row("cross_entropy_f32", _loss("cross_entropy"), (X.float(), IDX)),
     Row("log_softmax_f32", lambda F, x: F.log_softmax(x, -1), (X.float(),)),
