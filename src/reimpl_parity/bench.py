@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import platform
 import statistics
@@ -32,6 +33,9 @@ class Result:
     torch_ms: float
     ratio: float  # median of per-pair ratios reimpl/torch
     reps: int
+    # peak memory of one call beyond what was held before it (memory cases only; MiB)
+    reimpl_peak_mib: float | None = None
+    torch_peak_mib: float | None = None
 
 
 def _sync(device: str) -> None:
@@ -72,6 +76,38 @@ def time_pair(
         b.append(tb)
     ratios = [x / y for x, y in zip(a, b, strict=True) if y > 0]
     return statistics.median(a), statistics.median(b), statistics.median(ratios)
+
+
+def peak_memory_mib(fn: Fn, device: str) -> float | None:
+    """Peak bytes the torch allocator held during ``fn()`` beyond what it held when it
+    started, in MiB (tensors only: Python objects and allocator caching do not count).
+
+    CUDA: the allocator's own peak statistic. CPU: torch keeps no peak for its CPU
+    allocator, so the profiler records every allocation and free (``profile_memory``) and
+    the running sum of their sizes, in time order, gives the peak; None where this torch's
+    profiler does not expose the raw events (a private attribute, hence the guard).
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        events.sort(key=lambda e: e.start_ns())
+        held = peak = 0
+        for e in events:
+            held += e.nbytes()
+            peak = max(peak, held)
+    except (AttributeError, TypeError):
+        return None
+    return peak / 2**20
 
 
 # ----------------------------------------------------------------------------- cases
@@ -123,6 +159,58 @@ def _loss_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
                 fwd_bwd(F.cross_entropy, big, tgt),
                 fwd_bwd(TF.cross_entropy, big, tgt),
             )
+
+
+def _linear_cross_entropy_cases(device: str, quick: bool) -> Iterator[tuple[str, Fn, Fn]]:
+    """reimpl's chunked linear_cross_entropy against torch's (reference and chunked paths,
+    torch >= 2.13) and against the naive cross_entropy(x @ W.T): time and peak memory.
+
+    Sizes: the issue's N=4096, D=1024, V=32768 (float32) on CUDA, with a bfloat16 LLM-head
+    size; on CPU N=2048, D=512, V=16384 (the issue's size takes ~20 s a call on 2 cores).
+    """
+    import torch.nn.functional as TF
+
+    import reimpl.nn.functional as F
+
+    if device.startswith("cuda"):
+        sizes = [(4096, 1024, 32768, torch.float32), (8192, 2048, 131072, torch.bfloat16)]
+    else:
+        sizes = [(1024, 256, 8192, torch.float32) if quick else (2048, 512, 16384, torch.float32)]
+    g = torch.Generator(device=device).manual_seed(0)
+    torch_lce = getattr(TF, "linear_cross_entropy", None)
+    options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    for n, d, v, dtype in sizes:
+        x = torch.randn(n, d, device=device, generator=g).to(dtype)
+        w = (torch.randn(v, d, device=device, generator=g) / d**0.5).to(dtype)
+        t = torch.randint(0, v, (n,), device=device, generator=g)
+
+        label = f"linear_cross_entropy fwd+bwd N={n} D={d} V={v} {str(dtype)[6:]}"
+        ours = _fwd_bwd3(F.linear_cross_entropy, x, w, t)
+        if torch_lce is not None:
+            yield f"{label} vs torch", ours, _fwd_bwd3(torch_lce, x, w, t)
+        if torch_lce is not None and options is not None:
+            chunked = functools.partial(torch_lce, options=options())
+            yield (
+                f"{label} vs torch options=LinearCrossEntropyOptions()",
+                ours,
+                _fwd_bwd3(chunked, x, w, t),
+            )
+        yield (
+            f"{label} vs cross_entropy(x @ W.T)",
+            ours,
+            _fwd_bwd3(lambda a, b, c: TF.cross_entropy(a @ b.t(), c), x, w, t),
+        )
+
+
+def _fwd_bwd3(fn: Callable[..., torch.Tensor], x: torch.Tensor, w: torch.Tensor, t: object) -> Fn:
+    """``fn(x, W, t).backward()`` on leaf copies of x and W, their gradients dropped after."""
+    xl, wl = x.clone().requires_grad_(), w.clone().requires_grad_()
+
+    def run() -> None:
+        fn(xl, wl, t).backward()
+        xl.grad = wl.grad = None
+
+    return run
 
 
 def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
@@ -197,19 +285,31 @@ def run(
     n_tensors = (10 if quick else 100) if cuda else (2 if quick else 10)
     numel = 1_000_000
     reps = reps or (5 if quick else 15)
-    gens = [
-        _loss_cases(device, scale),
-        _regularizer_cases(device, scale),
-        _optimizer_cases(device, n_tensors, numel),
+    gens = [  # (cases, whether to measure peak memory too)
+        (_loss_cases(device, scale), False),
+        (_linear_cross_entropy_cases(device, quick), True),
+        (_regularizer_cases(device, scale), False),
+        (_optimizer_cases(device, n_tensors, numel), False),
     ]
     out = []
-    for gen in gens:
+    for gen, memory in gens:
         for name, ours, theirs in gen:
             if only and only not in name:
                 continue
-            a, b, r = time_pair(ours, theirs, device, warmup=2 if quick else 3, reps=reps)
-            out.append(Result(name, device, a, b, r, reps))
-            print(f"  {name:<62} reimpl {a:9.3f} ms  torch {b:9.3f} ms  ratio {r:5.2f}", flush=True)
+            warmup = 1 if memory else 2 if quick else 3  # the memory cases are the slow ones
+            a, b, r = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+            res = Result(name, device, a, b, r, reps)
+            line = f"  {name:<62} reimpl {a:9.3f} ms  torch {b:9.3f} ms  ratio {r:5.2f}"
+            if memory:
+                res.reimpl_peak_mib = peak_memory_mib(ours, device)
+                res.torch_peak_mib = peak_memory_mib(theirs, device)
+                mib = [
+                    f"{m:.1f}" if m is not None else "?"
+                    for m in (res.reimpl_peak_mib, res.torch_peak_mib)
+                ]
+                line += f"  peak MiB reimpl {mib[0]} torch {mib[1]}"
+            out.append(res)
+            print(line, flush=True)
     return out
 
 
@@ -238,6 +338,16 @@ def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str,
         "|---|---:|---:|---:|",
         *(f"| {r.case} | {r.reimpl_ms:.3f} | {r.torch_ms:.3f} | {r.ratio:.2f} |" for r in results),
     ]
+    peaks = [r for r in results if r.reimpl_peak_mib is not None and r.torch_peak_mib is not None]
+    if peaks:
+        lines += [
+            "",
+            "Peak memory of one call beyond what was held before it (torch allocator, MiB):",
+            "",
+            "| case | reimpl MiB | torch MiB |",
+            "|---|---:|---:|",
+            *(f"| {r.case} | {r.reimpl_peak_mib:.1f} | {r.torch_peak_mib:.1f} |" for r in peaks),
+        ]
     paths["md"].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
