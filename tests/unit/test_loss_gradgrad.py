@@ -17,6 +17,10 @@ T = torch.randn(4, 5, generator=g, dtype=torch.float64)
 IDX = torch.tensor([0, 3, 4, 1])
 P = torch.softmax(torch.randn(4, 5, generator=g, dtype=torch.float64), 1)
 U = torch.rand(4, 5, generator=g, dtype=torch.float64) * 0.8 + 0.1
+SIGNS = torch.tensor(
+    [[1.0, -1, -1, 1, -1], [-1, 1, 1, -1, 1], [1, 1, -1, -1, 1], [-1, -1, 1, 1, 1]]
+)
+LABELS = torch.tensor([[0, 2, -1, 1, 1], [4, -1, 0, 0, 0], [1, 3, 2, 0, 4], [-1, 0, 0, 0, 0]])
 
 CASES: dict[str, tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] = {
     "mse": (lambda x, t: F.mse_loss(x, t), (X, T)),
@@ -28,6 +32,23 @@ CASES: dict[str, tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]] =
     "nll": (lambda x: F.nll_loss(F.log_softmax(x, 1), IDX, weight=U[0]), (X,)),
     "bce": (lambda x, t: F.binary_cross_entropy(x, t), (U, P)),
     "bce_logits": (lambda x, t: F.binary_cross_entropy_with_logits(x, t, pos_weight=U[0]), (X, P)),
+    "kl_div": (lambda x, t: F.kl_div(x, t, reduction="batchmean"), (X, P)),
+    "kl_div_log_target": (lambda x, t: F.kl_div(x, t, reduction="sum", log_target=True), (X, T)),
+    "poisson_full": (lambda x, t: F.poisson_nll_loss(x, t, full=True), (X, U * 4)),
+    "poisson_rate": (lambda x, t: F.poisson_nll_loss(x, t, log_input=False), (U, U * 4)),
+    "gaussian": (lambda x, t, v: F.gaussian_nll_loss(x, t, v, full=True), (X, T, U)),
+    "margin_ranking": (lambda a, b: F.margin_ranking_loss(a, b, SIGNS, margin=0.1), (X, T)),
+    "hinge": (lambda x: F.hinge_embedding_loss(x, SIGNS, reduction="sum"), (X,)),
+    "soft_margin": (lambda x: F.soft_margin_loss(x, SIGNS), (X,)),
+    "multilabel_soft_margin": (lambda x, t: F.multilabel_soft_margin_loss(x, t, U[0]), (X, U)),
+    "cosine_embedding": (lambda a, b: F.cosine_embedding_loss(a, b, SIGNS[:, 0]), (X, T)),
+    "triplet": (lambda a, p, n: F.triplet_margin_loss(a, p, n, p=3.0, swap=True), (X, T, U)),
+    "triplet_distance": (lambda a, p, n: F.triplet_margin_with_distance_loss(a, p, n), (X, T, U)),
+    "pairwise_distance": (lambda a, b: F.pairwise_distance(a, b, p=1.5), (X, T)),
+    "cosine_similarity": (lambda a, b: F.cosine_similarity(a, b, dim=0), (X, T)),
+    # torch has no double backward for these two kernels; reimpl's backward is elementary ops
+    "multi_margin_p2": (lambda x: F.multi_margin_loss(x, IDX, p=2, weight=U[0]), (X,)),
+    "multilabel_margin": (lambda x: F.multilabel_margin_loss(x, LABELS), (X,)),
 }
 
 
