@@ -17,7 +17,15 @@ happens to the op's floating-point tensor arguments on that device type (torch 2
   huber term itself is fp32 on both);
 * ``batch_norm`` and the dropout family: not listed on either;
 * ``linear_cross_entropy``: its linear is lower-precision (``linear``: every eligible
-  tensor cast to autocast's dtype) on both, then its cross-entropy as ``cross_entropy``.
+  tensor cast to autocast's dtype) on both, then its cross-entropy as ``cross_entropy``;
+* fp32 on both: ``kl_div``, ``poisson_nll_loss``, ``margin_ranking_loss``,
+  ``hinge_embedding_loss``, ``soft_margin_loss``, ``multi_margin_loss``,
+  ``multilabel_margin_loss``, ``cosine_embedding_loss``, ``triplet_margin_loss``;
+* ``cosine_similarity``: not listed on CPU, fp32 on CUDA; ``pairwise_distance``: not listed,
+  but on CUDA the ``norm`` inside it is fp32;
+* ``gaussian_nll_loss``, ``multilabel_soft_margin_loss``, ``triplet_margin_with_distance_loss``
+  are torch's Python code, not listed: on CPU they run as they are; on CUDA their ``log`` and
+  ``pow`` are fp32 and their ``sum`` accumulates in float32.
 
 *fp32*: every floating-point tensor argument on that device type, other than float64, is
 cast to float32 and the op runs with autocast off. *Not listed*: the op runs on its
