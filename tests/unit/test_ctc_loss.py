@@ -139,6 +139,23 @@ def test_gradient_is_torchs_softmax_form() -> None:
     _assert_same(x.grad, logits.grad)
 
 
+@pytest.mark.parametrize(
+    "targets",
+    [[[0, 1, 0], [2, 0, 0]], [[1, 2, 0], [0, 0, 0]], [[1, 1, 1], [2, 1, 2]]],
+    ids=["blank inside", "blank last", "repeats"],
+)
+def test_targets_holding_the_blank_or_repeats(targets: list[list[int]]) -> None:
+    """Labels equal to the blank are not an alignment torch forbids: it computes, and
+    where the last label is the blank its gradient keeps that label's term alone at the
+    last step; reimpl gives the same numbers. Repeated labels sum one class over several
+    positions, in torch's order."""
+    lp = _log_probs(7, 2, 3, seed=5)
+    args = (torch.tensor(targets), (7, 6), (3, 2))
+    (ours, dours), (theirs, dtheirs) = _both(lp, *args, reduction="none")
+    _assert_same(ours, theirs)
+    _assert_same(dours, dtheirs)
+
+
 def test_non_contiguous_concatenated_targets_read_as_given() -> None:
     """torch steps through a non-contiguous 1-D int64 target by its stride inside a sample
     but not between samples (a torch bug); reimpl reads the labels the tensor holds, as

@@ -198,19 +198,55 @@ def _nll(alpha: Tensor, il: Tensor, tl: Tensor) -> Tensor:
     return -torch.where(il == 0, empty, ll)
 
 
-def _collect(ab: Tensor, ext: Tensor, n_classes: int) -> Tensor:
+def _log_add(acc: Tensor, x: Tensor) -> Tensor:
+    """ln(exp(acc) + exp(x)) shifted by the larger, as torch adds one term to a class sum
+    (``x`` itself while the sum is still empty, -inf)."""
+    m = torch.maximum(acc, x)
+    summed = (acc - m).exp_().add_((x - m).exp_()).log_().add_(m)
+    return torch.where(acc == NEG_INF, x, summed)
+
+
+def _collect(ab: Tensor, ext: Tensor, tl: Tensor, n_classes: int) -> Tensor:
     """ln sum_{s: l'_s = k} exp(ab[t, n, s]) for every class k (t_max, N, C): eq. (16)'s
     sum, -inf for a class at no position. Accumulated as torch does -- position by
     position from the last, two terms at a time, each shifted by their max -- so a class
-    met at several positions (the blank, a repeated label) rounds as in torch."""
+    met at several positions (the blank, a repeated label) rounds as in torch.
+
+    The blank's sum runs over the even positions, one vectorized step each. A label's
+    positions are taken by their rank among the equal labels from the end: all rank-0
+    positions (distinct classes within a sample) in one step, then rank 1, ... -- as many
+    steps as a label repeats, not one per position. A target holding the blank itself
+    interleaves the two, and takes the position-by-position loop."""
+    t_max, n, _ = ab.shape
+    blank = int(ext[0, 0]) if n else 0
+    labels = ext[:, 1::2]
+    inside = torch.arange(labels.size(1), device=ext.device) < tl.unsqueeze(1)
+    if bool((inside & (labels == blank)).any()):
+        return _collect_by_position(ab, ext, n_classes)
+    out = ab.new_full((t_max, n, n_classes + 1), NEG_INF)  # column C: where others go
+    by_position = ab[:, :, ::2].permute(2, 0, 1).contiguous()  # the blank's, (S + 1, T, N)
+    acc = by_position[-1]
+    for s in range(by_position.size(0) - 2, -1, -1):
+        acc = _log_add(acc, by_position[s])
+    out[:, :, blank] = acc
+    later_equal = (labels.unsqueeze(2) == labels.unsqueeze(1)).triu(1) & inside.unsqueeze(1)
+    rank = later_equal.sum(2)
+    for r in range(int(rank.max()) + 1 if labels.numel() else 0):
+        take = inside & (rank == r)
+        cols = take.any(0).nonzero().squeeze(1)  # the target positions that have rank r
+        take, x = take[:, cols], ab[:, :, 1 + 2 * cols]
+        index = torch.where(take, labels[:, cols], n_classes).unsqueeze(0).expand_as(x)
+        out.scatter_(2, index, _log_add(out.gather(2, index), torch.where(take, x, NEG_INF)))
+    return out[:, :, :n_classes]
+
+
+def _collect_by_position(ab: Tensor, ext: Tensor, n_classes: int) -> Tensor:
+    """:func:`_collect` one position at a time, from the last (any target)."""
     t_max, n, n_ext = ab.shape
     out = ab.new_full((t_max, n, n_classes), NEG_INF)
     for s in range(n_ext - 1, -1, -1):
         index = ext[:, s].view(1, n, 1).expand(t_max, n, 1)
-        acc, x = out.gather(2, index).squeeze(2), ab[:, :, s]
-        m = torch.maximum(acc, x)
-        summed = ((acc - m).exp_().add_((x - m).exp_())).log_().add_(m)
-        out.scatter_(2, index, torch.where(acc == NEG_INF, x, summed).unsqueeze(2))
+        out.scatter_(2, index, _log_add(out.gather(2, index).squeeze(2), ab[:, :, s]).unsqueeze(2))
     return out
 
 
@@ -240,7 +276,7 @@ def _grad(
     beta = _beta(lpe, to_front, il, tl, t_max)
     live = torch.arange(t_max, device=lp3.device).view(-1, 1) < il  # (t_max, N)
     ab = torch.where(_visited(ext, il, tl, t_max), alpha[:, :, 2:] + beta, NEG_INF)
-    collected = _collect(ab, ext, lp3.size(2))
+    collected = _collect(ab, ext, tl, lp3.size(2))
     loss = nll.view(1, -1, 1)
     grad = (lp.exp() - (collected + loss - lp).exp()) * grad_nll.view(1, -1, 1)
     keep = live.unsqueeze(2)
