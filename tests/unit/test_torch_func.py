@@ -146,6 +146,18 @@ ROWS = [
     Row("alpha_dropout", _drop("alpha_dropout"), (X,), random=True),
     Row("feature_alpha_dropout", _drop("feature_alpha_dropout"), (X4,), random=True),
 ]
+if hasattr(TF, "linear_cross_entropy"):  # torch >= 2.13: the oracle (ours: the composite form)
+    LW = torch.randn(5, 4, generator=g, dtype=DT)
+    ROWS += [
+        Row("linear_cross_entropy", _loss("linear_cross_entropy"), (X, LW, IDX), {}, (0, 1)),
+        Row(
+            "linear_cross_entropy_smooth_none",
+            _loss("linear_cross_entropy"),
+            (X, LW, IDX),
+            {"linear_bias": LW[:, 0], "label_smoothing": 0.2, "reduction": "none"},
+            (0, 1),
+        ),
+    ]
 
 
 def _scalar(out: Tensor) -> Tensor:
