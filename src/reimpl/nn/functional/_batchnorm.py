@@ -139,7 +139,27 @@ def _batch_norm(
         raise IndexError(
             f"batch_norm: input needs a channel dimension (dim 1), got a {input.dim()}-D input"
         )
+    return normalize_channels(
+        input, running_mean, running_var, weight, bias, training, momentum, eps
+    )
 
+
+def normalize_channels(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    stat_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The arithmetic of :func:`batch_norm` on arguments already checked (instance norm
+    runs it on its ``(1, N·C, *)`` view, after checks of its own, as torch does).
+    ``stat_dtype``: the dtype torch keeps batch statistics in (default: the first given of
+    running_mean, running_var, weight, bias, else the input's)."""
+    params = (running_mean, running_var, weight, bias)
     acc = torch.float32 if input.dtype in _HALVES else input.dtype
     channels = input.size(1) if input.dim() > 1 else 0
     bshape = (1, channels) + (1,) * (input.dim() - 2)
@@ -175,7 +195,8 @@ def _batch_norm(
     # torch keeps batch statistics in the parameters' dtype: a 16-bit input with 16-bit
     # parameters normalizes with mean and 1/std rounded to 16 bits (the rounding is
     # value-only here, so gradients still flow in the wide dtype and cannot overflow).
-    stat_dtype = next((t.dtype for t in params.values() if t is not None), input.dtype)
+    if stat_dtype is None:
+        stat_dtype = next((t.dtype for t in params if t is not None), input.dtype)
     if training and stat_dtype != acc and input.numel():
         mean = mean + (mean.detach().to(stat_dtype).to(acc) - mean.detach())
         invstd = invstd + (invstd.detach().to(stat_dtype).to(acc) - invstd.detach())
