@@ -8,6 +8,16 @@ from reimpl.nn.modules.dropout import (
     Dropout3d,
     FeatureAlphaDropout,
 )
+from reimpl.nn.modules.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
+from reimpl.nn.modules.lazy import (
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    LazyInstanceNorm1d,
+    LazyInstanceNorm2d,
+    LazyInstanceNorm3d,
+)
+from reimpl.nn.modules.local_response_norm import LocalResponseNorm
 from reimpl.nn.modules.loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -55,10 +65,20 @@ __all__ = [
     "GroupNorm",
     "HingeEmbeddingLoss",
     "HuberLoss",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "KLDivLoss",
     "L1Loss",
     "LayerNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
     "LinearCrossEntropyLoss",
+    "LocalResponseNorm",
     "MSELoss",
     "MarginRankingLoss",
     "MultiLabelMarginLoss",
