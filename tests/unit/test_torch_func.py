@@ -145,6 +145,35 @@ ROWS = [
     Row("dropout2d", _drop("dropout2d"), (X4,), random=True),
     Row("alpha_dropout", _drop("alpha_dropout"), (X,), random=True),
     Row("feature_alpha_dropout", _drop("feature_alpha_dropout"), (X4,), random=True),
+    Row(
+        "instance_norm",
+        lambda F, x, w, b: F.instance_norm(x, None, None, w, b),
+        (X4, C2, C2 - 1),
+        {},
+        (0, 1, 2),
+    ),
+    Row(
+        "instance_norm_running",
+        lambda F, x, w, b: F.instance_norm(
+            x, torch.zeros_like(w), torch.ones_like(w), w, b, momentum=0.3
+        ),
+        (X4, C2, C2 - 1),
+        {},
+        (0, 1, 2),
+    ),
+    Row(
+        "instance_norm_eval",
+        lambda F, x, w, b: F.instance_norm(x, C2 - 0.5, C2 + 0.25, w, b, use_input_stats=False),
+        (X4, C2, C2 - 1),
+        {},
+        (0, 1, 2),
+    ),
+    Row("local_response_norm", lambda F, x: F.local_response_norm(x, 3, alpha=0.5, k=1.5), (X4,)),
+    Row(
+        "local_response_norm_3d",
+        lambda F, x: F.local_response_norm(x, 2, alpha=0.5),
+        (X4[:, :, 0],),
+    ),
 ]
 if hasattr(TF, "linear_cross_entropy"):  # torch >= 2.13: the oracle (ours: the composite form)
     LW = torch.randn(5, 4, generator=g, dtype=DT)

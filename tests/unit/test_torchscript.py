@@ -120,6 +120,22 @@ BATCHNORMS: list[Row] = [
     ("bn2d", lambda nn: nn.BatchNorm2d(3, momentum=0.3), {}, (X4,)),
     ("bn2d_no_bias", lambda nn: nn.BatchNorm2d(3, bias=False), {}, (X4,)),
     ("bn3d", lambda nn: nn.BatchNorm3d(3, eps=1e-3), {}, (X5,)),
+    ("in1d", lambda nn: nn.InstanceNorm1d(3), {}, (X3,)),
+    (
+        "in1d_unbatched",
+        lambda nn: nn.InstanceNorm1d(3, affine=True, track_running_stats=True),
+        {},
+        (X3[0],),
+    ),
+    (
+        "in2d_tracked",
+        lambda nn: nn.InstanceNorm2d(3, track_running_stats=True, momentum=0.3),
+        {},
+        (X4,),
+    ),
+    ("in3d_affine", lambda nn: nn.InstanceNorm3d(3, affine=True, eps=1e-3), {}, (X5,)),
+    ("lrn", lambda nn: nn.LocalResponseNorm(2, alpha=0.5), {}, (X4,)),
+    ("lrn_3d", lambda nn: nn.LocalResponseNorm(3), {}, (X3,)),
 ]
 
 DROPOUTS: list[Row] = [
