@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _autocast
+from reimpl.nn.functional._regression import _kind
 
 
 def pairwise_distance(
@@ -40,6 +41,17 @@ def _pairwise_distance(
     return torch.linalg.vector_norm(diff, p, dim, keepdim)
 
 
+def _result_type(a: Tensor, b: Tensor) -> torch.dtype:
+    """``torch.result_type`` of two tensors, in a form ``torch.compile`` traces: a 0-D
+    tensor only decides the dtype where it is of a higher kind than the other one."""
+    if (a.dim() == 0) == (b.dim() == 0):
+        return torch.promote_types(a.dtype, b.dtype)
+    sized, zero_d = (a, b) if b.dim() == 0 else (b, a)
+    if _kind(zero_d.dtype) > _kind(sized.dtype):
+        return torch.promote_types(sized.dtype, zero_d.dtype)
+    return sized.dtype
+
+
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """cos(x1, x2) = <x1 / max(||x1||, eps), x2 / max(||x2||, eps)> along ``dim``.
 
@@ -54,7 +66,7 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 def _cosine_similarity(x1: Tensor, x2: Tensor, dim: int, eps: float, ac: str | None) -> Tensor:
     if ac == "cuda":  # fp32 policy on CUDA
         x1, x2 = _autocast.fp32(ac, x1), _autocast.fp32(ac, x2)
-    common = torch.result_type(x1, x2)
+    common = _result_type(x1, x2)
     if not common.is_floating_point:
         raise RuntimeError(
             f"cosine_similarity needs a floating point result, but inputs of {x1.dtype} and "

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _autocast, _reduction
+from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import vmapped as _vmapped
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -152,7 +153,8 @@ def gaussian_nll_loss(
             "gaussian_nll_loss: var must be a Tensor or a Python float, got "
             f"{type(var).__name__} (write an int variance as a float, e.g. 1.0)"
         )
-    elif not _vmapped() and bool(torch.any(var < 0)):  # a host read: not under vmap
+    elif not (_compiling() or _vmapped()) and bool(torch.any(var < 0)):
+        # a host read: skipped where it cannot run (torch.compile, vmap)
         raise ValueError("gaussian_nll_loss: every variance must be >= 0, got a negative one")
     var = _homoscedastic(input, var)
     _reduction.check(reduction)

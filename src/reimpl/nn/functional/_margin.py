@@ -30,6 +30,7 @@ from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._distance import pairwise_distance
+from reimpl.nn.functional._regression import _kind
 
 # torch adds a float 1e-12 to the squared norms: as a double, float32's nearest to 1e-12
 _COSINE_EPS = 9.999999960041972e-13
@@ -138,7 +139,7 @@ def _soft_margin_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
             "input's size"
         )
     promoted = torch.promote_types(input.dtype, target.dtype)
-    if not torch.can_cast(promoted, input.dtype):
+    if _kind(promoted) > _kind(input.dtype):  # torch.can_cast, in a form torch.compile traces
         raise RuntimeError(
             f"soft_margin_loss computes in {promoted} (input {input.dtype}, target "
             f"{target.dtype}) and returns the input's dtype, which cannot hold it; use a "
