@@ -28,6 +28,20 @@ CALLS = {
     "l1_loss": (F.l1_loss, (Y,), {}),
     "smooth_l1_loss": (F.smooth_l1_loss, (Y,), {"beta": 0.5}),
     "huber_loss": (F.huber_loss, (Y,), {"delta": 0.5}),
+    "kl_div": (F.kl_div, (U,), {"reduction": "batchmean"}),
+    "poisson_nll_loss": (F.poisson_nll_loss, (U * 3,), {"full": True}),
+    "gaussian_nll_loss": (F.gaussian_nll_loss, (Y, U + 0.1), {}),
+    "margin_ranking_loss": (F.margin_ranking_loss, (Y, Y.sign()), {"margin": 0.2}),
+    "hinge_embedding_loss": (F.hinge_embedding_loss, (Y.sign(),), {}),
+    "soft_margin_loss": (F.soft_margin_loss, (Y.sign(),), {}),
+    "multilabel_soft_margin_loss": (F.multilabel_soft_margin_loss, (U,), {"weight": U[0]}),
+    "multilabel_margin_loss": (F.multilabel_margin_loss, (IDX.expand(5, 6).T - 1,), {}),
+    "multi_margin_loss": (F.multi_margin_loss, (IDX,), {"p": 2, "weight": U[0]}),
+    "cosine_embedding_loss": (F.cosine_embedding_loss, (Y, Y[:, 0].sign()), {}),
+    "triplet_margin_loss": (F.triplet_margin_loss, (Y, U), {"swap": True}),
+    "triplet_margin_with_distance_loss": (F.triplet_margin_with_distance_loss, (Y, U), {}),
+    "pairwise_distance": (F.pairwise_distance, (Y,), {}),
+    "cosine_similarity": (F.cosine_similarity, (Y,), {}),
 }
 
 
