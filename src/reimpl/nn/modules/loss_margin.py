@@ -15,12 +15,13 @@ from reimpl.nn.modules.loss import _Loss, _WeightedLoss
 
 
 class _MarginLoss(_Loss):
-    """``margin`` and the reduction: the ranking, hinge and cosine embedding losses."""
+    """``margin`` (torch's default 0 for the ranking and cosine embedding losses) and the
+    reduction."""
 
     margin: float
 
     def __init__(
-        self, margin: float, size_average: bool | None = None, reduce: bool | None = None,
+        self, margin: float = 0.0, size_average: bool | None = None, reduce: bool | None = None,
         reduction: str = "mean",
     ) -> None:  # fmt: skip
         _Loss.__init__(self, size_average, reduce, reduction)
@@ -29,12 +30,6 @@ class _MarginLoss(_Loss):
 
 class MarginRankingLoss(_MarginLoss, torch.nn.MarginRankingLoss):
     """max(0, -y (x1 - x2) + margin)."""
-
-    def __init__(
-        self, margin: float = 0.0, size_average: bool | None = None, reduce: bool | None = None,
-        reduction: str = "mean",
-    ) -> None:  # fmt: skip
-        _MarginLoss.__init__(self, margin, size_average, reduce, reduction)
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -61,12 +56,6 @@ class HingeEmbeddingLoss(_MarginLoss, torch.nn.HingeEmbeddingLoss):
 
 class CosineEmbeddingLoss(_MarginLoss, torch.nn.CosineEmbeddingLoss):
     """1 - cos(x1, x2) where y = 1, max(0, cos(x1, x2) - margin) where y = -1."""
-
-    def __init__(
-        self, margin: float = 0.0, size_average: bool | None = None, reduce: bool | None = None,
-        reduction: str = "mean",
-    ) -> None:  # fmt: skip
-        _MarginLoss.__init__(self, margin, size_average, reduce, reduction)
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         if torch.jit.is_scripting():
