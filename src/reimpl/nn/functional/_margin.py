@@ -158,8 +158,8 @@ def _soft_margin_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
 class _LogSigmoid(torch.autograd.Function):
     """log sigmoid(x) = min(x, 0) - log1p(e^{-|x|}), in float32 for 16-bit x (torch's kernel
     rounds once). d/dx = sigmoid(-x), written as torch's backward: with z = e^{-|x|},
-    [x < 0] + z / (1 + z) for x >= 0 and 1 - z / (1 + z) below (1/2 at 0, not a one-sided
-    slope). ``setup_context`` and ``generate_vmap_rule`` serve every ``torch.func`` transform;
+    z / (1 + z) for x >= 0 and 1 - z / (1 + z) below (1/2 at 0, where autograd through the
+    forward would give a one-sided slope). ``setup_context`` and ``generate_vmap_rule`` serve every ``torch.func`` transform;
     forward mode (``jvp``) is in the subclass."""
 
     generate_vmap_rule = True
