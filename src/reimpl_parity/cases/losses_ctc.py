@@ -100,8 +100,9 @@ PLAIN_CASES: list[Case] = [
 
 
 def _autocast_rows(plain: list[Case]) -> list[Case]:
-    """torch's autocast runs ctc_loss in float32 on CPU and CUDA (its fp32 lists)."""
-    why = "autocast computes ctc_loss in float32 (torch's fp32 policy, CPU and CUDA)"
+    """CPU autocast runs ctc_loss in float32 (torch's CPU fp32 list); CUDA autocast does
+    not list it: float32 stays float32 and 16-bit inputs are refused, as without it."""
+    why = "ctc_loss computes in float32 under autocast (CPU: the fp32 policy; CUDA: as given)"
     tol = {dt: TOLERANCES[torch.float32] for dt in autocast.INPUT_DTYPES}
     return [
         autocast.autocast_case(case, device, dtype, tol=tol, why=why)
@@ -160,6 +161,8 @@ CTC_ERROR_CASES: list[Case] = [
     _ctc_error("target length > S", _lp(), _labels((2, 2)), (4, 3), (3, 1)),
     _ctc_error("padded targets, wrong batch", _lp(), _labels((3, 2)), _IL, _TL),
     _ctc_error("concatenated targets != sum", _lp(), _labels((4,)), _IL, _TL),
+    _ctc_error("nested-list log_probs", [[[0.0]]], _labels((1, 1)), (1,), (1,)),
+    _ctc_error("nested-list targets", _lp(), [[1, 2], [1, 1]], _IL, _TL),
 ]
 
 __all__ = ["CTC_CASES", "CTC_ERROR_CASES"]

@@ -28,8 +28,9 @@ Double backward raises, as torch's does (its backward has no derivative); forwar
 raises NotImplementedError, as torch's. ``torch.func.vmap`` folds its batch into the
 samples; ``grad``/``jacrev`` use the backward.
 
-torch's kernels exist for float32 and float64 only (other dtypes raise NotImplementedError);
-under ``torch.autocast`` the loss runs in float32 (torch's fp32 policy, CPU and CUDA).
+torch's kernels exist for float32 and float64 only (other dtypes raise NotImplementedError).
+Under CPU ``torch.autocast`` the loss runs in float32 (torch's CPU fp32 list); CUDA's
+autocast does not list it, so it runs on its inputs as they are (see :mod:`._autocast`).
 """
 
 from __future__ import annotations
@@ -59,16 +60,25 @@ def ctc_loss(
     averages over the batch. ``zero_infinity`` replaces infinite losses (no alignment
     exists, e.g. a target longer than its input) and their gradients by zero."""
     _reduction.check(reduction)
-    return _autocast.run_fp32(
-        log_probs,
-        _ctc_loss,
-        log_probs,
-        targets,
-        input_lengths,
-        target_lengths,
-        blank,
-        reduction,
-        zero_infinity,
+    if not isinstance(log_probs, Tensor) or not isinstance(targets, Tensor):
+        raise TypeError(
+            f"ctc_loss: log_probs and targets must be tensors, got "
+            f"{type(log_probs).__name__} and {type(targets).__name__}"
+        )
+    args = (log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity)
+    return _autocast.run(log_probs, _ctc_autocast, *args)
+
+
+def _ctc_autocast(
+    log_probs: Tensor, targets: Tensor, input_lengths: Any, target_lengths: Any, blank: int,
+    reduction: str, zero_infinity: bool, autocast: str | None,
+) -> Tensor:  # fmt: skip
+    """torch's autocast policy: fp32 under CPU autocast (its floating-point tensors to
+    float32); under CUDA autocast, not listed: the inputs as they are."""
+    if autocast == "cpu":
+        log_probs, targets = _autocast.fp32(autocast, log_probs), _autocast.fp32(autocast, targets)
+    return _ctc_loss(
+        log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity
     )
 
 
