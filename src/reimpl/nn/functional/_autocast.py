@@ -20,8 +20,9 @@ happens to the op's floating-point tensor arguments on that device type (torch 2
   tensor cast to autocast's dtype) on both, then its cross-entropy as ``cross_entropy``;
 * fp32 on both: ``kl_div``, ``poisson_nll_loss``, ``margin_ranking_loss``,
   ``hinge_embedding_loss``, ``soft_margin_loss``, ``multi_margin_loss``,
-  ``multilabel_margin_loss``, ``cosine_embedding_loss``, ``triplet_margin_loss``,
-  ``ctc_loss`` (its two overloads, tensor and int-list lengths);
+  ``multilabel_margin_loss``, ``cosine_embedding_loss``, ``triplet_margin_loss``;
+* ``ctc_loss``: fp32 on CPU (both overloads: tensor and int-list lengths); not listed on
+  CUDA (so 16-bit log-probabilities are refused there, as without autocast);
 * ``cosine_similarity``: not listed on CPU, fp32 on CUDA; ``pairwise_distance``: not listed,
   but on CUDA the ``norm`` inside it is fp32;
 * ``gaussian_nll_loss``, ``multilabel_soft_margin_loss``, ``triplet_margin_with_distance_loss``
