@@ -228,7 +228,7 @@ OPTIMS = {
         ),
         Optim(
             "LBFGS",
-            {"max_iter": 8, "history_size": 3},  # the history fills and shifts in one step
+            {"max_iter": 8, "history_size": 3},  # a full history (shifting, without line search)
             ("d", "prev_flat_grad"),
             has_step=False,
             torch_fused=False,
