@@ -27,11 +27,14 @@ checked.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _autocast
 from reimpl.nn.functional._batchnorm import normalize_channels
+from reimpl.nn.functional._common import transformed
 
 _HALVES = (torch.float16, torch.bfloat16)
 
@@ -180,10 +183,19 @@ def _instance_norm(
         for t in (running_mean, running_var)
     ]
     w, b = (None if t is None else t.reshape(-1).repeat(n) for t in (weight, bias))
-    flat = input.contiguous().view(1, n * c, *input.shape[2:])
-    out = normalize_channels(
-        flat, work[0], work[1], w, b, use_input_stats, momentum, eps, stat_dtype
-    )
+    if use_input_stats and input.numel() and not transformed():
+        flat = input.contiguous().view(n * c, -1)
+        out, mean, var = _InstanceNorm.apply(flat, w, b, eps, stat_dtype)
+        with torch.no_grad():
+            count = flat.size(1)
+            for copies, batch in zip(work, (mean, var * (count / (count - 1))), strict=True):
+                if copies is not None:
+                    copies.copy_(momentum * batch + (1 - momentum) * copies.to(batch.dtype))
+    else:  # torch.func transforms, forward AD, evaluation, empty inputs
+        flat = input.contiguous().view(1, n * c, *input.shape[2:])
+        out = normalize_channels(
+            flat, work[0], work[1], w, b, use_input_stats, momentum, eps, stat_dtype
+        )
     if not use_input_stats:  # evaluation leaves the statistics as they are
         return out.view(input.shape)
     with torch.no_grad():
@@ -191,3 +203,105 @@ def _instance_norm(
             if stat is not None and copies is not None:
                 stat.copy_(copies.view(n, c).mean(0))
     return out.view(input.shape)
+
+
+# ----------------------------------------------------------------- the training path
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALVES else dtype
+
+
+def _row_stats(
+    x: Tensor, eps: float, stat_dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row of ``x`` (already in the computing dtype): mean and biased variance, and the
+    mean and 1/std the normalization uses -- rounded to ``stat_dtype`` when torch keeps the
+    statistics there (value-only, so that derivatives still flow in the wide dtype)."""
+    var, mean = torch.var_mean(x, dim=1, correction=0)
+    invstd = torch.rsqrt(var + eps)
+    used_mean, used_invstd = mean, invstd
+    if stat_dtype != x.dtype:
+        used_mean = mean + (mean.detach().to(stat_dtype).to(x.dtype) - mean.detach())
+        used_invstd = invstd + (invstd.detach().to(stat_dtype).to(x.dtype) - invstd.detach())
+    return mean, var, used_mean, used_invstd
+
+
+def _grads(
+    x: Tensor, dy: Tensor, w: Tensor | None, mean: Tensor, invstd: Tensor, needs: tuple[bool, ...]
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The closed-form gradients of ``y = (x - mean)·invstd·w + b`` over rows of ``x``:
+    with x̂ = (x - mean)·invstd and g = dy·w,
+
+        dx = invstd · (g - mean(g) - x̂ · mean(g·x̂)),   dw = Σ dy·x̂,   db = Σ dy
+
+    (dw, db per row; the caller sums the rows of a channel)."""
+    count = x.size(1)
+    centered = x - mean.unsqueeze(1)
+    sum_dy = dy.sum(1)
+    # one batched dot product per row (no product tensor): Σ (x - mean)·dy
+    dot = torch.einsum("rs,rs->r", centered, dy)
+    dx = None
+    if needs[0]:
+        scale = invstd if w is None else invstd * w
+        k = dot * invstd * invstd / count
+        # (dy - mean(dy) - (x - mean)·k)·scale as two fused multiply-adds
+        dx = torch.addcmul(
+            (-scale * sum_dy / count).unsqueeze(1), centered, (-k * scale).unsqueeze(1)
+        )
+        dx = dx.addcmul_(dy, scale.unsqueeze(1))
+    dw = dot * invstd if needs[1] else None
+    return dx, dw, sum_dy if needs[2] else None
+
+
+class _InstanceNorm(torch.autograd.Function):
+    """Training-mode normalization of the rows (one per sample and channel) of a contiguous
+    ``(N·C, S)`` input by their own statistics, with the per-row ``weight``/``bias`` (the
+    channel's, repeated N times). Forward is one statistics pass and one fused
+    multiply-add (``x·(invstd·w) + (b - mean·invstd·w)``, torch's arrangement); backward is
+    the closed form, or, when a graph of it is asked for (double backward), the same
+    formula on statistics recomputed with autograd watching. Also returns the rows' mean
+    and biased variance, for the running statistics (not differentiable)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, w: Tensor | None, b: Tensor | None, eps: float, stat_dtype: Any
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        xa = x.to(_acc(x.dtype))
+        mean, var, used_mean, invstd = _row_stats(xa, eps, stat_dtype)
+        scale = invstd if w is None else invstd * w.to(xa.dtype)
+        shift = -used_mean * scale
+        if b is not None:
+            shift = shift + b.to(xa.dtype)
+        out = torch.addcmul(shift.unsqueeze(1), xa, scale.unsqueeze(1)).to(x.dtype)
+        ctx.save_for_backward(x, w, b, used_mean, invstd)
+        ctx.eps, ctx.stat_dtype = eps, stat_dtype
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(
+        ctx: Any, dy: Tensor, _mean: Tensor | None, _var: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        ac = _autocast.active(dy)  # a backward under autocast computes as written too
+        if ac is None:
+            return _InstanceNorm._backward(ctx, dy)
+        with _autocast.off(ac):
+            return _InstanceNorm._backward(ctx, dy)
+
+    @staticmethod
+    def _backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, w, b, mean, invstd = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:3])
+        xa = x.to(_acc(x.dtype))
+        if torch.is_grad_enabled():  # a graph of the gradients: let autograd see the stats
+            _, _, mean, invstd = _row_stats(xa, ctx.eps, ctx.stat_dtype)
+        wa = None if w is None else w.to(xa.dtype)
+        dx, dw, db = _grads(xa, dy.to(xa.dtype), wa, mean, invstd, needs)
+        return (
+            None if dx is None else dx.to(x.dtype),
+            None if dw is None or w is None else dw.to(w.dtype),
+            None if db is None or b is None else db.to(b.dtype),
+            None,
+            None,
+        )
