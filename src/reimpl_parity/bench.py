@@ -231,6 +231,10 @@ def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
             return run
 
         yield f"BatchNorm2d train fwd+bwd {shape}", bn(ours_bn), bn(torch_bn)
+        if hasattr(rnn, "InstanceNorm2d"):
+            ours_in = rnn.InstanceNorm2d(64, affine=True).to(device)
+            torch_in = torch.nn.InstanceNorm2d(64, affine=True).to(device)
+            yield f"InstanceNorm2d(affine) train fwd+bwd {shape}", bn(ours_in), bn(torch_in)
     if hasattr(rnn, "Dropout"):
         x = torch.randn(2048 * scale, 1000, device=device)
         ours_do, torch_do = rnn.Dropout(0.5), torch.nn.Dropout(0.5)
