@@ -1,0 +1,244 @@
+/* reimpl's CPU kernels for the normalization layers (layer, RMS and group norm), forward
+ * and backward; built into one library with cpu_fused.c. Mirrored by the ctypes structure
+ * in cpu_norm.py, whose caller has checked every operand (dtype, element count,
+ * contiguity, storage size, no overlap between what is written and anything else).
+ *
+ * One description serves all three layers: x is (rows / groups, groups, k, s) in memory
+ * order, each row of d = k * s elements is normalized on its own, and channel c of group
+ * g (k channels per group, each s elements long) has the affine weight and bias
+ * w[g * k + c], b[g * k + c]:
+ *   layer / RMS norm: groups 1, k = the normalized size, s 1 (a weight per element);
+ *   group norm:       (N, C, *) as groups G, k = C / G, s = the spatial size.
+ * Layer and group norm center the row: x_hat = (x - mean) * rstd, rstd = 1 / sqrt(var +
+ * eps); RMS norm does not: x_hat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps).
+ *
+ * Row sums are accumulated in double (the row is in cache for the second pass); mean and
+ * variance are then rounded to T and rstd formed in T, and the elementwise arithmetic is
+ * in T in the order torch's CPU kernels use (fma where they fuse), so that an output
+ * agrees with torch's to the last bit whenever the statistics do -- including rows whose
+ * exact result is the bias (a row of one value), where both round alike:
+ *   layer: fma((x - m) * rstd, w, b)  [w only: (x - m) * rstd * w; b only: fma(x - m, rstd, b)]
+ *   group: fma(x, sc, fma(-sc, m, b)), sc = rstd * w   [neither w nor b: (x - m) * rstd]
+ *   RMS:   x * rstd * w (torch's composite: two roundings)
+ * Backward is the closed form, for g = dy * w:
+ *   dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))   (RMS: no mean(g))
+ *   dw = sum over rows of dy * x_hat (layer norm: x_hat as torch forms it there,
+ *        fma(x, rstd, -rstd * m)),  db = sum over rows of dy
+ * dw and db are summed per thread into private double buffers, then over the threads in
+ * thread order, so a result does not depend on timing.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct {
+  const void *x, *w, *b, *dy; /* w, b: NULL when absent; dy: backward only */
+  void *y, *mean, *rstd;      /* per row; mean NULL for RMS norm */
+  void *dx, *dw, *db;         /* backward outputs, each NULL when not wanted */
+  int64_t rows, groups, k, s;
+  int32_t kind; /* NORM_LAYER, NORM_RMS or NORM_GROUP */
+  double eps;
+} norm_t;
+
+enum { NORM_LAYER = 0, NORM_RMS = 1, NORM_GROUP = 2 };
+
+static int threads(void) {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/* the mean (0 for RMS norm) and rstd of the d elements at xr, as T: the variance (or
+   mean square) rounded to T first, as torch's kernels hold it */
+#define ROW_STATS(T, SQRT, xr, d, kind, eps, m_out, rs_out)                                 \
+  {                                                                                        \
+    double sum = 0, sq = 0;                                                                \
+    if (kind != NORM_RMS) {                                                                \
+      _Pragma("omp simd reduction(+ : sum)") for (int64_t i = 0; i < d; i++) sum += xr[i]; \
+      sum /= (double)d;                                                                    \
+    }                                                                                      \
+    const double mu = sum;                                                                 \
+    _Pragma("omp simd reduction(+ : sq)") for (int64_t i = 0; i < d; i++) {               \
+      const double v = (double)xr[i] - mu;                                                 \
+      sq += v * v;                                                                         \
+    }                                                                                      \
+    const T var = (T)(sq / (double)d);                                                     \
+    m_out = (T)mu;                                                                         \
+    /* torch's group norm adds eps in double; layer norm and RMS norm in T */              \
+    if (kind == NORM_GROUP) rs_out = (T)(1.0 / sqrt((double)var + (eps)));                 \
+    else rs_out = (T)1 / SQRT(var + (T)(eps));                                             \
+  }
+
+/* one row's output, in torch's arithmetic (see the top); W, B: constants (weight, bias
+   given), so each combination is its own straight loop */
+#define FWD_ROW(T, FMA, W, B)                                                              \
+  if (kind == NORM_LAYER) {                                                                \
+    const T *wr = W ? w + ch : 0, *br = B ? b + ch : 0;                                    \
+    _Pragma("omp simd") for (int64_t i = 0; i < k; i++) {                                  \
+      if (W && B) yr[i] = FMA((xr[i] - m) * rs, wr[i], br[i]);                             \
+      else if (W) yr[i] = (xr[i] - m) * rs * wr[i];                                        \
+      else if (B) yr[i] = FMA(xr[i] - m, rs, br[i]);                                       \
+      else yr[i] = (xr[i] - m) * rs;                                                       \
+    }                                                                                      \
+  } else if (kind == NORM_RMS) {                                                           \
+    const T *wr = W ? w + ch : 0;                                                          \
+    _Pragma("omp simd") for (int64_t i = 0; i < k; i++) {                                  \
+      yr[i] = W ? xr[i] * rs * wr[i] : xr[i] * rs;                                         \
+    }                                                                                      \
+  } else {                                                                                 \
+    for (int64_t c = 0; c < k; c++) {                                                      \
+      const T sc = W ? rs * w[ch + c] : rs;                                                \
+      const T sh = FMA(-sc, m, B ? b[ch + c] : (T)0);                                      \
+      const T *xc = xr + c * s;                                                            \
+      T *yc = yr + c * s;                                                                  \
+      _Pragma("omp simd") for (int64_t i = 0; i < s; i++) {                                \
+        yc[i] = (W || B) ? FMA(xc[i], sc, sh) : (xc[i] - m) * rs;                          \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+/* backward, first pass over a row: sg, sgx (sums of g = dy * w and of g * x_hat) and,
+   with ACC, this thread's dw / db sums per channel */
+#define BWD_SUMS(T, FMA, W, ACC)                                                                \
+  if (s == 1) {                                                                            \
+    const T *wr = W ? w + ch : 0;                                                          \
+    double *aw = ACC ? pw + ch : 0, *ab = ACC ? pb + ch : 0;                               \
+    const T nb = -rs * m; /* layer norm's dw: x_hat as torch forms it there */             \
+    _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < k; i++) {           \
+      const T xh = (xr[i] - m) * rs;                                                       \
+      const T g = W ? dyr[i] * wr[i] : dyr[i];                                             \
+      sg += g;                                                                             \
+      sgx += g * xh;                                                                       \
+      if (ACC) {                                                                           \
+        aw[i] += dyr[i] * (kind == NORM_LAYER ? FMA(xr[i], rs, nb) : xh);                  \
+        ab[i] += dyr[i];                                                                   \
+      }                                                                                    \
+    }                                                                                      \
+  } else {                                                                                 \
+    for (int64_t c = 0; c < k; c++) {                                                      \
+      const T wc = W ? w[ch + c] : (T)1;                                                   \
+      const T *xc = xr + c * s, *dyc = dyr + c * s;                                        \
+      double cw = 0, cb = 0;                                                               \
+      _Pragma("omp simd reduction(+ : sg, sgx, cw, cb)") for (int64_t i = 0; i < s; i++) { \
+        const T xh = (xc[i] - m) * rs;                                                     \
+        const T g = dyc[i] * wc;                                                           \
+        sg += g;                                                                           \
+        sgx += g * xh;                                                                     \
+        if (ACC) {                                                                         \
+          cw += dyc[i] * xh;                                                               \
+          cb += dyc[i];                                                                    \
+        }                                                                                  \
+      }                                                                                    \
+      if (ACC) {                                                                           \
+        pw[ch + c] += cw;                                                                  \
+        pb[ch + c] += cb;                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+/* backward, second pass: dx = (g - mg - x_hat * mgx) * rs */
+#define BWD_DX(T, W)                                                                       \
+  if (s == 1) {                                                                            \
+    const T *wr = W ? w + ch : 0;                                                          \
+    _Pragma("omp simd") for (int64_t i = 0; i < k; i++) {                                  \
+      const T xh = (xr[i] - m) * rs;                                                       \
+      const T g = W ? dyr[i] * wr[i] : dyr[i];                                             \
+      dxr[i] = (g - mg - xh * mgx) * rs;                                                   \
+    }                                                                                      \
+  } else {                                                                                 \
+    for (int64_t c = 0; c < k; c++) {                                                      \
+      const T wc = W ? w[ch + c] : (T)1;                                                   \
+      const T *xc = xr + c * s, *dyc = dyr + c * s;                                        \
+      T *dxc = dxr + c * s;                                                                \
+      _Pragma("omp simd") for (int64_t i = 0; i < s; i++) {                                \
+        const T xh = (xc[i] - m) * rs;                                                     \
+        dxc[i] = (dyc[i] * wc - mg - xh * mgx) * rs;                                       \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
+#define BWD_ROWS(T, FMA, W, ACC)                                                                \
+  _Pragma("omp for schedule(static)") for (int64_t r = 0; r < rows; r++) {                 \
+    const T *xr = x + r * d, *dyr = dy + r * d;                                            \
+    const T m = mean ? mean[r] : (T)0, rs = rstd[r];                                       \
+    const int64_t ch = (r % groups) * k; /* this row's first channel */                    \
+    double sg = 0, sgx = 0;                                                                \
+    BWD_SUMS(T, FMA, W, ACC)                                                               \
+    if (!dx) continue;                                                                     \
+    const T mg = kind != NORM_RMS ? (T)(sg / (double)d) : (T)0;                            \
+    const T mgx = (T)(sgx / (double)d);                                                    \
+    T *dxr = dx + r * d;                                                                   \
+    BWD_DX(T, W)                                                                           \
+  }
+
+#define DEFINE_NORM(T, SQRT, FMA, NAME_F, NAME_B)                                                \
+  void NAME_F(const norm_t *a) {                                                           \
+    const T *x = (const T *)a->x, *w = (const T *)a->w, *b = (const T *)a->b;              \
+    T *y = (T *)a->y, *mean = (T *)a->mean, *rstd = (T *)a->rstd;                          \
+    const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
+    const int kind = a->kind;                                                              \
+    const double eps = a->eps;                                                             \
+    _Pragma("omp parallel for schedule(static)") for (int64_t r = 0; r < rows; r++) {      \
+      const T *xr = x + r * d;                                                             \
+      T *yr = y + r * d;                                                                   \
+      T m, rs;                                                                             \
+      ROW_STATS(T, SQRT, xr, d, kind, eps, m, rs)                                          \
+      if (mean) mean[r] = m;                                                               \
+      rstd[r] = rs;                                                                        \
+      const int64_t ch = (r % groups) * k; /* this row's first channel */                  \
+      if (w && b) { FWD_ROW(T, FMA, 1, 1) }                                                \
+      else if (w) { FWD_ROW(T, FMA, 1, 0) }                                                \
+      else if (b) { FWD_ROW(T, FMA, 0, 1) }                                                \
+      else { FWD_ROW(T, FMA, 0, 0) }                                                       \
+    }                                                                                      \
+  }                                                                                        \
+                                                                                           \
+  int NAME_B(const norm_t *a) {                                                            \
+    const T *x = (const T *)a->x, *w = (const T *)a->w, *dy = (const T *)a->dy;            \
+    const T *mean = (const T *)a->mean, *rstd = (const T *)a->rstd;                        \
+    T *dx = (T *)a->dx, *dw = (T *)a->dw, *db = (T *)a->db;                                \
+    const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
+    const int64_t channels = groups * k;                                                   \
+    const int kind = a->kind, nt = threads();                                              \
+    /* per thread: the dw sums of every channel, then the db sums */                       \
+    const int want = (dw || db) && channels > 0;                                           \
+    double *acc = want ? calloc((size_t)nt * 2 * (size_t)channels, sizeof(double)) : 0;    \
+    if (want && !acc) return 1;                                                            \
+    _Pragma("omp parallel num_threads(nt)") {                                              \
+      double *pw = acc ? acc + (size_t)thread_id() * 2 * (size_t)channels : 0;             \
+      double *pb = pw ? pw + channels : 0;                                                 \
+      if (w && acc) { BWD_ROWS(T, FMA, 1, 1) }                                             \
+      else if (w) { BWD_ROWS(T, FMA, 1, 0) }                                               \
+      else if (acc) { BWD_ROWS(T, FMA, 0, 1) }                                             \
+      else { BWD_ROWS(T, FMA, 0, 0) }                                                      \
+    }                                                                                      \
+    if (acc) {                                                                             \
+      for (int64_t c = 0; c < channels; c++) {                                             \
+        double tw = 0, tb = 0;                                                             \
+        for (int t = 0; t < nt; t++) {                                                     \
+          tw += acc[(size_t)t * 2 * (size_t)channels + (size_t)c];                         \
+          tb += acc[(size_t)t * 2 * (size_t)channels + (size_t)(channels + c)];            \
+        }                                                                                  \
+        if (dw) dw[c] = (T)tw;                                                             \
+        if (db) db[c] = (T)tb;                                                             \
+      }                                                                                    \
+      free(acc);                                                                           \
+    }                                                                                      \
+    return 0;                                                                              \
+  }
+
+DEFINE_NORM(float, sqrtf, fmaf, norm_fwd_f32, norm_bwd_f32)
+DEFINE_NORM(double, sqrt, fma, norm_fwd_f64, norm_bwd_f64)
