@@ -30,8 +30,8 @@ from torch import Tensor
 from reimpl.kernels import guard
 from reimpl.kernels.guard import Roles
 
-#: the C sources built into one library: optimizer kernels, pointwise losses
-_SOURCES = [Path(__file__).with_name(f) for f in ("cpu_fused.c", "cpu_pointwise.c")]
+#: the C sources built into one library: optimizer kernels, pointwise losses, normalization
+_SOURCES = [Path(__file__).with_name(f) for f in ("cpu_fused.c", "cpu_pointwise.c", "cpu_norm.c")]
 _D = ctypes.c_double
 _I32 = ctypes.c_int32
 MAX_ROLES = 6  # as in cpu_fused.c
