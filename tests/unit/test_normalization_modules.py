@@ -1,0 +1,259 @@
+"""LayerNorm, RMSNorm and GroupNorm beyond the parity table: repr, parameter names and
+state_dicts both ways, reset and factory kwargs, float64 gradcheck/gradgradcheck through
+the fast path, the inputs torch's own backward cannot take (checked against torch on an
+equivalent call), the C kernels' operand checks, and the torch-ops fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch.autograd import gradcheck, gradgradcheck
+
+import reimpl.nn as RN
+import reimpl.nn.functional as F
+from reimpl.kernels import cpu_norm
+from reimpl.kernels.cpu_norm import LAYER, Layout
+
+CONFIGS: list[tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, ...]]] = [
+    ("LayerNorm", (5,), {}, (3, 4, 5)),
+    ("LayerNorm", ([4, 5],), {"eps": 1e-3}, (3, 4, 5)),
+    ("LayerNorm", (torch.Size([5]),), {"bias": False}, (2, 5)),
+    ("LayerNorm", ((5,),), {"elementwise_affine": False}, (5,)),
+    ("RMSNorm", (5,), {}, (3, 4, 5)),
+    ("RMSNorm", ([4, 5],), {"eps": 1e-6}, (3, 4, 5)),
+    ("RMSNorm", (5,), {"elementwise_affine": False}, (2, 5)),
+    ("GroupNorm", (2, 4), {}, (3, 4, 5)),
+    ("GroupNorm", (4, 4), {"affine": False}, (3, 4, 2, 2)),
+    ("GroupNorm", (1, 4), {"bias": False, "eps": 1e-3}, (3, 4)),
+]
+IDS = [f"{c}{a}{k}" for c, a, k, _ in CONFIGS]
+
+
+def _pair(cls: str, args: tuple[Any, ...], kw: dict[str, Any]) -> tuple[Any, Any]:
+    return getattr(RN, cls)(*args, **kw), getattr(torch.nn, cls)(*args, **kw)
+
+
+@pytest.mark.parametrize(("cls", "args", "kw", "shape"), CONFIGS, ids=IDS)
+def test_repr_names_and_state_dict_both_ways(
+    cls: str, args: tuple[Any, ...], kw: dict[str, Any], shape: tuple[int, ...]
+) -> None:
+    ours, theirs = _pair(cls, args, kw)
+    assert isinstance(ours, type(theirs))
+    assert repr(ours) == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    ours.load_state_dict(theirs.state_dict())  # torch -> reimpl
+    x = torch.randn(shape, generator=g)
+    torch.testing.assert_close(ours(x), theirs(x))
+    fresh = getattr(torch.nn, cls)(*args, **kw)
+    fresh.load_state_dict(ours.state_dict())  # reimpl -> torch
+    torch.testing.assert_close(fresh(x), ours(x))
+
+
+def test_reset_parameters_and_factory_kwargs() -> None:
+    for m in (
+        RN.LayerNorm(3, dtype=torch.float64),
+        RN.RMSNorm(3, dtype=torch.float64),
+        RN.GroupNorm(1, 3, dtype=torch.float64, device="cpu"),
+    ):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.fill_(7.0)
+        m.reset_parameters()
+        assert all(p.dtype == torch.float64 for p in m.parameters())
+        torch.testing.assert_close(m.weight, torch.ones(3, dtype=torch.float64))
+        if getattr(m, "bias", None) is not None:
+            torch.testing.assert_close(m.bias, torch.zeros(3, dtype=torch.float64))
+    assert RN.LayerNorm(4, elementwise_affine=False).weight is None
+    assert RN.RMSNorm([2, 3]).normalized_shape == (2, 3)
+    assert RN.GroupNorm(2, 4, affine=True, bias=False).bias is None
+
+
+def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, [x.shape[-1]], w, b, 1e-3)
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, [x.shape[-1]], w) + 0 * b.sum()
+
+
+def _gn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.group_norm(x, 2, w, b, 1e-3)
+
+
+@pytest.mark.parametrize("fn", [_ln, _rms, _gn], ids=["layer_norm", "rms_norm", "group_norm"])
+def test_gradcheck_and_gradgradcheck_float64(fn: Callable[..., torch.Tensor]) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    c = 4 if fn is _gn else 3
+    w = torch.randn(c, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c, generator=g, dtype=torch.float64, requires_grad=True)
+    assert type(fn(x, w, b).grad_fn).__name__ in ("NormalizeBackward", "AddBackward0")
+    assert gradcheck(fn, (x, w, b))
+    assert gradgradcheck(fn, (x, w, b))
+
+
+def test_fast_path_runs_the_kernel_and_saves_only_input_and_statistics() -> None:
+    x = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    out = F.layer_norm(x, [16], w, torch.zeros(16))
+    assert type(out.grad_fn).__name__ == "NormalizeBackward"
+    assert cpu_norm.usable(x, w)
+    assert out.grad_fn is not None
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]  # type: ignore[attr-defined]
+    # the input, the parameters, one mean and one rstd per row: nothing input-sized else
+    assert sum(t.numel() for t in saved) == x.numel() + 2 * 16 + 2 * 8
+
+
+def test_group_norm_bias_without_weight_where_torch_backward_fails() -> None:
+    """torch's CPU group norm backward raises with a bias and no weight; reimpl gives the
+    gradients torch gives for the same call with a weight of ones."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    up = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    xo, bo = x.clone().requires_grad_(), b.clone().requires_grad_()
+    xt, bt = x.clone().requires_grad_(), b.clone().requires_grad_()
+    F.group_norm(xo, 2, None, bo).backward(up)
+    TF.group_norm(xt, 2, torch.ones(4, dtype=torch.float64), bt).backward(up)
+    torch.testing.assert_close((xo.grad, bo.grad), (xt.grad, bt.grad))
+
+
+def test_layer_norm_float32_bias_beside_half_input_where_torch_backward_fails() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 8, generator=g).half()
+    b = torch.randn(8, generator=g)
+    up = torch.randn(6, 8, generator=g).half()
+    xo, bo = x.clone().requires_grad_(), b.clone().requires_grad_()
+    xt, bt = x.clone().requires_grad_(), b.clone().requires_grad_()
+    F.layer_norm(xo, [8], None, bo).backward(up)
+    TF.layer_norm(xt, [8], torch.ones(8), bt).backward(up)
+    # (torch's bias gradient here carries float16 rounding from its sums: float16's bound)
+    torch.testing.assert_close((xo.grad, bo.grad), (xt.grad, bt.grad), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "group_norm"])
+def test_torch_ops_fallback_without_the_kernels(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C library (no compiler, REIMPL_DISABLE_CPU_FUSED=1): the Function computes with
+    torch ops, and still agrees with torch."""
+    monkeypatch.setattr(cpu_norm, "_functions", lambda: None)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 5, generator=g)
+    w = torch.randn(6 if name == "group_norm" else 5, generator=g)
+    args = (3, w, w.flip(0)) if name == "group_norm" else ([5], w)
+    results = []
+    for fn in (getattr(F, name), getattr(TF, name)):
+        xi, wi = x.clone().requires_grad_(), args[1].clone().requires_grad_()
+        out = fn(xi, args[0], wi, *args[2:])
+        out.backward(torch.ones_like(out))
+        results.append((out, xi.grad, wi.grad))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def _operands(rows: int = 3, d: int = 4) -> dict[str, torch.Tensor]:
+    return {"x": torch.randn(rows, d), "w": torch.randn(d), "b": torch.randn(d)}
+
+
+@pytest.mark.parametrize(
+    ("break_it", "match"),
+    [
+        (lambda t: {**t, "x": t["x"].t().contiguous().t()}, "contiguous"),
+        (lambda t: {**t, "w": torch.randn(5)}, "elements"),
+        (lambda t: {**t, "w": t["w"].double()}, "float32"),
+        (lambda t: {**t, "b": t["x"].view(-1)[:5]}, "elements"),
+    ],
+    ids=["strided input", "weight size", "weight dtype", "bias too long"],
+)
+def test_kernel_refuses_operands_it_cannot_walk(
+    break_it: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]], match: str
+) -> None:
+    if cpu_norm._functions() is None:
+        pytest.skip("no C compiler: the kernels are not built")
+    t = break_it(_operands())
+    with pytest.raises(RuntimeError, match=match):
+        cpu_norm.forward(t["x"], t["w"], t["b"], Layout(3, 1, 4, 1), 1e-5, LAYER)
+
+
+def test_kernel_gate_refuses_a_written_operand_overlapping_another() -> None:
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="shares memory"):
+        cpu_norm._checked("test", torch.float32, {"input": (x, 12)}, {"output": (x[1], 4)})
+
+
+def test_kernel_backward_refuses_short_statistics() -> None:
+    if cpu_norm._functions() is None:
+        pytest.skip("no C compiler: the kernels are not built")
+    t = _operands()
+    at = Layout(3, 1, 4, 1)
+    _, mean, rstd = cpu_norm.forward(t["x"], t["w"], t["b"], at, 1e-5, LAYER)
+    assert mean is not None
+    with pytest.raises(RuntimeError, match="elements"):
+        cpu_norm.backward(t["x"], t["x"], t["w"], mean[:2], rstd, at, LAYER, (True, True, True))
+    with pytest.raises(RuntimeError, match="mean"):
+        cpu_norm.backward(t["x"], t["x"], t["w"], None, rstd, at, LAYER, (True, True, True))
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_mixed_precision_module_matches_torch() -> None:
+    """A bfloat16 input through float32 parameters (what a model under CPU autocast hands
+    the layer): torch's mixed-dtype kernels, bfloat16 out, float32 parameter gradients."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, 8, generator=g).bfloat16()
+    for cls, args in (("LayerNorm", (8,)), ("GroupNorm", (3, 6)), ("RMSNorm", (8,))):
+        ours, theirs = _pair(cls, args, {})
+        outs = []
+        for m in (ours, theirs):
+            xi = x.clone().requires_grad_()
+            out = m(xi)
+            out.float().square().sum().backward()
+            outs.append((out, xi.grad, m.weight.grad))
+        assert outs[0][0].dtype == torch.bfloat16 and outs[0][2].dtype == torch.float32
+        torch.testing.assert_close(outs[0], outs[1], rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer_norm_16bit_input_float32_parameter_gradients(dtype: torch.dtype) -> None:
+    """Beside a 16-bit input torch rounds layer norm's float32 parameter gradients to 16
+    bits after every row (the parity rows leave them out); reimpl sums in float32, as torch
+    does for the same values given in float32, which is what it is compared with."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(64, 16, generator=g).to(dtype)
+    up = torch.randn(64, 16, generator=g).to(dtype)
+    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    wo, bo = w.clone().requires_grad_(), b.clone().requires_grad_()
+    F.layer_norm(x, [16], wo, bo).backward(up)
+    wt, bt = w.clone().requires_grad_(), b.clone().requires_grad_()
+    TF.layer_norm(x.float(), [16], wt, bt).backward(up.float())
+    # (float32 results from 16-bit-rounded x̂: one 16-bit rounding per term, summed)
+    torch.testing.assert_close((wo.grad, bo.grad), (wt.grad, bt.grad), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_layer_norm_16bit_parameter_gradients_few_rows(dtype: torch.dtype) -> None:
+    """16-bit parameters beside a 16-bit input: torch's gradients are rounded after every
+    row; over a few rows (one thread) that stays within a 16-bit ulp or two of reimpl's
+    single rounding."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 16, generator=g).to(dtype)
+    up = torch.randn(4, 16, generator=g).to(dtype)
+    w, b = torch.randn(16, generator=g).to(dtype), torch.randn(16, generator=g).to(dtype)
+    grads = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for fn in (F.layer_norm, TF.layer_norm):
+            wi, bi = w.clone().requires_grad_(), b.clone().requires_grad_()
+            fn(x, [16], wi, bi).backward(up)
+            grads.append((wi.grad, bi.grad))
+    finally:
+        torch.set_num_threads(threads)
+    ulp = 2 * torch.finfo(dtype).eps
+    torch.testing.assert_close(grads[0], grads[1], rtol=2 * ulp, atol=2 * ulp)
