@@ -2,6 +2,7 @@
 
 from reimpl_parity.cases.instance_norm import INSTANCE_NORM_CASES, INSTANCE_NORM_ERROR_CASES
 from reimpl_parity.cases.losses import LOSS_CASES, LOSS_ERROR_CASES
+from reimpl_parity.cases.normalization import NORMALIZATION_CASES, NORMALIZATION_ERROR_CASES
 from reimpl_parity.cases.optim import OPTIM_CASES
 from reimpl_parity.cases.regularizers import REGULARIZER_CASES, REGULARIZER_ERROR_CASES
 from reimpl_parity.cases.schedulers import SCHEDULER_CASES, SCHEDULER_ERROR_CASES
@@ -16,6 +17,8 @@ ALL = {
     "lr_scheduler-errors": SCHEDULER_ERROR_CASES,
     "instance_norm": INSTANCE_NORM_CASES,
     "instance_norm-errors": INSTANCE_NORM_ERROR_CASES,
+    "normalization": NORMALIZATION_CASES,
+    "normalization-errors": NORMALIZATION_ERROR_CASES,
 }
 
 __all__ = [
@@ -24,6 +27,8 @@ __all__ = [
     "INSTANCE_NORM_ERROR_CASES",
     "LOSS_CASES",
     "LOSS_ERROR_CASES",
+    "NORMALIZATION_CASES",
+    "NORMALIZATION_ERROR_CASES",
     "OPTIM_CASES",
     "REGULARIZER_CASES",
     "REGULARIZER_ERROR_CASES",
