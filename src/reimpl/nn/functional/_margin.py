@@ -159,8 +159,8 @@ class _LogSigmoid(torch.autograd.Function):
     """log sigmoid(x) = min(x, 0) - log1p(e^{-|x|}), in float32 for 16-bit x (torch's kernel
     rounds once). d/dx = sigmoid(-x), written as torch's backward: with z = e^{-|x|},
     z / (1 + z) for x >= 0 and 1 - z / (1 + z) below (1/2 at 0, where autograd through the
-    forward would give a one-sided slope). ``setup_context`` and ``generate_vmap_rule`` serve every ``torch.func`` transform;
-    forward mode (``jvp``) is in the subclass."""
+    forward would give a one-sided slope). ``setup_context`` and ``generate_vmap_rule``
+    serve every ``torch.func`` transform; forward mode (``jvp``) is in the subclass."""
 
     generate_vmap_rule = True
 
