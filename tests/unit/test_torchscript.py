@@ -136,6 +136,13 @@ BATCHNORMS: list[Row] = [
     ("in3d_affine", lambda nn: nn.InstanceNorm3d(3, affine=True, eps=1e-3), {}, (X5,)),
     ("lrn", lambda nn: nn.LocalResponseNorm(2, alpha=0.5), {}, (X4,)),
     ("lrn_3d", lambda nn: nn.LocalResponseNorm(3), {}, (X3,)),
+    ("ln", lambda nn: nn.LayerNorm(3), {}, (X,)),
+    ("ln_2d_no_bias", lambda nn: nn.LayerNorm([3, 5], bias=False), {}, (X3,)),
+    ("rms", lambda nn: nn.RMSNorm(5), {}, (X3,)),
+    ("rms_no_affine", lambda nn: nn.RMSNorm([2, 2], 1e-3, elementwise_affine=False), {}, (X4,)),
+    ("gn", lambda nn: nn.GroupNorm(1, 3), {}, (X4,)),
+    ("gn_2d_no_affine", lambda nn: nn.GroupNorm(3, 3, affine=False), {}, (X,)),
+    ("gn_3d", lambda nn: nn.GroupNorm(3, 3, eps=1e-3), {}, (X5,)),
 ]
 
 DROPOUTS: list[Row] = [
@@ -222,6 +229,22 @@ def test_batchnorm_scripted_gradients() -> None:
     for key in ("ours_scripted", "torch_scripted"):
         torch.testing.assert_close(
             grads[key], grads["ours_eager"], msg=lambda m, k=key: f"{k}: {m}"
+        )
+
+
+@pytest.mark.parametrize("cls", ["LayerNorm", "RMSNorm", "GroupNorm"])
+def test_norm_scripted_gradients(cls: str) -> None:
+    """Scripted LayerNorm/RMSNorm/GroupNorm (the composite form) give eager's gradients."""
+    args = (1, 3) if cls == "GroupNorm" else ([2, 2],)
+    mods = _four(lambda nn: getattr(nn, cls)(*args))
+    grads = {}
+    for key, m in mods.items():
+        x = X4.clone().requires_grad_()
+        (m(x) * torch.arange(X4.numel()).view_as(X4)).sum().backward()
+        grads[key] = (x.grad, m.weight.grad)
+    for key in ("ours_scripted", "torch_scripted", "torch_eager"):
+        torch.testing.assert_close(
+            grads[key], grads["ours_eager"], msg=lambda m, k=key: f"{cls} {k}: {m}"
         )
 
 
