@@ -27,7 +27,10 @@ happens to the op's floating-point tensor arguments on that device type (torch 2
   but on CUDA the ``norm`` inside it is fp32;
 * ``gaussian_nll_loss``, ``multilabel_soft_margin_loss``, ``triplet_margin_with_distance_loss``
   are torch's Python code, not listed: on CPU they run as they are; on CUDA their ``log`` and
-  ``pow`` are fp32 and their ``sum`` accumulates in float32.
+  ``pow`` are fp32 and their ``sum`` accumulates in float32;
+* ``instance_norm``: not listed on either (nor the ``batch_norm`` it runs);
+  ``local_response_norm`` is torch's Python code: on CPU its ``avg_pool3d`` (inputs of 4
+  dims and more) is fp32, its ``avg_pool2d`` (3 dims) not listed; on CUDA its ``pow`` is fp32.
 
 *fp32*: every floating-point tensor argument on that device type, other than float64, is
 cast to float32 and the op runs with autocast off. *Not listed*: the op runs on its
