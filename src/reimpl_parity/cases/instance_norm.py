@@ -23,6 +23,7 @@ from reimpl_parity.cases.regularizers import (
     _BN_TOL,
     _BN_WHY,
     _error_case,
+    _memory_format,
     _param,
     _param_dtype,
     _t,
@@ -84,17 +85,6 @@ def _in_call(draw: Draw, dtype: torch.dtype) -> Call:
     if draw(st.booleans()):
         kw["eps"] = draw(st.sampled_from([1e-5, 1e-3, 0.1]))
     return Call((x, rm, rv, w, b), kw, seed=draw(seeds))
-
-
-def _formats(fn: Callable[..., Tensor]) -> Callable[..., Any]:
-    """Values, strides and channels-last-ness of the output for a channels-last input."""
-
-    def run(x: Tensor, *args: Any, **kw: Any) -> Any:
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        out = fn(x.contiguous(memory_format=fmt), *args, **kw)
-        return out, out.stride(), out.is_contiguous(memory_format=fmt)
-
-    return run
 
 
 @st.composite
@@ -341,8 +331,8 @@ _PLAIN_CASES: list[Case] = [
     ),
     _case(
         "instance_norm[channels_last]",
-        _formats(F.instance_norm),
-        _formats(TF.instance_norm),
+        _memory_format(F.instance_norm),
+        _memory_format(TF.instance_norm),
         _in_cl_call,
         backward=False,
     ),
