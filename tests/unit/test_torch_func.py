@@ -174,6 +174,17 @@ ROWS = [
         lambda F, x: F.local_response_norm(x, 2, alpha=0.5),
         (X4[:, :, 0],),
     ),
+    Row(
+        "layer_norm",
+        lambda F, x, w, b: F.layer_norm(x, [3, 3], w, b),
+        (X4, X4[0, 0] + 2, X4[1, 0]),
+        {},
+        (0, 1, 2),
+    ),
+    Row("rms_norm", lambda F, x, w: F.rms_norm(x, [4], w), (X, W), {}, (0, 1)),
+    Row("rms_norm_eps", lambda F, x: F.rms_norm(x, [3, 4], eps=1e-3), (X,)),
+    Row("group_norm", lambda F, x, w, b: F.group_norm(x, 2, w, b), (X4, C2, C2 - 1), {}, (0, 1, 2)),
+    Row("group_norm_1", lambda F, x: F.group_norm(x, 1, eps=1e-3), (X4,)),
 ]
 if hasattr(TF, "linear_cross_entropy"):  # torch >= 2.13: the oracle (ours: the composite form)
     LW = torch.randn(5, 4, generator=g, dtype=DT)
