@@ -31,6 +31,9 @@ happens to the op's floating-point tensor arguments on that device type (torch 2
 * ``instance_norm``: not listed on either (nor the ``batch_norm`` it runs);
   ``local_response_norm`` is torch's Python code: on CPU its ``avg_pool3d`` (inputs of 4
   dims and more) is fp32, its ``avg_pool2d`` (3 dims) not listed; on CUDA its ``pow`` is fp32.
+* ``layer_norm``, ``group_norm``: not listed on CPU; fp32 on CUDA. ``rms_norm``: not listed
+  on either (on CUDA its composite's ``pow``/``rsqrt`` are fp32 and its result is cast
+  back to the input's dtype, so the result is the unlisted one).
 
 *fp32*: every floating-point tensor argument on that device type, other than float64, is
 cast to float32 and the op runs with autocast off. *Not listed*: the op runs on its
