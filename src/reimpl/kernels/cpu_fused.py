@@ -1,5 +1,6 @@
 """Loader for the one-pass CPU kernels in ``cpu_fused.c``: the fused optimizer updates
-(``fused=True``) and the pointwise losses (MSE, SmoothL1, Huber).
+(``fused=True``; Adafactor's, which need reductions, in ``cpu_adafactor.c``) and the
+pointwise losses (MSE, SmoothL1, Huber).
 
 The C file is compiled on first use with the system C compiler (``cc``/``gcc``, ``-O3
 -march=native -fopenmp``) into a per-user cache folder keyed by the source's hash
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from reimpl.kernels import guard
 from reimpl.kernels.guard import Roles
 
 #: the C sources built into one library: optimizer kernels, pointwise losses, normalization
-_SOURCES = [Path(__file__).with_name(f) for f in ("cpu_fused.c", "cpu_pointwise.c", "cpu_norm.c")]
+_SOURCES = [
+    Path(__file__).with_name(f)
+    for f in ("cpu_fused.c", "cpu_adafactor.c", "cpu_pointwise.c", "cpu_norm.c")
+]
 _D = ctypes.c_double
 _I32 = ctypes.c_int32
 MAX_ROLES = 6  # as in cpu_fused.c
@@ -121,6 +125,17 @@ class ASGDOpts(ctypes.Structure):
     _fields_ = [("lambd", _D), ("wd", _D), ("maximize", _I32)]
 
 
+class AdafactorOpts(ctypes.Structure):
+    """``adafactor_opts``: eps1sq = eps1 * eps1, shrink = 1 - lr * weight_decay; ``dims``:
+    per tensor its last two dims (rows, cols), (0, 0) for one kept unfactored."""
+
+    _fields_ = [
+        *((f, _D) for f in ("eps1", "eps1sq", "eps2", "d", "shrink")),
+        ("maximize", _I32),
+        ("dims", ctypes.POINTER(ctypes.c_int64)),
+    ]
+
+
 class Pointwise(ctypes.Structure):
     """``pointwise_t``: one pointwise-loss call (forward or backward)."""
 
@@ -145,7 +160,10 @@ OPTIONS: dict[str, type[ctypes.Structure]] = {
     "radam": AdamFamilyOpts,
     "rprop": RpropOpts,
     "asgd": ASGDOpts,
+    "adafactor": AdafactorOpts,
 }
+#: families whose kernel returns nonzero when it could not allocate its scratch memory
+_RETURNS_STATUS = frozenset({"adafactor"})
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 # torch >= 2.6 bumps a whole list of version counters in one call
 _VERSION_TAKES_LISTS = "Iterable" in str(
@@ -211,7 +229,7 @@ def library() -> ctypes.CDLL | None:
         for suffix in _DTYPES.values():
             fn = getattr(lib, f"{family}_{suffix}")
             fn.argtypes = [ctypes.POINTER(Batch), ctypes.POINTER(opts)]
-            fn.restype = None
+            fn.restype = _I32 if family in _RETURNS_STATUS else None
     for suffix in _DTYPES.values():
         fwd, bwd = getattr(lib, f"pointwise_fwd_{suffix}"), getattr(lib, f"pointwise_bwd_{suffix}")
         fwd.argtypes = bwd.argtypes = [ctypes.POINTER(Pointwise)]
@@ -251,18 +269,26 @@ def usable(*tensor_lists: list[Tensor] | list[Tensor | None]) -> bool:
 def _table(ts: Sequence[Tensor | None] | None) -> Any:
     if ts is None:
         return None
-    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])  # type: ignore[union-attr]
+    # a None entry (a state that tensor does not keep, see ``optional``) is a null pointer
+    return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
 
 
 class Prepared:
     """A checked batch (see :func:`prepare`), to :meth:`run` once. Entries that were None
     when it was checked (SGD's momentum buffers that start this step) must be filled
-    before the run with fresh tensors; those are checked then."""
+    before the run with fresh tensors; those are checked then. In the ``optional`` roles
+    a None entry stays: the kernel gets a null pointer there."""
 
-    def __init__(self, where: str, roles: Roles, scaled: bool) -> None:
+    def __init__(
+        self, where: str, roles: Roles, scaled: bool, optional: Collection[str] = ()
+    ) -> None:
         self.where, self.roles, self.scaled = where, roles, scaled
         self.missing = [
-            (r, i) for r, (_, ts) in enumerate(roles) for i, t in enumerate(ts or ()) if t is None
+            (r, i)
+            for r, (name, ts) in enumerate(roles)
+            if name not in optional
+            for i, t in enumerate(ts or ())
+            if t is None
         ]
 
     def run(
@@ -318,7 +344,9 @@ class Prepared:
                 )
             batch.grad_scale = grad_scale
         dtype = params[0].dtype  # type: ignore[union-attr]
-        getattr(lib, f"{family}_{_DTYPES[dtype]}")(ctypes.byref(batch), ctypes.byref(opts))
+        fn = getattr(lib, f"{family}_{_DTYPES[dtype]}")
+        if fn(ctypes.byref(batch), ctypes.byref(opts)):  # (before it wrote anything)
+            raise MemoryError(f"{where}: the {family} kernel could not allocate its scratch")
         # the kernel wrote behind autograd's back: bump version counters as in-place ops
         # would (roles[1] holds the gradients, which are only read)
         written = [
@@ -332,7 +360,12 @@ class Prepared:
 
 
 def prepare(
-    where: str, roles: Roles, *, strict: bool = False, scaled: bool = False
+    where: str,
+    roles: Roles,
+    *,
+    strict: bool = False,
+    scaled: bool = False,
+    shape_of: guard.ShapeOf | None = None,
 ) -> Prepared | None:
     """Check a batch for the C kernels -- the one place every kernel call goes through.
 
@@ -343,20 +376,27 @@ def prepare(
     naming the parameter and state. Valid tensors the kernel cannot take (no compiler,
     tracing, 16-bit, a subclass such as DTensor, a strided view) give None, and the caller
     computes with torch ops; ``strict`` raises for those too. ``scaled``: the run will
-    unscale the grads in place, so they count as written (no overlap allowed)."""
+    unscale the grads in place, so they count as written (no overlap allowed).
+    ``shape_of``: the roles whose tensors are shaped from their param's shape otherwise
+    than like it (:data:`guard.ShapeOf`); their None entries are states those tensors do
+    not keep (null pointers for the kernel)."""
     params = roles[0][1]
     if len(roles) > MAX_ROLES:
         raise ValueError(f"{where}: at most {MAX_ROLES} roles")
     if not params:
         return None
     runnable = library() is not None and not torch.compiler.is_compiling()
-    if params[0].dtype not in _DTYPES or not runnable:  # type: ignore[union-attr]
+    dtype = params[0].dtype  # type: ignore[union-attr]
+    # one kernel per call, for the first param's dtype: a group mixing dtypes takes torch ops
+    if dtype not in _DTYPES or not runnable or any(p.dtype != dtype for p in params):  # type: ignore[union-attr]
         if strict:
             raise RuntimeError(f"{where}: the CPU kernels cannot run these tensors")
         return None
     read = () if scaled else (1,)
-    ok = guard.check_operands(where, roles, device_type="cpu", strict=strict, read=read)
-    return Prepared(where, roles, scaled) if ok else None
+    ok = guard.check_operands(
+        where, roles, device_type="cpu", strict=strict, read=read, shape_of=shape_of
+    )
+    return Prepared(where, roles, scaled, shape_of or ()) if ok else None
 
 
 def call(

@@ -25,18 +25,28 @@ Both cost O(number of tensors), never O(elements).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Roles", "check_disjoint", "check_like_params", "check_operands", "describe"]
+__all__ = [
+    "Roles",
+    "ShapeOf",
+    "check_disjoint",
+    "check_like_params",
+    "check_operands",
+    "describe",
+]
 
 #: (name, tensors) pairs: roles[0] are the params, then the grads, then the states; a
 #: None list is a state this configuration does not have, a None entry one not yet made
 Roles = Sequence[tuple[str, Sequence[Tensor | None] | None]]
+#: role name -> the shape its tensor has for a parameter of a given shape, where that is not
+#: the parameter's own (Adafactor's factored second moment); None: that parameter keeps none
+ShapeOf = Mapping[str, Callable[[torch.Size], Sequence[int] | None]]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
 
@@ -65,11 +75,25 @@ def _metas(params: Sequence[Tensor]) -> list[_Meta]:
     return [(p.shape, p.dtype, p.device) for p in params]
 
 
-def _like(where: str, name: str, i: int, t: Any, meta: _Meta) -> None:
+def _like(
+    where: str, name: str, i: int, t: Any, meta: _Meta, shape_of: ShapeOf | None = None
+) -> None:
     if not isinstance(t, Tensor):
         raise _fail(where, name, i, f"is a {type(t).__name__}, not a Tensor")
     shape, dtype, device = meta
-    if t.shape != shape:
+    if shape_of and name in shape_of:
+        want = shape_of[name](shape)
+        if want is None:
+            raise _fail(where, name, i, "is given, but a parameter of its shape keeps none")
+        if t.shape != tuple(want):
+            raise _fail(
+                where,
+                name,
+                i,
+                f"has shape {tuple(t.shape)}, where a parameter of shape {tuple(shape)} "
+                f"needs {tuple(want)} (a checkpoint saved for another model?)",
+            )
+    elif t.shape != shape:
         raise _fail(
             where,
             name,
@@ -95,14 +119,17 @@ def _params(where: str, roles: Roles) -> Sequence[Tensor]:
     return params  # type: ignore[return-value]
 
 
-def check_like_params(where: str, roles: Roles, *, lone: bool = False) -> None:
-    """Raise ``RuntimeError`` unless every tensor of every role has its parameter's shape,
-    dtype and device and a strided layout (``roles[0]`` are the parameters)."""
+def check_like_params(
+    where: str, roles: Roles, *, lone: bool = False, shape_of: ShapeOf | None = None
+) -> None:
+    """Raise ``RuntimeError`` unless every tensor of every role has its parameter's shape
+    (or the one ``shape_of`` gives its role), dtype and device and a strided layout
+    (``roles[0]`` are the parameters)."""
     metas = _metas(_params(where, roles))
     for name, ts in roles[1:]:
         for i, t in enumerate(ts or ()):
             if t is not None:
-                _like(where, name, -1 if lone else i, t, metas[i])
+                _like(where, name, -1 if lone else i, t, metas[i], shape_of)
 
 
 _Span = tuple[int, int, str, int]
@@ -116,12 +143,14 @@ def check_operands(
     read: Collection[int] = (1,),
     lone: bool = False,
     strict: bool = True,
+    shape_of: ShapeOf | None = None,
 ) -> bool:
     """Everything :func:`check_like_params` checks, plus what a kernel that walks
     ``numel`` elements from ``data_ptr()`` needs: plain, contiguous tensors on
     ``device_type`` whose storage holds them, and no overlap between a tensor the kernel
     writes (every role not in ``read``: by default all but the grads) and any other
     operand. ``lone``: one tensor per role, named by its role alone in messages.
+    ``shape_of``: as in :func:`check_like_params`.
 
     One pass, every call. A mismatch with the params, a storage too small or an overlap
     raises ``RuntimeError``. Tensors that are valid but that the kernel cannot take (a
@@ -144,7 +173,7 @@ def check_operands(
                 continue
             j = -1 if lone else i
             if r:
-                _like(where, name, j, t, metas[i])
+                _like(where, name, j, t, metas[i], shape_of)
             if type(t) not in _PLAIN or not t.is_contiguous():
                 if strict:
                     problem = "is not contiguous" if type(t) in _PLAIN else "is a tensor subclass"

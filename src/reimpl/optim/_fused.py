@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
@@ -63,6 +64,10 @@ class Forms(NamedTuple):
     family: str
     #: per-param state held as one-element tensors, not shaped like the param
     scalars: tuple[str, ...] = ("step",)
+    #: states shaped from their param's shape otherwise than like it, or kept by some
+    #: params only (Adafactor's factors and variance): role -> its shape for a param's
+    #: shape, None where that param keeps none (the C kernel gets a null pointer there)
+    shape_of: guard.ShapeOf = MappingProxyType({})
 
 
 def adam_family_opts(hp: Any, lr: float) -> ctypes.Structure:
@@ -97,18 +102,18 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
     if steps is not None:
         check_fused_steps(where, params, steps)
     kernel_kw = hp._asdict() | {"grad_scale": grad_scale, "found_inf": found_inf}
-    scalars_at = frozenset(i for i, r in enumerate(roles) if r in forms.scalars)
+    scalars_at = frozenset(
+        i for i, r in enumerate(roles) if r in forms.scalars or r in forms.shape_of
+    )
     if run_triton(f"{forms.family}_", lists, steps_at=steps_at, scalars_at=scalars_at, **kernel_kw):
         return
     if found_inf_on_host(found_inf):  # GradScaler found an inf: this step does not happen
         return
-    # a state list left empty is one this configuration does not keep (amsgrad off, ...)
-    c_roles = [
-        (r, lst or None) for r, lst in zip(roles, lists, strict=True) if r not in forms.scalars
-    ]
+    c_roles = _c_roles(where, forms, roles, lists)
     batch = None
     if forms.c_args is not None:
-        batch = cpu_fused.prepare(where, c_roles, scaled=grad_scale is not None)
+        scaled = grad_scale is not None
+        batch = cpu_fused.prepare(where, c_roles, scaled=scaled, shape_of=forms.shape_of)
     if batch is not None and forms.c_args is not None:
         if steps is not None:
             torch._foreach_add_(steps, 1)
@@ -116,7 +121,7 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
         scale = None if grad_scale is None else float(grad_scale)
         batch.run(forms.family, opts, per, first, grad_scale=scale)
         return
-    check_fused_state(where, c_roles)
+    check_fused_state(where, c_roles, forms.shape_of)
     if grad_scale is not None:
         unscale_grads_(lists[1], grad_scale)
     # fused steps live on the params' device: on accelerators the torch ops stay there
@@ -128,6 +133,28 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
     if "capturable" in fields:
         hp = hp._replace(capturable=on_accel)
     run_widened(forms.multi, t, hp)
+
+
+def _c_roles(where: str, forms: Forms, roles: Sequence[str], lists: list[Any]) -> guard.Roles:
+    """The (role, tensors) the C kernel and the checks take: all but the one-element states;
+    a list left empty is a state this configuration does not keep (amsgrad off, ...): None.
+    In the roles of ``forms.shape_of``, the entry of a param that keeps no such state is
+    None (whatever a checkpoint holds there: no form reads it), and a param that keeps one
+    must have it (RuntimeError)."""
+    params = lists[0]
+    out: list[tuple[str, Any]] = []
+    for r, lst in zip(roles, lists, strict=True):
+        if r in forms.scalars:
+            continue
+        shape_of = forms.shape_of.get(r)
+        if shape_of is not None and lst:
+            kept = [shape_of(p.shape) is not None for p in params]
+            for i, (t, keeps) in enumerate(zip(lst, kept, strict=True)):
+                if keeps and t is None:
+                    raise RuntimeError(f"{where}: {guard.describe(r, i)} is missing")
+            lst = [t if keeps else None for t, keeps in zip(lst, kept, strict=True)]
+        out.append((r, lst or None))
+    return out
 
 
 # ------------------------------------------------------------------------- checks
@@ -163,15 +190,17 @@ def check_fused_steps(where: str, params: Sequence[Tensor], steps: Sequence[Any]
             )
 
 
-def check_fused_state(where: str, roles: guard.Roles) -> None:
+def check_fused_state(
+    where: str, roles: guard.Roles, shape_of: guard.ShapeOf | None = None
+) -> None:
     """What a ``fused=True`` step checks before torch ops compute it (where the C and
     Triton kernels could not take the tensors; those check the same themselves): each
     gradient and state tensor has its parameter's shape, dtype, device and a dense layout
     (:func:`reimpl.kernels.guard.check_like_params`) and no state or param overlaps
     another (:func:`~reimpl.kernels.guard.check_disjoint`). ``RuntimeError`` otherwise,
     naming the parameter's index (among those with a gradient in the group) and the key;
-    so every fused path refuses what one refuses."""
-    guard.check_like_params(where, roles)
+    so every fused path refuses what one refuses. ``shape_of``: as :attr:`Forms.shape_of`."""
+    guard.check_like_params(where, roles, shape_of=shape_of)
     guard.check_disjoint(where, roles)
 
 

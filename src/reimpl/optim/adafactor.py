@@ -17,11 +17,13 @@ factored estimate and the final division instead of the squared gradient.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_hparams, check_nonnegative
 from reimpl.optim._common import (
     TensorList,
@@ -29,9 +31,10 @@ from reimpl.optim._common import (
     choose_path,
     foreach_ready,
     group_by_device_and_dtype,
+    plain_value,
     squeeze_scalar,
 )
-from reimpl.optim._fused import Forms, check_fused_param
+from reimpl.optim._fused import CArgs, Forms, check_fused_param
 from reimpl.optim.optimizer import ParamsT, ReimplOptimizer
 
 __all__ = ["Adafactor"]
@@ -98,12 +101,12 @@ class Adafactor(ReimplOptimizer, torch.optim.Adafactor):
     _HP = AdafactorHP
 
     def _forms(self) -> Forms:
-        # looked up at each step, so a test can spy on a form by its module name; no C
-        # kernel yet (None): fused=True runs the widened multi-tensor form. The factors
-        # are not shaped like the param, so the fused checks skip them; ``variance`` is
-        # (None where a param has factors instead, which the checks pass over)
-        scalars = ("step", "row_var", "col_var")
-        return Forms(_single_tensor_adafactor, _multi_tensor_adafactor, None, "adafactor", scalars)
+        # looked up at each step, so a test can spy on a form by its module name. The
+        # fused checks hold each state to the shape its param gives it (_STATE_SHAPES)
+        return Forms(
+            _single_tensor_adafactor, _multi_tensor_adafactor, _c_args, "adafactor",
+            shape_of=_STATE_SHAPES,
+        )  # fmt: skip
 
     def __init__(
         self, params: ParamsT, lr: float | Tensor = 1e-2, beta2_decay: float = -0.8,
@@ -187,6 +190,14 @@ class Adafactor(ReimplOptimizer, torch.optim.Adafactor):
 
 _MISSING = "state {} of parameter {} is missing: a checkpoint that does not fit the params?"
 
+#: the state a param of a given shape keeps, and its shape: the factors for two or more dims
+#: (its last dim, or its second-to-last, reduced to 1), the plain variance for the others
+_STATE_SHAPES = {
+    "row_var": lambda s: (*s[:-1], 1) if len(s) > 1 else None,
+    "col_var": lambda s: (*s[:-2], 1, s[-1]) if len(s) > 1 else None,
+    "variance": lambda s: None if len(s) > 1 else tuple(s),
+}
+
 
 def _rms(x: Tensor) -> float:
     return float(x.norm(2).item() / (x.numel() ** 0.5))
@@ -228,6 +239,29 @@ def _single_tensor_adafactor(t: AdafactorTensors, hp: AdafactorHP) -> None:
         update = v_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(grad)
         clip = max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * hp.d))
         param.add_(update, alpha=-alpha / clip)
+
+
+def _c_args(t: AdafactorTensors, hp: AdafactorHP) -> CArgs:
+    """The C kernel's options (with each param's last two dims, which tell it the factored
+    ones) and per tensor 1 - beta2_t and rho_t, from the counters already advanced; the
+    kernel forms alpha_t and the clipping from the norms it takes in its sweeps."""
+    lr, eps1 = plain_value(hp.lr), hp.eps1
+    assert eps1 is not None  # fused groups fix it from the first param's dtype (_hparams)
+    dims: list[int] = []
+    one_minus_beta2, rho = [], []
+    for p, s in zip(t.param, t.step, strict=True):
+        if p.numel() == 0:  # the param's RMS is 0 / 0, which Python refuses, as torch's step
+            raise ZeroDivisionError(f"Adafactor: parameter of shape {tuple(p.shape)} is empty")
+        dims += p.shape[-2:] if p.dim() > 1 else (0, 0)
+        n = plain_value(s)
+        one_minus_beta2.append(n**hp.beta2_decay)
+        rho.append(min(lr, 1 / (n**0.5)))
+    opts = cpu_fused.AdafactorOpts(
+        eps1=eps1, eps1sq=eps1 * eps1, eps2=hp.eps2, d=hp.d, maximize=hp.maximize,
+        shrink=1 - lr * hp.weight_decay if hp.weight_decay != 0 else 1.0,
+        dims=(ctypes.c_int64 * len(dims))(*dims),
+    )  # fmt: skip
+    return CArgs(opts, [one_minus_beta2, rho])
 
 
 def _batches(t: AdafactorTensors) -> list[tuple[bool, AdafactorTensors]]:

@@ -3,7 +3,8 @@
 Built like the rows of :mod:`reimpl_parity.cases.optim` (same problems, same harness):
 the default row draws every option torch has (``foreach``, ``maximize``, both epsilons,
 the clipping threshold, a Tensor ``lr``); ``-fused`` holds reimpl's ``fused=True`` (torch
-has none) to torch's multi-tensor path, which is what it computes. No ``-capturable``
+has none) to torch's multi-tensor path, which its C kernel computes in three sweeps per
+tensor (its reductions in another order: to rounding). No ``-capturable``
 row: torch's Adafactor has no ``capturable`` (nor ``differentiable``) option, and its
 step reads the step counters and norms on the host, so it has nothing to capture.
 """
@@ -55,11 +56,12 @@ def _adafactor_kwargs(fused: bool) -> KwargsFor:
 class _TorchAdafactorForeach(torch.optim.Adafactor):
     """torch's Adafactor held to its multi-tensor path (``foreach=True``, also in groups a
     checkpoint brings): torch has no ``fused``, and this is the form reimpl's fused path
-    runs while it has no kernel. torch's default per-tensor loop adds each step as
-    ``param + size * update`` in one op where the multi-tensor form scales the update
-    first; the step size is relative to the param's root mean square, so over 20 steps
-    that rounding reaches ~1e-6 of it (4e-3 on float32 params ~1e3), more than a
-    per-element tolerance can hold for the small elements."""
+    computes (in one C call on CPU, the widened multi-tensor form elsewhere). torch's
+    default per-tensor loop adds each step as ``param + size * update`` in one op where
+    the multi-tensor form scales the update first; the step size is relative to the
+    param's root mean square, so over 20 steps that rounding reaches ~1e-6 of it (4e-3 on
+    float32 params ~1e3), more than a per-element tolerance can hold for the small
+    elements."""
 
     def __init__(self, params: Any, **kwargs: Any) -> None:
         kwargs.pop("fused", None)
@@ -99,10 +101,18 @@ ROWS: list[OptimRow] = [
         _adafactor_groups,
         # 16-bit: the fused path computes in float32, torch's foreach rounds every op
         dtypes=(torch.float64, torch.float32),
-        tol=_EXACT,
+        tol={torch.float32: (1.3e-6, 0.5)},
         why=(
-            "exact: fused (reimpl only, no kernel yet) runs the multi-tensor form, torch's "
-            "foreach path's operations in its order (float32/float64 are not widened)"
+            "not bit for bit: the C kernel makes torch's foreach path's elementwise "
+            "operations in its order, but sums the norms and the row and column means of "
+            "g^2 in double in its own order (torch: in the dtype). float64 holds to the "
+            "defaults. float32: each step's size (alpha / clip, from the two norms) then "
+            "differs in its last bit, and the step is relative to the param's scale; on "
+            "'large' params (1e4, growing to ~1e6 with lr=1) elements that cancel near 0 "
+            "keep a few ulps of that scale: measured 0.016 over 600 drawn examples, 0.25 "
+            "at worst over 1500 trajectories of 1e4-scale params -- as far as torch's own "
+            "loop and foreach paths are from each other (0.016 over 300); at scale ~1 "
+            "within 3e-6 (tests/unit/test_adafactor_fused.py holds it to the defaults)"
         ),
         contiguous=True,
         large_grads=False,
