@@ -55,14 +55,18 @@ def bench(session: nox.Session) -> None:
     session.run("reimpl", "bench", *session.posargs)
 
 
-#: the tests that run native code: fused optimizer paths, malformed state, pointwise losses
+#: the tests that run native code: fused optimizer paths, malformed state, pointwise losses,
+#: normalization layers
 SANITIZED = [
     "tests/unit/test_malformed_state.py",
     "tests/unit/test_cpu_fused_subclass.py",
     "tests/unit/test_cpu_fused_nonfinite.py",
+    "tests/unit/test_adafactor_fused.py",
     "tests/unit/test_loss_gradgrad.py",
     "tests/parity/test_losses.py",
     "tests/parity/test_optim.py",
+    "tests/parity/test_normalization.py",
+    "tests/unit/test_normalization_modules.py",
 ]
 
 
