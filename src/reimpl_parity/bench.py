@@ -241,6 +241,39 @@ def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
         yield (f"Dropout(0.5) fwd {tuple(x.shape)}", lambda: ours_do(x), lambda: torch_do(x))
 
 
+def _normalization_cases(device: str, quick: bool) -> Iterator[tuple[str, Fn, Fn]]:
+    """LayerNorm/RMSNorm at transformer sizes ((batch·sequence, hidden) fp32) and GroupNorm
+    at a ResNet-stage size (32 groups), each a training step's forward and backward with
+    a fixed upstream gradient (weight and bias gradients included)."""
+    import reimpl.nn as rnn
+
+    rows = (8 if quick else 32) * 128
+    layers = [
+        ("LayerNorm", (1024,), (rows, 1024)),
+        ("RMSNorm", (1024,), (rows, 1024)),
+        ("GroupNorm", (32, 64), (8 if quick else 32, 64, 28, 28)),
+    ]
+    g = torch.Generator(device=device).manual_seed(0)
+    for cls, args, shape in layers:
+        if not hasattr(rnn, cls):
+            continue
+        x = torch.randn(*shape, device=device, generator=g)
+        dy = torch.randn(*shape, device=device, generator=g)
+
+        def step(mod: torch.nn.Module, x: torch.Tensor = x, dy: torch.Tensor = dy) -> Fn:
+            leaf = x.clone().requires_grad_()
+
+            def run() -> None:
+                mod(leaf).backward(dy)
+                leaf.grad = None
+                mod.zero_grad(set_to_none=True)
+
+            return run
+
+        ours, theirs = getattr(rnn, cls)(*args).to(device), getattr(torch.nn, cls)(*args).to(device)
+        yield f"{cls} train fwd+bwd {shape}", step(ours), step(theirs)
+
+
 def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[str, Fn, Fn]]:
     import reimpl.optim as ropt
 
@@ -293,6 +326,7 @@ def run(
         (_loss_cases(device, scale), False),
         (_linear_cross_entropy_cases(device, quick), True),
         (_regularizer_cases(device, scale), False),
+        (_normalization_cases(device, quick), False),
         (_optimizer_cases(device, n_tensors, numel), False),
     ]
     out = []
