@@ -17,6 +17,7 @@ import reimpl.nn as RN
 import reimpl.nn.functional as F
 from reimpl.kernels import cpu_norm
 from reimpl.kernels.cpu_norm import LAYER, Layout
+from reimpl.nn.modules.normalization import GROUP_NORM_BIAS
 
 CONFIGS: list[tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, ...]]] = [
     ("LayerNorm", (5,), {}, (3, 4, 5)),
@@ -28,8 +29,10 @@ CONFIGS: list[tuple[str, tuple[Any, ...], dict[str, Any], tuple[int, ...]]] = [
     ("RMSNorm", (5,), {"elementwise_affine": False}, (2, 5)),
     ("GroupNorm", (2, 4), {}, (3, 4, 5)),
     ("GroupNorm", (4, 4), {"affine": False}, (3, 4, 2, 2)),
-    ("GroupNorm", (1, 4), {"bias": False, "eps": 1e-3}, (3, 4)),
+    ("GroupNorm", (1, 4), {"eps": 1e-3}, (3, 4)),
 ]
+if GROUP_NORM_BIAS:  # (torch's GroupNorm takes bias= from 2.13 on)
+    CONFIGS.append(("GroupNorm", (2, 4), {"bias": False}, (3, 4, 5)))
 IDS = [f"{c}{a}{k}" for c, a, k, _ in CONFIGS]
 
 
@@ -74,7 +77,7 @@ def test_reset_parameters_and_factory_kwargs() -> None:
             torch.testing.assert_close(m.bias, torch.zeros(3, dtype=torch.float64))
     assert RN.LayerNorm(4, elementwise_affine=False).weight is None
     assert RN.RMSNorm([2, 3]).normalized_shape == (2, 3)
-    assert RN.GroupNorm(2, 4, affine=True, bias=False).bias is None
+    assert RN.GroupNorm(2, 4, affine=True, bias=False).bias is None  # (on every torch)
 
 
 def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -257,3 +260,46 @@ def test_layer_norm_16bit_parameter_gradients_few_rows(dtype: torch.dtype) -> No
         torch.set_num_threads(threads)
     ulp = 2 * torch.finfo(dtype).eps
     torch.testing.assert_close(grads[0], grads[1], rtol=2 * ulp, atol=2 * ulp)
+
+
+_CALLS: dict[str, Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]] = {
+    "layer_norm": lambda x, w, F: F.layer_norm(x, [5], w, w.flip(0)),
+    "rms_norm": lambda x, w, F: F.rms_norm(x, [5], w),
+    "group_norm": lambda x, w, F: F.group_norm(x.transpose(1, 2), 5, w, w.flip(0)),
+}
+
+
+@pytest.mark.parametrize("name", list(_CALLS))
+def test_compile_fullgraph_matches_torch(name: str) -> None:
+    """torch.compile(fullgraph=True) traces the composite form with no graph break."""
+    torch._dynamo.reset()
+    call = _CALLS[name]
+    compiled = torch.compile(lambda x, w: call(x, w, F), fullgraph=True, backend="aot_eager")
+    g = torch.Generator().manual_seed(8)
+    x, w = torch.randn(3, 4, 5, generator=g), torch.randn(5, generator=g)
+    outs = []
+    for fn in (compiled, lambda x, w: call(x, w, TF)):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(torch.ones_like(out))
+        outs.append((out, xi.grad, wi.grad))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_transforms_take_the_composite_form() -> None:
+    """Plain autograd runs the Function; torch.func transforms and forward AD the
+    composite form (which they can follow)."""
+    x, w = torch.randn(3, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    names: list[str] = []
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x, [5], w)
+        names.append(type(y.grad_fn).__name__ if y.grad_fn is not None else "")
+        return y.sum()
+
+    f(x.clone().requires_grad_())
+    torch.func.grad(f)(x)
+    torch.testing.assert_close(
+        torch.func.grad(f)(x), torch.func.grad(lambda x: TF.layer_norm(x, [5], w).sum())(x)
+    )
+    assert names[0] == "NormalizeBackward" and "NormalizeBackward" not in names[1:]

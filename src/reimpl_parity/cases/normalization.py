@@ -20,6 +20,7 @@ from torch import Tensor
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
+from reimpl.nn.modules.normalization import GROUP_NORM_BIAS
 from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.cases.normalization_errors import (
     NORMALIZATION_ERROR_CASES,
@@ -292,7 +293,9 @@ def _layer_module_call(draw: Draw, dtype: torch.dtype, *, rms: bool) -> Call:
 def _group_module_call(draw: Draw, dtype: torch.dtype) -> Call:
     call = draw(_group_call(dtype))
     x, groups = call.args
-    kw = {"affine": draw(st.booleans()), "bias": draw(st.booleans())}
+    kw = {"affine": draw(st.booleans())}
+    if GROUP_NORM_BIAS:  # (torch's GroupNorm takes bias= from 2.13 on)
+        kw["bias"] = draw(st.booleans())
     if "eps" in call.kwargs:
         kw["eps"] = call.kwargs["eps"]
     return Call((x, (groups, x.shape[1]), kw, draw(seeds)))

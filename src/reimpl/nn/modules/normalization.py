@@ -9,6 +9,7 @@ here, so no torch normalization code runs; a ``state_dict`` moves both ways. Und
 TorchScript ``forward`` runs the composite form (:mod:`..functional._norm_composite`).
 """
 
+import inspect
 import numbers
 from typing import Any, Optional, Tuple  # noqa: UP035  (TorchScript reads these forms)
 
@@ -18,6 +19,10 @@ from torch.nn import Parameter, init
 
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _norm_composite as C
+
+#: whether the installed torch's GroupNorm takes ``bias`` (and shows it in its repr); ours
+#: always takes it, and reprs as the installed torch's does
+GROUP_NORM_BIAS = "bias" in inspect.signature(torch.nn.GroupNorm.__init__).parameters
 
 
 def _shape_tuple(normalized_shape: Any) -> tuple[int, ...]:
@@ -165,7 +170,5 @@ class GroupNorm(torch.nn.GroupNorm):
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, "
-            f"affine={self.affine}, bias={self.bias is not None}"
-        )
+        text = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return text + f", bias={self.bias is not None}" if GROUP_NORM_BIAS else text
