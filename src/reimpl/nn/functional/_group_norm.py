@@ -28,7 +28,7 @@ from reimpl.nn.functional import _norm_composite as C
 from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import vmapped as _vmapped
-from reimpl.nn.functional._layer_norm import check_floating, check_param_dtypes
+from reimpl.nn.functional._layer_norm import check_floating, check_param_dtypes, cuda_fp32
 from reimpl.nn.functional._normalize import Normalize, Plan
 
 
@@ -44,9 +44,7 @@ def group_norm(
     if ac is None:
         return _group_norm(input, num_groups, weight, bias, eps)
     with _autocast.off(ac):
-        if ac == "cuda":  # fp32 on CUDA's list; on no CPU list
-            input = _autocast.fp32(ac, input)
-            weight, bias = _autocast.fp32_opt(ac, weight), _autocast.fp32_opt(ac, bias)
+        input, weight, bias = cuda_fp32(ac, input, weight, bias)
         return _group_norm(input, num_groups, weight, bias, eps)
 
 

@@ -134,13 +134,18 @@ def layer_norm(
     if ac is None:
         return _layer_norm(input, normalized_shape, weight, bias, eps)
     with _autocast.off(ac):
-        if ac == "cuda":  # fp32 on CUDA's list; on no CPU list
-            input, weight, bias = (_autocast.fp32(ac, input), *_fp32_opt(ac, weight, bias))
+        input, weight, bias = cuda_fp32(ac, input, weight, bias)
         return _layer_norm(input, normalized_shape, weight, bias, eps)
 
 
-def _fp32_opt(ac: str, *ts: Tensor | None) -> tuple[Tensor | None, ...]:
-    return tuple(_autocast.fp32_opt(ac, t) for t in ts)
+def cuda_fp32(
+    ac: str, input: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Layer and group norm's autocast policy for the arguments: fp32 on CUDA's list (each
+    eligible tensor in float32), on no CPU list (as they are)."""
+    if ac != "cuda":
+        return input, weight, bias
+    return _autocast.fp32(ac, input), _autocast.fp32_opt(ac, weight), _autocast.fp32_opt(ac, bias)
 
 
 def _layer_norm(

@@ -32,6 +32,13 @@ def _shape_tuple(normalized_shape: Any) -> tuple[int, ...]:
     return tuple(normalized_shape)
 
 
+def _ones_and_zeros(weight: Tensor | None, bias: Tensor | None) -> None:
+    if weight is not None:
+        init.ones_(weight)
+    if bias is not None:
+        init.zeros_(bias)
+
+
 def _factory(device: Any, dtype: Any) -> dict[str, Any]:
     return {"device": device, "dtype": dtype}
 
@@ -65,10 +72,7 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def reset_parameters(self) -> None:
         """Weight to 1 and bias to 0 (when present)."""
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        _ones_and_zeros(self.weight, self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -108,8 +112,7 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def reset_parameters(self) -> None:
         """Weight to 1 (when present)."""
-        if self.weight is not None:
-            init.ones_(self.weight)
+        _ones_and_zeros(self.weight, None)
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.jit.is_scripting():
@@ -159,10 +162,7 @@ class GroupNorm(torch.nn.GroupNorm):
 
     def reset_parameters(self) -> None:
         """Weight to 1 and bias to 0 (when present)."""
-        if self.weight is not None:
-            init.ones_(self.weight)
-        if self.bias is not None:
-            init.zeros_(self.bias)
+        _ones_and_zeros(self.weight, self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():
