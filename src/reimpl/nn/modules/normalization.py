@@ -20,10 +20,6 @@ from torch.nn import Parameter, init
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _norm_composite as C
 
-#: whether the installed torch's GroupNorm takes ``bias`` (and shows it in its repr); ours
-#: always takes it, and reprs as the installed torch's does
-GROUP_NORM_BIAS = "bias" in inspect.signature(torch.nn.GroupNorm.__init__).parameters
-
 
 def _shape_tuple(normalized_shape: Any) -> tuple[int, ...]:
     """An int is one trailing dimension; a sequence is taken as it is (torch's rule)."""
@@ -172,3 +168,8 @@ class GroupNorm(torch.nn.GroupNorm):
     def extra_repr(self) -> str:
         text = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
         return text + f", bias={self.bias is not None}" if GROUP_NORM_BIAS else text
+
+
+#: whether the installed torch's GroupNorm (our base class) takes ``bias`` and shows it in
+#: its repr (torch 2.13 on); ours always takes it, and reprs as the installed torch's does
+GROUP_NORM_BIAS = "bias" in inspect.signature(GroupNorm.__bases__[0]).parameters
