@@ -188,13 +188,13 @@ def optimizer_path(
     opt = make([w])
     sparse = "sparse" in type(opt).__name__.lower()
 
-    def closure() -> Tensor:
+    def closure() -> float:
         opt.zero_grad()
         loss = fn(w).sum()
         loss.backward()
         if sparse and w.grad is not None:
             w.grad = w.grad.to_sparse()
-        return loss
+        return float(loss)
 
     points = [w.detach().clone()]
     for _ in range(steps):

@@ -20,8 +20,8 @@ from reimpl.nn.functional._dropout import (
 from reimpl.nn.functional._group_norm import group_norm
 from reimpl.nn.functional._instance_norm import instance_norm
 from reimpl.nn.functional._layer_norm import layer_norm, rms_norm
-from reimpl.nn.functional._linear_cross_entropy import linear_cross_entropy
 from reimpl.nn.functional._likelihood import gaussian_nll_loss, kl_div, poisson_nll_loss
+from reimpl.nn.functional._linear_cross_entropy import linear_cross_entropy
 from reimpl.nn.functional._local_response_norm import local_response_norm
 from reimpl.nn.functional._margin import (
     cosine_embedding_loss,
