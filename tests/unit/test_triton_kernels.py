@@ -73,3 +73,31 @@ def test_cross_entropy_kernel_many_blocks(
     )
     torch.testing.assert_close(loss.sum(), ref.detach())
     torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_kernel_row_scale_in_place(interpret: None, smoothing: float) -> None:
+    """A per-row scale (reduction='none' backward) written over the logits themselves."""
+    from reimpl.kernels.triton_cross_entropy import cross_entropy_rows
+
+    g = torch.Generator().manual_seed(1)
+    n, c = 4, 300
+    x = (torch.randn(n, c, generator=g) * 5).requires_grad_()
+    t = torch.tensor([0, 299, -100, 17])
+    w = torch.rand(c, generator=g) + 0.5
+    up = torch.randn(n, generator=g)
+    ref = TF.cross_entropy(x, t, weight=w, label_smoothing=smoothing, reduction="none")
+    (ref_grad,) = torch.autograd.grad(ref, x, up)
+    buf = x.detach().clone()
+    loss, grad = cross_entropy_rows(
+        buf, t, w, -100, smoothing, up.reshape(n, 1), True, block=64, in_place=True
+    )
+    assert grad is not None and grad.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, ref_grad)
+    # no gradient: no scale needed, the logits stay as they were
+    loss, grad = cross_entropy_rows(x.detach(), t, w, -100, smoothing, None, False)
+    assert grad is None
+    torch.testing.assert_close(loss, ref.detach())
+    with pytest.raises(ValueError, match="scale"):
+        cross_entropy_rows(x.detach(), t, w, -100, smoothing, None, True)

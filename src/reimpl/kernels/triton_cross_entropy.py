@@ -3,7 +3,12 @@
 Two sweeps over a row of C logits in blocks: the first keeps a running max m and the
 rescaled sum s of exp(x - m) (online softmax) and, with label smoothing, sum_c w_c x_c; the
 second writes the gradient (see ``reimpl.nn.functional._cross_entropy_lean`` for the
-formula) in the logits' dtype, already scaled for the reduction. Arithmetic is float32.
+formula) in the logits' dtype, already scaled for the reduction -- by one number, or by one
+per row (reduction='none' backward). Arithmetic is float32.
+
+The gradient can go into the logits buffer itself (``in_place``): each block of the second
+sweep is read before it is overwritten and rows are independent, so a caller that no longer
+needs the logits (linear_cross_entropy's chunks) holds one logits-sized buffer, not two.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ def _ce_row_kernel(
     g_ptr,
     g_stride,
     scale_ptr,
+    scale_stride,
     n_cols,
     ignore_index,
     smoothing,
@@ -73,7 +79,8 @@ def _ce_row_kernel(
     tl.store(loss_ptr + row, tl.where(keep, loss, 0.0))
 
     if NEED_GRAD:
-        scale = tl.load(scale_ptr).to(tl.float32)
+        # scale_stride 0: one factor for every row; 1: a factor per row
+        scale = tl.load(scale_ptr + row * scale_stride).to(tl.float32)
         k = tl.where(keep, 1.0, 0.0)
         coeff = ((1.0 - smoothing) * w_t + smoothing / n_cols * w_sum * k) * scale
         g_row = g_ptr + row * g_stride
@@ -98,19 +105,30 @@ def cross_entropy_rows(
     weight: Tensor | None,
     ignore_index: int,
     smoothing: float,
-    scale: Tensor,
+    scale: Tensor | None,
     need_grad: bool,
     block: int | None = None,
+    *,
+    in_place: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-row losses (float32) and, if asked, the logits gradient times ``scale``."""
+    """Per-row losses (float32) and, if asked, the logits gradient times ``scale``: shape
+    (1,) for one factor, (n, 1) for one per row; None only without a gradient. With
+    ``in_place`` the gradient overwrites ``x`` (a copy when ``x`` is not row-contiguous)."""
     n, c = x.shape
+    if need_grad and scale is None:
+        raise ValueError("cross_entropy_rows: a gradient needs a scale (shape (1,) or (n, 1))")
     if x.stride(1) != 1:
         x = x.contiguous()
     t = t.contiguous()
     weight = weight.contiguous() if weight is not None else None
     loss = torch.empty(n, dtype=torch.float32, device=x.device)
-    grad = torch.empty_like(x, memory_format=torch.contiguous_format) if need_grad else x
+    fresh = need_grad and not in_place
+    grad = torch.empty_like(x, memory_format=torch.contiguous_format) if fresh else x
     w = weight if weight is not None else x  # unused pointer when HAS_WEIGHT is False
+    per_row = scale is not None and scale.dim() == 2
+    s = loss if scale is None else scale.reshape(-1)  # unused pointer without a gradient
+    if per_row and s.numel() != n:
+        raise ValueError(f"cross_entropy_rows: a per-row scale needs {n} rows, got {s.numel()}")
     # a device scalar, so no host sync
     w_sum = (
         weight.float().sum() if weight is not None else torch.tensor(float(c), device=x.device)
@@ -125,7 +143,8 @@ def cross_entropy_rows(
             loss,
             grad,
             grad.stride(0),
-            scale,
+            s,
+            s.stride(0) if per_row else 0,
             c,
             ignore_index,
             float(smoothing),

@@ -36,26 +36,35 @@ def _rows_eager(
     weight: Tensor | None,
     ignore_index: int,
     smoothing: float,
-    scale: Tensor,
+    scale: Tensor | None,
     need_grad: bool,
+    *,
+    in_place: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
+    """Per-row losses and, if ``need_grad``, the logits gradient times ``scale`` (one
+    factor, or (n, 1)); ``in_place``: the gradient overwrites ``x`` (the caller's logits
+    are dead), so no second logits-sized buffer."""
+    if need_grad and scale is None:
+        raise ValueError("a gradient of the rows needs a scale (shape (1,) or (n, 1))")
     c = x.shape[1]
     keep = (t != ignore_index).unsqueeze(1)
     safe = torch.where(keep.squeeze(1), t, 0).unsqueeze(1)
     m = x.amax(1, keepdim=True)
-    e = x - m
+    # everything read from the logits comes before they may be overwritten
+    x_t = x.gather(1, safe)
+    wx = (x @ weight if weight is not None else x.sum(1)).unsqueeze(1) if smoothing > 0 else None
+    e = x.sub_(m) if in_place else x - m
     e.exp_()
     s = e.sum(1, keepdim=True)
     lse = m + s.log()
     w_t = (weight[safe] if weight is not None else torch.ones_like(lse)) * keep
     w_sum = weight.sum() if weight is not None else c
-    loss = (1 - smoothing) * w_t * (lse - x.gather(1, safe))
-    if smoothing > 0:
-        wx = x @ weight if weight is not None else x.sum(1)
-        loss = loss + (smoothing / c) * (lse * w_sum - wx.unsqueeze(1))
+    loss = (1 - smoothing) * w_t * (lse - x_t)
+    if wx is not None:
+        loss = loss + (smoothing / c) * (lse * w_sum - wx)
     # ignored rows are 0 even when their logits are not finite
     loss = torch.where(keep, loss, 0).squeeze(1)
-    if not need_grad:
+    if not need_grad or scale is None:
         return loss, None
     # the buffer `e` becomes the gradient: p * coeff, minus the one-hot and smoothing terms
     coeff = ((1 - smoothing) * w_t + (smoothing / c) * w_sum * keep) * scale
@@ -67,10 +76,10 @@ def _rows_eager(
     return loss, e
 
 
-def _rows_triton(*args: Any) -> tuple[Tensor, Tensor | None]:
+def _rows_triton(*args: Any, in_place: bool = False) -> tuple[Tensor, Tensor | None]:
     from reimpl.kernels.triton_cross_entropy import cross_entropy_rows
 
-    return cross_entropy_rows(*args)
+    return cross_entropy_rows(*args, in_place=in_place)
 
 
 def rows_impl(x: Tensor) -> Rows | None:
