@@ -6,9 +6,12 @@ logits ``x W^T + b`` (N x V) -- and the two or three logits-sized tensors torch'
 memory. Here each chunk of rows computes its logits, their log-sum-exp, the loss and
 d(loss)/d(logits), turns that into its share of the three gradients, and drops the chunk's
 logits (Wijmans et al. 2024, "Cut Your Losses in Large-Vocabulary Language Models"; the
-fused linear cross-entropy of Liger-Kernel, Hsu et al. 2024). Extra memory: two
-chunk-sized buffers (by default the larger of the input's size and 64 MiB of float32
-logits, see :func:`rows_per_chunk`) instead of about 3 x N x V.
+fused linear cross-entropy of Liger-Kernel, Hsu et al. 2024). The row step writes
+d(loss)/d(logits) over the chunk's logits, which are dead by then, so the extra memory is
+one chunk-sized buffer (by default the larger of the input's size and 64 MiB of float32
+logits, see :func:`rows_per_chunk`; 16-bit inputs add a 16-bit one: the logits before
+their float32 copy, then d(loss)/d(logits) rounded for the product with W) instead of
+about 3 x N x V.
 
 With z_n = W x_n + b, p = softmax(z_n) and dz_n = dloss_n/dz_n as in
 :mod:`._cross_entropy_lean` (whose per-row step is shared here):
@@ -31,8 +34,13 @@ With z_n = W x_n + b, p = softmax(z_n) and dz_n = dloss_n/dz_n as in
   forward-mode AD, tracing, double backward -- runs the composite form: our linear (matmul)
   and our :func:`cross_entropy`, which is torch's reference definition.
 
-On CUDA a Triton kernel (chunk logits in registers / shared memory) is the eventual fast
-path; today CUDA runs the same chunked torch ops as the CPU.
+Per chunk the three matrix products are torch matmuls (cuBLAS on CUDA); the row step is
+chosen as for :func:`cross_entropy`'s lean path (``_cross_entropy_lean.rows_impl``): on CUDA
+our Triton kernel (``reimpl.kernels.triton_cross_entropy``: one program per row, an online
+softmax over blocks, the loss and the scaled gradient written in place in float32, a per-row
+scale for 'none'), elsewhere -- CPU, float64, Triton absent or ``REIMPL_DISABLE_TRITON=1``
+-- the same formula in eager torch ops, also in place. This is Liger-Kernel's design: no
+N x V buffer, a single chunk-sized one.
 
 ``options``: torch >= 2.13's ``LinearCrossEntropyOptions`` (or any object with its fields
 ``batch_chunk_size`` and ``chunking_method``) sets the rows per chunk. Unlike torch's
@@ -62,7 +70,7 @@ from reimpl.nn.functional._common import LOW_PRECISION
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import transformed as _transformed
-from reimpl.nn.functional._cross_entropy_lean import _rows_eager
+from reimpl.nn.functional._cross_entropy_lean import _rows_eager, rows_impl
 
 #: a chunk holds at least this many logits (64 MiB in float32) when there are that many:
 #: each chunk re-reads W three times for 6*rows*V*D flops, so few rows starve the matrix
@@ -160,7 +168,10 @@ def _chunks(
         xc = x[s:e]
         z = torch.addmm(b, xc, wt) if b is not None else xc @ wt
         row_scale = None if scale is None else (scale[s:e] if scale.dim() == 2 else scale)
-        lc, dz = _rows_eager(z.to(acc), t[s:e], weight, ignore_index, smoothing, row_scale, want)  # type: ignore[arg-type]
+        z = z.to(acc)  # 16-bit logits: the float32 copy replaces them
+        rows_fn = rows_impl(z) or _rows_eager
+        # the chunk's logits are dead once read: the row step writes dz over them
+        lc, dz = rows_fn(z, t[s:e], weight, ignore_index, smoothing, row_scale, want, in_place=True)
         del z
         loss[s:e] = lc
         if dz is None:
