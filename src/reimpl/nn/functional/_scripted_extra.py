@@ -66,8 +66,9 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int, eps: float) -> Tensor:
         raise RuntimeError("cosine_similarity needs eps >= 0")
     common = torch.result_type(x1, x2)
     x1, x2 = x1.to(common), x2.to(common)
-    shape = torch.broadcast_shapes(x1.shape, x2.shape)
-    x1, x2 = x1.expand(shape), x2.expand(shape)
+    # broadcast_tensors, not broadcast_shapes: TorchScript before torch 2.13 lacks the latter
+    both = torch.broadcast_tensors(x1, x2)
+    x1, x2 = both[0], both[1]
     n1 = torch.linalg.vector_norm(x1, 2.0, [dim], True).clamp_min(eps)
     n2 = torch.linalg.vector_norm(x2, 2.0, [dim], True).clamp_min(eps)
     return ((x1 / n1) * (x2 / n2)).sum(dim)
