@@ -10,18 +10,20 @@ positions. With x̂ the normalized input and g = dy·w, the closed-form backward
     dw = Σ dy · x̂,   db = Σ dy                      (over rows and positions)
 
 Forward saves only the input, the per-row mean and rstd (torch's saved set); x̂ is
-recomputed in backward. Two implementations share the Function: the C kernels of
+recomputed in backward. Three implementations share the Function: the C kernels of
 :mod:`reimpl.kernels.cpu_norm` (float32/float64 CPU tensors, two passes over each row in
-cache for either direction) and torch ops (everything else: 16-bit inputs, computed in
-float32 and rounded once, mixed-dtype parameters, other devices). Both round as torch's
-CPU kernels do (the formulas are in ``cpu_norm.c``; torch's 16-bit layer norm scales by
-rstd before it centers), fused multiply-adds emulated here in float64, so a row whose
-exact result is the bias (one value) comes out as torch's does. For 16-bit layer and
-group norm torch also keeps the statistics in 16 bits for backward (unless the
-parameters are float32) and arranges the closed form around sums of the raw input; the
-torch-ops path does the same (:func:`_backward_uncentered`), as the rounded statistics
-make the arrangement matter. Double backward differentiates the composite form
-(:mod:`._norm_composite`) instead.
+cache for either direction), the Triton kernels of :mod:`reimpl.kernels.triton_norm`
+(layer and RMS norm of float32/16-bit CUDA tensors, statistics in float32 as torch's CUDA
+kernels keep them) and torch ops (everything else: 16-bit CPU inputs, computed in
+float32 and rounded once, mixed-dtype parameters, other devices). The C and torch-op
+paths round as torch's CPU kernels do (the formulas are in ``cpu_norm.c``; torch's
+16-bit layer norm scales by rstd before it centers), fused multiply-adds emulated here
+in float64, so a row whose exact result is the bias (one value) comes out as torch's
+does. For 16-bit layer and group norm torch also keeps the statistics in 16 bits for
+backward (unless the parameters are float32) and arranges the closed form around sums
+of the raw input; the torch-ops path does the same (:func:`_backward_uncentered`), as
+the rounded statistics make the arrangement matter. Double backward differentiates the
+composite form (:mod:`._norm_composite`) instead.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from reimpl.kernels import cpu_norm
+from reimpl.kernels import cpu_norm, triton_available
 from reimpl.kernels.cpu_norm import GROUP, LAYER, RMS, Layout
 from reimpl.nn.functional._norm_composite import opmath
 
 Composite = Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
 _ROW_DIMS = (2, 3)  # a row of the 4-D view: its channels and their positions
 _SUM_DIMS = (0, 3)  # a channel's parameter gradient: over samples and positions
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 class Plan(NamedTuple):
@@ -213,6 +217,25 @@ def _backward_uncentered(
     return dx, dw, db
 
 
+def _kernel(x: Tensor, weight: Tensor | None, bias: Tensor | None, plan: Plan) -> str:
+    """Which kernels take this call: "triton" (layer or RMS norm of a float32/16-bit
+    tensor where :func:`~reimpl.kernels.triton_available`, parameters on its device in
+    its dtype or float32), "c" (:func:`cpu_norm.usable`) or "" (torch ops)."""
+    if (
+        plan.kind != GROUP
+        and x.dtype in _TRITON_DTYPES
+        and type(x) in _PLAIN  # (a tensor subclass may not own the memory it reports)
+        and triton_available(x)
+        and all(
+            p is None
+            or (type(p) in _PLAIN and p.device == x.device and p.dtype in (x.dtype, torch.float32))
+            for p in (weight, bias)
+        )
+    ):
+        return "triton"
+    return "c" if cpu_norm.usable(x, weight, bias) else ""
+
+
 class Normalize(torch.autograd.Function):
     """y = x̂ · weight + bias per row of ``plan.layout`` (see the module docstring), a
     contiguous tensor of the input's shape and dtype."""
@@ -222,8 +245,15 @@ class Normalize(torch.autograd.Function):
         ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, plan: Plan
     ) -> Tensor:
         xc = x.contiguous()
-        ctx.kernel = cpu_norm.usable(xc, weight, bias)
-        if ctx.kernel:
+        ctx.kernel = _kernel(xc, weight, bias, plan)
+        if ctx.kernel == "triton":
+            from reimpl.kernels import triton_norm
+
+            at = plan.layout
+            y, mean, rstd = triton_norm.forward(
+                xc, weight, bias, at.rows, at.k, plan.eps, plan.kind == RMS
+            )
+        elif ctx.kernel == "c":
             y, mean, rstd = cpu_norm.forward(xc, weight, bias, plan.layout, plan.eps, plan.kind)
         else:
             y, mean, rstd = _forward_eager(xc, weight, bias, plan)
@@ -243,7 +273,12 @@ class Normalize(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiable gradients
             return (*_composite_grads(plan, (x, weight, bias), dy, need), None)
         xc, dyc = x.contiguous(), dy.contiguous()
-        if ctx.kernel and cpu_norm.usable(dyc, xc):
+        if ctx.kernel == "triton":
+            from reimpl.kernels import triton_norm
+
+            at = plan.layout
+            dx, dw, db = triton_norm.backward(xc, dyc, weight, mean, rstd, at.rows, at.k, need)
+        elif ctx.kernel == "c" and cpu_norm.usable(dyc, xc):
             dx, dw, db = cpu_norm.backward(
                 xc, dyc, weight, mean, rstd, plan.layout, plan.kind, need
             )
