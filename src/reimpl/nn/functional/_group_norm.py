@@ -22,6 +22,7 @@ import math
 
 from torch import Tensor
 
+from reimpl._compat import torch_at_least
 from reimpl.kernels.cpu_norm import GROUP, Layout
 from reimpl.nn.functional import _autocast
 from reimpl.nn.functional import _norm_composite as C
@@ -69,6 +70,8 @@ def _check(input: Tensor, num_groups: int, params: dict[str, Tensor | None]) -> 
     if num_groups <= 0:
         raise RuntimeError(f"{fn}: num_groups must be positive, got {num_groups}")
     channels = input.size(1)
+    if channels == 0 and torch_at_least(2, 14):  # earlier torch returns the empty result
+        raise RuntimeError(f"{fn}: the input {list(input.shape)} has no channels")
     if channels % num_groups:
         raise RuntimeError(
             f"{fn}: the input's {channels} channels (dim 1 of {list(input.shape)}) cannot be "
