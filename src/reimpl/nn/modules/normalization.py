@@ -35,8 +35,16 @@ def _ones_and_zeros(weight: Tensor | None, bias: Tensor | None) -> None:
         init.zeros_(bias)
 
 
-def _factory(device: Any, dtype: Any) -> dict[str, Any]:
-    return {"device": device, "dtype": dtype}
+def _register_affine(
+    module: torch.nn.Module, shape: Any, weight: bool, bias: bool | None, device: Any, dtype: Any
+) -> None:
+    """``weight`` and ``bias`` parameters of ``shape`` (uninitialized), or None where absent,
+    under torch's names; the three layers differ only in which they keep. ``bias=None``: no
+    bias slot at all (RMSNorm, as torch's)."""
+    slots = (("weight", weight),) if bias is None else (("weight", weight), ("bias", bias))
+    for name, keep in slots:
+        value = Parameter(torch.empty(shape, device=device, dtype=dtype)) if keep else None
+        module.register_parameter(name, value)
 
 
 class LayerNorm(torch.nn.LayerNorm):
@@ -55,15 +63,8 @@ class LayerNorm(torch.nn.LayerNorm):
         self.normalized_shape = _shape_tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **_factory(device, dtype)))
-            if bias:
-                self.bias = Parameter(torch.empty(self.normalized_shape, **_factory(device, dtype)))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine = elementwise_affine
+        _register_affine(self, self.normalized_shape, affine, affine and bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -100,10 +101,7 @@ class RMSNorm(torch.nn.RMSNorm):
         self.normalized_shape = _shape_tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(torch.empty(self.normalized_shape, **_factory(device, dtype)))
-        else:
-            self.register_parameter("weight", None)
+        _register_affine(self, self.normalized_shape, elementwise_affine, None, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -145,15 +143,7 @@ class GroupNorm(torch.nn.GroupNorm):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = Parameter(torch.empty(num_channels, **_factory(device, dtype)))
-            if bias:
-                self.bias = Parameter(torch.empty(num_channels, **_factory(device, dtype)))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, num_channels, affine, affine and bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
