@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as TF
+from test_linear_cross_entropy import grads_after_two_backwards
 from torch import Tensor
 
 import reimpl.nn.functional as F
@@ -183,16 +184,10 @@ def test_second_backward_through_a_retained_graph(
     """The second backward recomputes the chunks through the kernel (scalar and per-row
     scale) and still matches torch's accumulated gradients."""
     data = _inputs(9, 5, 11, torch.float32)
-    grads = []
-    for fn in (F.linear_cross_entropy, torch_lce):
-        x = data["x"].clone().requires_grad_()
-        w = data["w"].clone().requires_grad_()
-        out = fn(x, w, data["t"], reduction=reduction, label_smoothing=0.1)
-        up = torch.ones_like(out)
-        out.backward(up, retain_graph=True)
-        out.backward(2 * up)
-        grads.append((x.grad, w.grad))
-    torch.testing.assert_close(grads[0], grads[1])
+    ours, theirs = (
+        grads_after_two_backwards(fn, data, reduction) for fn in (F.linear_cross_entropy, torch_lce)
+    )
+    torch.testing.assert_close(ours, theirs)
     assert kernel_calls
 
 
