@@ -38,6 +38,29 @@ class Case:
     devices: tuple[str, ...] = ("cpu", "cuda")
 
 
+def fixed_call_case(
+    name: str,
+    ours: Callable[..., Any],
+    theirs: Callable[..., Any],
+    family: str,
+    *args: Any,
+    **kwargs: Any,
+) -> Case:
+    """A row for one fixed call (bad input, as a rule): float32, CPU, no backward; the
+    outcome compared is torch's exception type (or value, where torch accepts it)."""
+    call = Call(args, kwargs)
+    return Case(
+        name,
+        ours,
+        theirs,
+        lambda dt: st.just(call),
+        family=family,
+        dtypes=(torch.float32,),
+        backward=False,
+        devices=("cpu",),
+    )
+
+
 @dataclass
 class Outcome:
     value: Any = None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
-from reimpl_parity.harness import Case
+from reimpl_parity.harness import Case, fixed_call_case
 from reimpl_parity.strategies import Call, TensorSpec
 
 
@@ -27,16 +27,8 @@ def _idx(value: int, shape: tuple[int, ...] | int, dtype: torch.dtype = torch.in
 
 
 def _error_case(name: str, fn: str, *args: Any, **kwargs: Any) -> Case:
-    call = Call(args, kwargs)
-    return Case(
-        f"{fn}:{name}",
-        getattr(F, fn),
-        getattr(TF, fn),
-        lambda dt: st.just(call),
-        family="loss-errors",
-        dtypes=(torch.float32,),
-        backward=False,
-        devices=("cpu",),
+    return fixed_call_case(
+        f"{fn}:{name}", getattr(F, fn), getattr(TF, fn), "loss-errors", *args, **kwargs
     )
 
 

@@ -24,7 +24,7 @@ import reimpl.nn as RN
 import reimpl.nn.functional as F
 from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.cases.loss_errors import _idx, _t
-from reimpl_parity.harness import Case
+from reimpl_parity.harness import Case, fixed_call_case
 from reimpl_parity.strategies import REGIMES, Call, optional_kwargs, reductions, seeds, tensors
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -258,17 +258,7 @@ LEAN_CASES: list[Case] = [
 def _error_row(
     name: str, ours: Callable[..., Any], theirs: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Case:
-    call = Call(args, kwargs)
-    return Case(
-        name,
-        ours,
-        theirs,
-        lambda dt: st.just(call),
-        family="loss-errors",
-        dtypes=(torch.float32,),
-        backward=False,
-        devices=("cpu",),
-    )
+    return fixed_call_case(name, ours, theirs, "loss-errors", *args, **kwargs)
 
 
 def _lce_error(name: str, *args: Any, **kwargs: Any) -> Case:

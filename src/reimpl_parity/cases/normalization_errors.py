@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
-from reimpl_parity.harness import Case
+from reimpl_parity.harness import Case, fixed_call_case
 from reimpl_parity.strategies import Call, TensorSpec
 
 FAMILY = "normalization-errors"
@@ -38,17 +38,8 @@ def _t(shape: tuple[int, ...], dtype: torch.dtype = torch.float32, **kw: Any) ->
 
 
 def _error(name: str, fn: str, *args: Any, **kwargs: Any) -> Case:
-    call = Call(args, kwargs)
-    return Case(
-        f"{fn}:{name}",
-        quiet_dispatch_hint(getattr(F, fn)),
-        quiet_dispatch_hint(getattr(TF, fn)),
-        lambda dt: st.just(call),
-        family=FAMILY,
-        dtypes=(torch.float32,),
-        backward=False,
-        devices=("cpu",),
-    )
+    ours, theirs = quiet_dispatch_hint(getattr(F, fn)), quiet_dispatch_hint(getattr(TF, fn))
+    return fixed_call_case(f"{fn}:{name}", ours, theirs, FAMILY, *args, **kwargs)
 
 
 def _module_error(name: str, cls: str, ctor: tuple[Any, ...], *args: Any) -> Case:

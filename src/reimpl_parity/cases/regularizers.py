@@ -17,7 +17,7 @@ import reimpl.nn as RN
 import reimpl.nn.functional as F
 from reimpl_parity.cases import _autocast as autocast
 from reimpl_parity.compare import EXACT
-from reimpl_parity.harness import Case
+from reimpl_parity.harness import Case, fixed_call_case
 from reimpl_parity.strategies import Call, TensorSpec, seeds, shapes, tensors
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -369,17 +369,7 @@ def _ones(c: int, dtype: torch.dtype = torch.float32) -> TensorSpec:
 def _error_case(
     name: str, ours: Callable[..., Any], theirs: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Case:
-    call = Call(args, kwargs)
-    return Case(
-        name,
-        ours,
-        theirs,
-        lambda dt: st.just(call),
-        family="regularizer-errors",
-        dtypes=(torch.float32,),
-        backward=False,
-        devices=("cpu",),
-    )
+    return fixed_call_case(name, ours, theirs, "regularizer-errors", *args, **kwargs)
 
 
 def _fn_error(name: str, fn: str, *args: Any, **kwargs: Any) -> Case:
