@@ -116,6 +116,53 @@ def test_fast_path_runs_the_kernel_and_saves_only_input_and_statistics() -> None
     assert sum(t.numel() for t in saved) == x.numel() + 2 * 16 + 2 * 8
 
 
+_LONG_ROWS: dict[str, tuple[Callable[..., torch.Tensor], tuple[int, ...], int]] = {
+    # rows longer than the kernel's 4096-element chunk, off-center by 100 std
+    "layer_norm": (lambda m, x, w, b: m.layer_norm(x, [x.shape[-1]], w, b), (3, 9000), 9000),
+    "rms_norm": (lambda m, x, w, b: m.rms_norm(x, [x.shape[-1]], w), (3, 9000), 9000),
+    "group_norm": (lambda m, x, w, b: m.group_norm(x, 2, w, b), (2, 4, 70, 70), 4),
+}
+
+
+@pytest.mark.parametrize("name", list(_LONG_ROWS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_long_off_center_rows_match_torch(name: str, dtype: torch.dtype) -> None:
+    """The kernels sum in float lanes flushed to double per chunk and center before squaring;
+    rows spanning several chunks with a mean far from 0 (where sum-of-squares formulas
+    cancel) must still give torch's values and gradients. At a mean of 100 a float32
+    input holds only ~6e-6 of its spread, and torch's float32 result itself is off by up to
+    ~2e-5: there, ours must be as close as torch's to torch's float64 result of the same
+    values (or within the default tolerance of it)."""
+    fn, shape, c = _LONG_ROWS[name]
+    g = torch.Generator().manual_seed(7)
+    x = (100 + torch.randn(*shape, generator=g)).to(dtype)
+    w, b = torch.randn(c, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
+    dy = torch.randn(*shape, generator=g).to(dtype)
+    assert cpu_norm.usable(x, w, b)
+    assert type(fn(F, x.requires_grad_(), w, b).grad_fn).__name__ == "NormalizeBackward"
+    n_out = 3 if name == "rms_norm" else 4  # (RMS norm has no bias)
+
+    def run(mod: Any, cast: torch.dtype) -> list[torch.Tensor]:
+        leaves = [t.detach().to(cast).requires_grad_() for t in (x, w, b)]
+        y = fn(mod, *leaves)
+        y.backward(dy.to(cast))
+        grads = [t.grad for t in leaves]
+        return [y.detach(), *(g for g in grads if g is not None)][:n_out]
+
+    ours, theirs, exact = run(F, dtype), run(TF, dtype), run(TF, torch.float64)
+    names = ("output", "dx", "dw", "db")[:n_out]
+    for what, o, t, e in zip(names, ours, theirs, exact, strict=True):
+        if dtype == torch.float64:
+            torch.testing.assert_close(o, t, msg=f"{name} {what} differs from torch's")
+            continue
+        err_o, err_t = ((v.double() - e).abs().max().item() for v in (o, t))
+        scale = e.abs().max().item()
+        assert err_o <= max(err_t, 1e-5 + 1.3e-6 * scale), (
+            f"{name} {what}: reimpl is {err_o:.3g} from torch's float64 result, torch's "
+            f"float32 {err_t:.3g} (largest value {scale:.3g})"
+        )
+
+
 def test_group_norm_bias_without_weight_where_torch_backward_fails() -> None:
     """torch's CPU group norm backward raises with a bias and no weight; reimpl gives the
     gradients torch gives for the same call with a weight of ones."""

@@ -61,22 +61,95 @@ static int thread_id(void) {
 #endif
 }
 
-/* the mean (0 for RMS norm) and rstd of the d elements at xr, as T: the variance (or
-   mean square) rounded to T first, as torch's kernels hold it */
-#define ROW_STATS(T, SQRT, xr, d, kind, eps, m_out, rs_out)                                 \
+/* Sums over a row or channel, two-level: LANES partial sums in T (independent chains the
+   compiler keeps in vector registers, so the adds pipeline instead of waiting on one
+   another), flushed into double every CHUNK elements so no partial ever holds more than
+   CHUNK / LANES terms. The order depends only on n, never on threads or timing. */
+#define LANES 64
+/* below this many elements a call runs on one thread: waking the others costs more than
+   they save, and on a busy machine a parallel region can wait a whole scheduler tick for
+   a thread that is not running */
+#define GRAIN 32768
+#define CHUNK 4096
+#define DEFINE_SUMS(T, SFX)                                                                 \
+  /* sum of x[i] - c, and (sq != NULL) of (x[i] - c)^2 */                                  \
+  static double sums_##SFX(const T *x, int64_t n, T c, double *sq) {                       \
+    double s = 0, q = 0;                                                                   \
+    for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {                                            \
+      const int64_t e = c0 + CHUNK < n ? c0 + CHUNK : n;                                   \
+      T ps[LANES] = {0}, pq[LANES] = {0};                                                  \
+      int64_t i = c0;                                                                      \
+      for (; i + LANES <= e; i += LANES) {                                                 \
+        for (int j = 0; j < LANES; j++) {                                                  \
+          const T v = x[i + j] - c;                                                        \
+          ps[j] += v;                                                                      \
+          if (sq) pq[j] += v * v;                                                          \
+        }                                                                                  \
+      }                                                                                    \
+      for (; i < e; i++) {                                                                 \
+        const T v = x[i] - c;                                                              \
+        s += v;                                                                            \
+        q += (double)(v * v);                                                              \
+      }                                                                                    \
+      for (int j = 0; j < LANES; j++) {                                                    \
+        s += ps[j];                                                                        \
+        q += pq[j];                                                                        \
+      }                                                                                    \
+    }                                                                                      \
+    if (sq) *sq = q;                                                                       \
+    return s;                                                                              \
+  }                                                                                        \
+  /* sum of dy[i] and of dy[i] * x_hat[i], x_hat = (x - m) * rs in T */                    \
+  static void grad_sums_##SFX(const T *x, const T *dy, int64_t n, T m, T rs, double *sdy,  \
+                              double *sdyxh) {                                             \
+    double a = 0, b = 0;                                                                   \
+    for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {                                            \
+      const int64_t e = c0 + CHUNK < n ? c0 + CHUNK : n;                                   \
+      T pa[LANES] = {0}, pb[LANES] = {0};                                                  \
+      int64_t i = c0;                                                                      \
+      for (; i + LANES <= e; i += LANES) {                                                 \
+        for (int j = 0; j < LANES; j++) {                                                  \
+          pa[j] += dy[i + j];                                                              \
+          pb[j] += dy[i + j] * ((x[i + j] - m) * rs);                                      \
+        }                                                                                  \
+      }                                                                                    \
+      for (; i < e; i++) {                                                                 \
+        a += dy[i];                                                                        \
+        b += (double)(dy[i] * ((x[i] - m) * rs));                                          \
+      }                                                                                    \
+      for (int j = 0; j < LANES; j++) {                                                    \
+        a += pa[j];                                                                        \
+        b += pb[j];                                                                        \
+      }                                                                                    \
+    }                                                                                      \
+    *sdy = a;                                                                              \
+    *sdyxh = b;                                                                            \
+  }
+
+#define FLUSH 32 /* rows a thread sums in T before adding them into its double sums */
+#define DEFINE_FLUSH(T, SFX)                                                                \
+  static void flush_##SFX(T *f, double *acc, int64_t n) {                                  \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
+      acc[i] += f[i];                                                                      \
+      f[i] = 0;                                                                            \
+    }                                                                                      \
+  }
+
+DEFINE_FLUSH(float, f32)
+DEFINE_FLUSH(double, f64)
+DEFINE_SUMS(float, f32)
+DEFINE_SUMS(double, f64)
+
+/* the mean (0 for RMS norm) and rstd of the d elements at xr, as T: two passes (the mean,
+   then the squares centered on it rounded to T, so no cancellation), the variance (or mean
+   square) rounded to T before rstd, as torch's kernels hold it */
+#define ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m_out, rs_out)                            \
   {                                                                                        \
-    double sum = 0, sq = 0;                                                                \
-    if (kind != NORM_RMS) {                                                                \
-      _Pragma("omp simd reduction(+ : sum)") for (int64_t i = 0; i < d; i++) sum += xr[i]; \
-      sum /= (double)d;                                                                    \
-    }                                                                                      \
-    const double mu = sum;                                                                 \
-    _Pragma("omp simd reduction(+ : sq)") for (int64_t i = 0; i < d; i++) {               \
-      const double v = (double)xr[i] - mu;                                                 \
-      sq += v * v;                                                                         \
-    }                                                                                      \
-    const T var = (T)(sq / (double)d);                                                     \
-    m_out = (T)mu;                                                                         \
+    const T mu = kind != NORM_RMS ? (T)(sums_##SFX(xr, d, (T)0, 0) / (double)d) : (T)0;    \
+    double sq;                                                                             \
+    const double sc = sums_##SFX(xr, d, mu, &sq) / (double)d; /* rounding of mu */         \
+    const T var = (T)(kind != NORM_RMS ? sq / (double)d - sc * sc : sq / (double)d);       \
+    m_out = (T)((double)mu + sc);                                                          \
     /* torch's group norm adds eps in double; layer norm and RMS norm in T */              \
     if (kind == NORM_GROUP) rs_out = (T)(1.0 / sqrt((double)var + (eps)));                 \
     else rs_out = (T)1 / SQRT(var + (T)(eps));                                             \
@@ -112,36 +185,46 @@ static int thread_id(void) {
 
 /* backward, first pass over a row: sg, sgx (sums of g = dy * w and of g * x_hat) and,
    with ACC, this thread's dw / db sums per channel */
-#define BWD_SUMS(T, FMA, W, ACC)                                                                \
+#define BWD_SUMS(T, SFX, FMA, W, ACC)                                                                \
   if (s == 1) {                                                                            \
     const T *wr = W ? w + ch : 0;                                                          \
-    double *aw = ACC ? pw + ch : 0, *ab = ACC ? pb + ch : 0;                               \
-    const T nb = -rs * m; /* layer norm's dw: x_hat as torch forms it there */             \
-    _Pragma("omp simd reduction(+ : sg, sgx)") for (int64_t i = 0; i < k; i++) {           \
-      const T xh = (xr[i] - m) * rs;                                                       \
-      const T g = W ? dyr[i] * wr[i] : dyr[i];                                             \
-      sg += g;                                                                             \
-      sgx += g * xh;                                                                       \
-      if (ACC) {                                                                           \
-        aw[i] += dyr[i] * (kind == NORM_LAYER ? FMA(xr[i], rs, nb) : xh);                  \
+    for (int64_t c0 = 0; c0 < k; c0 += CHUNK) { /* two-level sums, as sums_##SFX */        \
+      const int64_t e = c0 + CHUNK < k ? c0 + CHUNK : k;                                   \
+      T pg[LANES] = {0}, px[LANES] = {0};                                                  \
+      int64_t i = c0;                                                                      \
+      for (; i + LANES <= e; i += LANES) {                                                 \
+        for (int j = 0; j < LANES; j++) {                                                  \
+          const T g = W ? dyr[i + j] * wr[i + j] : dyr[i + j];                             \
+          pg[j] += g;                                                                      \
+          px[j] += g * ((xr[i + j] - m) * rs);                                             \
+        }                                                                                  \
+      }                                                                                    \
+      for (; i < e; i++) {                                                                 \
+        const T g = W ? dyr[i] * wr[i] : dyr[i];                                           \
+        sg += g;                                                                           \
+        sgx += (double)(g * ((xr[i] - m) * rs));                                           \
+      }                                                                                    \
+      for (int j = 0; j < LANES; j++) {                                                    \
+        sg += pg[j];                                                                       \
+        sgx += px[j];                                                                      \
+      }                                                                                    \
+    }                                                                                      \
+    if (ACC) { /* into this thread's T sums of the last few rows (see BWD_ROWS) */         \
+      T *aw = fw + ch, *ab = fb + ch;                                                      \
+      const T nb = -rs * m; /* layer norm's dw: x_hat as torch forms it there */           \
+      _Pragma("omp simd") for (int64_t i = 0; i < k; i++) {                                \
+        aw[i] += dyr[i] * (kind == NORM_LAYER ? FMA(xr[i], rs, nb) : (xr[i] - m) * rs);    \
         ab[i] += dyr[i];                                                                   \
       }                                                                                    \
     }                                                                                      \
   } else {                                                                                 \
     for (int64_t c = 0; c < k; c++) {                                                      \
-      const T wc = W ? w[ch + c] : (T)1;                                                   \
-      const T *xc = xr + c * s, *dyc = dyr + c * s;                                        \
-      double cw = 0, cb = 0;                                                               \
-      _Pragma("omp simd reduction(+ : sg, sgx, cw, cb)") for (int64_t i = 0; i < s; i++) { \
-        const T xh = (xc[i] - m) * rs;                                                     \
-        const T g = dyc[i] * wc;                                                           \
-        sg += g;                                                                           \
-        sgx += g * xh;                                                                     \
-        if (ACC) {                                                                         \
-          cw += dyc[i] * xh;                                                               \
-          cb += dyc[i];                                                                    \
-        }                                                                                  \
-      }                                                                                    \
+      /* g = dy * w is w * dy over a whole channel: its sums are w times dy's */           \
+      double cb, cw;                                                                       \
+      grad_sums_##SFX(xr + c * s, dyr + c * s, s, m, rs, &cb, &cw);                        \
+      const double wc = W ? (double)w[ch + c] : 1.0;                                       \
+      sg += wc * cb;                                                                       \
+      sgx += wc * cw;                                                                      \
       if (ACC) {                                                                           \
         pw[ch + c] += cw;                                                                  \
         pb[ch + c] += cb;                                                                  \
@@ -170,32 +253,39 @@ static int thread_id(void) {
     }                                                                                      \
   }
 
-#define BWD_ROWS(T, FMA, W, ACC)                                                                \
-  _Pragma("omp for schedule(static)") for (int64_t r = 0; r < rows; r++) {                 \
+#define BWD_ROWS(T, SFX, FMA, W, ACC)                                                                \
+  int64_t pending = 0; /* rows summed into fw / fb since the last flush */                 \
+  _Pragma("omp for schedule(static) nowait") for (int64_t r = 0; r < rows; r++) {          \
     const T *xr = x + r * d, *dyr = dy + r * d;                                            \
     const T m = mean ? mean[r] : (T)0, rs = rstd[r];                                       \
     const int64_t ch = (r % groups) * k; /* this row's first channel */                    \
     double sg = 0, sgx = 0;                                                                \
-    BWD_SUMS(T, FMA, W, ACC)                                                               \
+    BWD_SUMS(T, SFX, FMA, W, ACC)                                                          \
+    if (ACC && s == 1 && ++pending == FLUSH) {                                             \
+      flush_##SFX(fw, pw, 2 * channels);                                                   \
+      pending = 0;                                                                         \
+    }                                                                                      \
     if (!dx) continue;                                                                     \
     const T mg = kind != NORM_RMS ? (T)(sg / (double)d) : (T)0;                            \
     const T mgx = (T)(sgx / (double)d);                                                    \
     T *dxr = dx + r * d;                                                                   \
     BWD_DX(T, W)                                                                           \
-  }
+  }                                                                                        \
+  if (ACC && s == 1 && pending) flush_##SFX(fw, pw, 2 * channels);
 
-#define DEFINE_NORM(T, SQRT, FMA, NAME_F, NAME_B)                                                \
+#define DEFINE_NORM(T, SFX, SQRT, FMA, NAME_F, NAME_B)                                                \
   void NAME_F(const norm_t *a) {                                                           \
     const T *x = (const T *)a->x, *w = (const T *)a->w, *b = (const T *)a->b;              \
     T *y = (T *)a->y, *mean = (T *)a->mean, *rstd = (T *)a->rstd;                          \
     const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
     const int kind = a->kind;                                                              \
     const double eps = a->eps;                                                             \
-    _Pragma("omp parallel for schedule(static)") for (int64_t r = 0; r < rows; r++) {      \
+    _Pragma("omp parallel for schedule(static) if (rows * d >= GRAIN)")                       \
+    for (int64_t r = 0; r < rows; r++) {                                                   \
       const T *xr = x + r * d;                                                             \
       T *yr = y + r * d;                                                                   \
       T m, rs;                                                                             \
-      ROW_STATS(T, SQRT, xr, d, kind, eps, m, rs)                                          \
+      ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m, rs)                                          \
       if (mean) mean[r] = m;                                                               \
       rstd[r] = rs;                                                                        \
       const int64_t ch = (r % groups) * k; /* this row's first channel */                  \
@@ -213,17 +303,26 @@ static int thread_id(void) {
     const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
     const int64_t channels = groups * k;                                                   \
     const int kind = a->kind, nt = threads();                                              \
-    /* per thread: the dw sums of every channel, then the db sums */                       \
+    /* per thread: the dw sums of every channel, then the db sums, in double; layer and   \
+       RMS norm (a weight per element) add each row into T sums first, flushed into the    \
+       double ones every FLUSH rows (a double add per element and row halves the speed) */ \
     const int want = (dw || db) && channels > 0;                                           \
-    double *acc = want ? calloc((size_t)nt * 2 * (size_t)channels, sizeof(double)) : 0;    \
-    if (want && !acc) return 1;                                                            \
-    _Pragma("omp parallel num_threads(nt)") {                                              \
-      double *pw = acc ? acc + (size_t)thread_id() * 2 * (size_t)channels : 0;             \
+    const size_t per = 2 * (size_t)channels, nacc = want ? (size_t)nt * per : 0;           \
+    double *acc = want ? calloc(nacc, sizeof(double)) : 0;                                 \
+    T *facc = want && s == 1 ? calloc(nacc, sizeof(T)) : 0;                                \
+    if (want && (!acc || (s == 1 && !facc))) {                                             \
+      free(acc);                                                                           \
+      return 1;                                                                            \
+    }                                                                                      \
+    _Pragma("omp parallel num_threads(nt) if (rows * d >= GRAIN)") {                       \
+      double *pw = acc ? acc + (size_t)thread_id() * per : 0;                              \
       double *pb = pw ? pw + channels : 0;                                                 \
-      if (w && acc) { BWD_ROWS(T, FMA, 1, 1) }                                             \
-      else if (w) { BWD_ROWS(T, FMA, 1, 0) }                                               \
-      else if (acc) { BWD_ROWS(T, FMA, 0, 1) }                                             \
-      else { BWD_ROWS(T, FMA, 0, 0) }                                                      \
+      T *fw = facc ? facc + (size_t)thread_id() * per : 0;                                 \
+      T *fb = fw ? fw + channels : 0;                                                      \
+      if (w && acc) { BWD_ROWS(T, SFX, FMA, 1, 1) }                                             \
+      else if (w) { BWD_ROWS(T, SFX, FMA, 1, 0) }                                               \
+      else if (acc) { BWD_ROWS(T, SFX, FMA, 0, 1) }                                             \
+      else { BWD_ROWS(T, SFX, FMA, 0, 0) }                                                      \
     }                                                                                      \
     if (acc) {                                                                             \
       for (int64_t c = 0; c < channels; c++) {                                             \
@@ -236,9 +335,10 @@ static int thread_id(void) {
         if (db) db[c] = (T)tb;                                                             \
       }                                                                                    \
       free(acc);                                                                           \
+      free(facc);                                                                          \
     }                                                                                      \
     return 0;                                                                              \
   }
 
-DEFINE_NORM(float, sqrtf, fmaf, norm_fwd_f32, norm_bwd_f32)
-DEFINE_NORM(double, sqrt, fma, norm_fwd_f64, norm_bwd_f64)
+DEFINE_NORM(float, f32, sqrtf, fmaf, norm_fwd_f32, norm_bwd_f32)
+DEFINE_NORM(double, f64, sqrt, fma, norm_fwd_f64, norm_bwd_f64)

@@ -3,10 +3,11 @@
 
 The kernels read and write ``rows * k * s`` elements of x, dy, y and dx, ``rows`` of mean
 and rstd, and ``groups * k`` of weight, bias and their gradients, straight from the
-tensors' addresses. :func:`_checked` is the one gate: every operand must be a plain,
-dense, contiguous CPU tensor of the input's dtype holding exactly that many elements
-within its storage, and nothing written may overlap another operand; otherwise
-``RuntimeError``. :func:`usable` says beforehand whether the kernels take a call at all.
+tensors' addresses. :func:`_checked` is the one gate: every operand that comes from the
+caller must be a plain, dense, contiguous CPU tensor of the input's dtype holding exactly
+that many elements within its storage (what the kernels write is allocated here, fresh,
+so it can overlap nothing); otherwise ``RuntimeError``. :func:`usable` says beforehand
+whether the kernels take a call at all.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ def _checked(
     where: str,
     dtype: torch.dtype,
     read: dict[str, tuple[Tensor | None, int]],
-    written: dict[str, tuple[Tensor | None, int]],
+    written: dict[str, tuple[Tensor | None, int]] | None = None,
 ) -> None:
     """Every operand (name -> (tensor or None, element count the kernel walks)) as the
-    kernel needs it; RuntimeError naming the first one that is not."""
+    kernel needs it, and nothing written overlapping another operand; RuntimeError naming
+    the first one that is not."""
+    written = written or {}
     for name, (t, n) in (*read.items(), *written.items()):
         if t is None:
             continue
@@ -103,8 +106,9 @@ def _checked(
             raise RuntimeError(f"{where}: {name} has {t.numel()} elements, the kernel walks {n}")
         if t.storage_offset() * t.element_size() + t.nbytes > t.untyped_storage().nbytes():
             raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
-    roles = [(name, [t]) for name, (t, _) in (*read.items(), *written.items())]
-    guard.check_disjoint(where, roles, read=range(len(read)), lone=True)
+    if written:
+        roles = [(name, [t]) for name, (t, _) in (*read.items(), *written.items())]
+        guard.check_disjoint(where, roles, read=range(len(read)), lone=True)
 
 
 def forward(
@@ -117,11 +121,12 @@ def forward(
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     mean = x.new_empty(at.rows) if kind != RMS else None
     rstd = x.new_empty(at.rows)
+    # (what is written was allocated just above: the right size, contiguous, its own
+    # storage, so only what comes from the caller needs the gate)
     _checked(
         "normalization kernel",
         x.dtype,
         {"input": (x, n), "weight": (weight, channels), "bias": (bias, channels)},
-        {"output": (y, n), "mean": (mean, at.rows), "rstd": (rstd, at.rows)},
     )
     args = NormArgs(
         x=x.data_ptr(),
@@ -171,12 +176,7 @@ def backward(
             "mean": (mean, at.rows),
             "rstd": (rstd, at.rows),
         },
-        {
-            "input gradient": (dx, n),
-            "weight gradient": (dw, channels),
-            "bias gradient": (db, channels),
-        },
-    )
+    )  # (what is written is allocated just above, as in forward)
     args = NormArgs(
         x=x.data_ptr(),
         w=_ptr(weight),
