@@ -1,0 +1,334 @@
+/* reimpl's CPU kernels for batch normalization (training and evaluation forward, the
+ * closed-form backward); built into one library with cpu_fused.c. Mirrored by the ctypes
+ * structure in cpu_batch_norm.py, whose caller has checked every operand (dtype, element
+ * count, memory format, storage size, no overlap between what is written and the rest).
+ *
+ * Two layouts of the input, per channel c of C:
+ *   planes (NCHW-contiguous): x[(n * C + c) * S + i], N planes of S elements per channel.
+ *     A thread owns whole channels; a channel's N * S elements are swept up to three
+ *     times while they sit in its cache (statistics, centred squares, output), so the
+ *     input crosses the memory bus once, where torch's kernel streams it three times.
+ *   rows (channels_last, or any input with S == 1): x[r * C + c], R = N * S rows of C.
+ *     Threads own blocks of rows and keep per-channel sums in private double buffers,
+ *     combined over the threads in thread order (a result never depends on timing). The
+ *     statistics are one pass of sums shifted by the first row, K_c = x[0, c]:
+ *     S1 = sum(x - K), S2 = sum((x - K)^2) in double, var_sum = S2 - S1^2 / R, which
+ *     cancels nothing unless the channel's mean sits ~1e8 standard deviations from K.
+ *
+ * The arithmetic follows torch's CPU kernel so that results agree to the last bit
+ * whenever the statistics do (for a large mean, y = x * alpha + beta cancels, and only
+ * identical alpha and beta give identical outputs):
+ *   mean = (T)(sum x / R) (sum in double); var_sum = sum (x - mean)^2 (squares in T, sum
+ *   in double); var = var_sum / R in T; invstd = (T)(1 / sqrt((double)var + eps));
+ *   eval: invstd = 1 / sqrt(running_var + eps) in T;
+ *   alpha = invstd * w, beta = b - mean * alpha, y = x * alpha + beta (all in T).
+ * Backward, per channel, with sdy = sum dy and sdot = sum (x - mean) * dy (double):
+ *   training: k = (T)sdot * invstd * invstd / R, gm = (T)(sdy / R),
+ *             dx = (dy - gm - (x - mean) * k) * invstd * w
+ *   eval:     dx = dy * invstd * w
+ *   dw = (T)(sdot * invstd), db = (T)sdy.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct {
+  const void *x, *w, *b, *dy;          /* w, b: NULL when absent; dy: backward only */
+  const void *running_mean, *running_var; /* eval forward: the statistics used */
+  void *y, *mean, *invstd, *var_sum;   /* forward writes mean, invstd (var_sum: training) */
+  void *dx, *dw, *db;                  /* backward outputs, each NULL when not wanted;
+                                          backward reads mean and invstd */
+  int64_t n, c, s;                     /* x as (n, c, s) */
+  int32_t rows, train;                 /* rows: the channels_last layout (see the top) */
+  double eps;
+} batch_norm_t;
+
+#define LANES 16 /* independent double accumulators: the sums vectorize and pipeline */
+
+/* below this many elements a call runs on one thread: waking the team would cost more
+   than the work (and a result never depends on timing either way) */
+#define PARALLEL_MIN 32768
+
+static int bn_threads(int64_t elements) {
+#ifdef _OPENMP
+  return elements < PARALLEL_MIN ? 1 : omp_get_max_threads();
+#else
+  (void)elements;
+  return 1;
+#endif
+}
+
+static int bn_thread_id(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+static double lanes_total(const double *acc) {
+  double t = 0;
+  for (int j = 0; j < LANES; j++) t += acc[j];
+  return t;
+}
+
+/* ACC[j] += EXPR over i in [0, len), in LANES independent lanes (EXPR reads index _i_) */
+#define LANE_SUM(len, ACC, EXPR)                                                           \
+  {                                                                                        \
+    int64_t _b = 0;                                                                        \
+    for (; _b + LANES <= (len); _b += LANES) {                                             \
+      _Pragma("omp simd") for (int _j = 0; _j < LANES; _j++) {                             \
+        const int64_t _i_ = _b + _j;                                                       \
+        ACC[_j] += (EXPR);                                                                 \
+      }                                                                                    \
+    }                                                                                      \
+    for (int _j = 0; _b + _j < (len); _j++) {                                              \
+      const int64_t _i_ = _b + _j;                                                         \
+      ACC[_j] += (EXPR);                                                                   \
+    }                                                                                      \
+  }
+
+/* LANE_SUM2: the same for two sums over the same elements, in one loop */
+#define LANE_SUM2(len, ACC, EXPR, ACC2, EXPR2)                                             \
+  {                                                                                        \
+    int64_t _b = 0;                                                                        \
+    for (; _b + LANES <= (len); _b += LANES) {                                             \
+      _Pragma("omp simd") for (int _j = 0; _j < LANES; _j++) {                             \
+        const int64_t _i_ = _b + _j;                                                       \
+        ACC[_j] += (EXPR);                                                                 \
+        ACC2[_j] += (EXPR2);                                                               \
+      }                                                                                    \
+    }                                                                                      \
+    for (int _j = 0; _b + _j < (len); _j++) {                                              \
+      const int64_t _i_ = _b + _j;                                                         \
+      ACC[_j] += (EXPR);                                                                   \
+      ACC2[_j] += (EXPR2);                                                                 \
+    }                                                                                      \
+  }
+
+/* per channel: alpha = invstd * w, beta = b - mean * alpha (torch's linear terms) */
+#define LINEAR_TERMS(T, FMA)                                                               \
+  for (int64_t ch = 0; ch < C; ch++) {                                                     \
+    const T al = invstd[ch] * (w ? w[ch] : (T)1);                                          \
+    alpha[ch] = al;                                                                        \
+    beta[ch] = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                       \
+  }
+
+#define DEFINE_BATCH_NORM(T, SQRT, FMA, NAME_F, NAME_B)                                    \
+  /* training statistics of channel ch (planes layout) */                                  \
+  static void NAME_F##_plane_stats(const batch_norm_t *a, int64_t ch, T *m_out, T *vs_out) { \
+    const T *x = (const T *)a->x;                                                          \
+    const int64_t N = a->n, C = a->c, S = a->s;                                            \
+    double acc[LANES] = {0};                                                               \
+    for (int64_t n = 0; n < N; n++) {                                                      \
+      const T *p = x + (n * C + ch) * S;                                                   \
+      LANE_SUM(S, acc, (double)p[_i_])                                                     \
+    }                                                                                      \
+    const T m = (T)(lanes_total(acc) / (double)(N * S));                                   \
+    double sq[LANES] = {0};                                                                \
+    for (int64_t n = 0; n < N; n++) {                                                      \
+      const T *p = x + (n * C + ch) * S;                                                   \
+      LANE_SUM(S, sq, (double)(T)((p[_i_] - m) * (p[_i_] - m)))                            \
+    }                                                                                      \
+    *m_out = m;                                                                            \
+    *vs_out = (T)lanes_total(sq);                                                          \
+  }                                                                                        \
+                                                                                           \
+  /* training statistics of every channel (rows layout): shifted one-pass sums */          \
+  static int NAME_F##_row_stats(const batch_norm_t *a, T *mean, T *var_sum) {              \
+    const T *x = (const T *)a->x;                                                          \
+    const int64_t C = a->c, R = a->n * a->s;                                               \
+    const int nt = bn_threads(a->n * a->c * a->s);                                         \
+    double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
+    if (!acc) return 1;                                                                    \
+    _Pragma("omp parallel num_threads(nt)") {                                              \
+      double *s1 = acc + (size_t)bn_thread_id() * 2 * (size_t)C, *s2 = s1 + C;             \
+      _Pragma("omp for schedule(static)") for (int64_t r = 0; r < R; r++) {                \
+        const T *xr = x + r * C;                                                           \
+        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
+          const double d = (double)xr[ch] - (double)x[ch];                                 \
+          s1[ch] += d;                                                                     \
+          s2[ch] += d * d;                                                                 \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    for (int64_t ch = 0; ch < C; ch++) {                                                   \
+      double t1 = 0, t2 = 0;                                                               \
+      for (int t = 0; t < nt; t++) {                                                       \
+        t1 += acc[(size_t)t * 2 * (size_t)C + (size_t)ch];                                 \
+        t2 += acc[(size_t)t * 2 * (size_t)C + (size_t)(C + ch)];                           \
+      }                                                                                    \
+      const double mu = (double)x[ch] + t1 / (double)R;                                    \
+      const T m = (T)mu;                                                                   \
+      /* sum (x - m)^2 about the rounded mean m, as torch forms it */                      \
+      const double shift = mu - (double)m;                                                 \
+      const double vs = t2 - t1 * t1 / (double)R + (double)R * shift * shift;              \
+      mean[ch] = m;                                                                        \
+      var_sum[ch] = (T)(vs > 0 ? vs : 0);                                                  \
+    }                                                                                      \
+    free(acc);                                                                             \
+    return 0;                                                                              \
+  }                                                                                        \
+                                                                                           \
+  static T NAME_F##_invstd(T var_sum, int64_t count, double eps) {                         \
+    const T var = var_sum / (T)count;                                                      \
+    return (T)(1.0 / sqrt((double)var + eps));                                             \
+  }                                                                                        \
+                                                                                           \
+  int NAME_F(const batch_norm_t *a) {                                                      \
+    const T *x = (const T *)a->x, *w = (const T *)a->w, *b = (const T *)a->b;              \
+    T *y = (T *)a->y, *mean = (T *)a->mean, *invstd = (T *)a->invstd;                      \
+    const int64_t N = a->n, C = a->c, S = a->s, count = N * S;                             \
+    const int nt = bn_threads(N * C * S);                                                  \
+    T *alpha = malloc(2 * (size_t)C * sizeof(T));                                          \
+    if (!alpha) return 1;                                                                  \
+    T *beta = alpha + C;                                                                   \
+    if (!a->train) {                                                                       \
+      const T *rm = (const T *)a->running_mean, *rv = (const T *)a->running_var;           \
+      for (int64_t ch = 0; ch < C; ch++) {                                                 \
+        mean[ch] = rm[ch];                                                                 \
+        invstd[ch] = (T)1 / SQRT(rv[ch] + (T)a->eps);                                      \
+      }                                                                                    \
+    } else if (a->rows) {                                                                  \
+      T *vs = (T *)a->var_sum;                                                             \
+      if (NAME_F##_row_stats(a, mean, vs)) {                                               \
+        free(alpha);                                                                       \
+        return 1;                                                                          \
+      }                                                                                    \
+      for (int64_t ch = 0; ch < C; ch++) invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps); \
+    }                                                                                      \
+    if (a->rows) {                                                                         \
+      LINEAR_TERMS(T, FMA)                                                                 \
+      const int64_t R = count;                                                             \
+      _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
+      for (int64_t r = 0; r < R; r++) {                                                    \
+        const T *xr = x + r * C;                                                           \
+        T *yr = y + r * C;                                                                 \
+        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
+          yr[ch] = FMA(xr[ch], alpha[ch], beta[ch]);                                       \
+        }                                                                                  \
+      }                                                                                    \
+      free(alpha);                                                                         \
+      return 0;                                                                            \
+    }                                                                                      \
+    T *vs = (T *)a->var_sum;                                                               \
+    const int train = a->train;                                                            \
+    /* planes: a thread's channel stays in its cache from the statistics to the output */  \
+    _Pragma("omp parallel for schedule(static) num_threads(nt)")                           \
+    for (int64_t ch = 0; ch < C; ch++) {                                                   \
+      if (train) {                                                                         \
+        NAME_F##_plane_stats(a, ch, &mean[ch], &vs[ch]);                                   \
+        invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                               \
+      }                                                                                    \
+      const T al = invstd[ch] * (w ? w[ch] : (T)1);                                        \
+      const T be = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                   \
+      for (int64_t n = 0; n < N; n++) {                                                    \
+        const T *p = x + (n * C + ch) * S;                                                 \
+        T *q = y + (n * C + ch) * S;                                                       \
+        _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);      \
+      }                                                                                    \
+    }                                                                                      \
+    free(alpha);                                                                           \
+    return 0;                                                                              \
+  }                                                                                        \
+                                                                                           \
+  /* dx of one channel's elements from its sums (see the top) */                           \
+  static inline void NAME_B##_dx(const T *xp, const T *dyp, T *dxp, int64_t len, T m,      \
+                                 T is, T wc, T k, T gm, int train) {                       \
+    if (train) {                                                                           \
+      _Pragma("omp simd") for (int64_t i = 0; i < len; i++) {                              \
+        dxp[i] = FMA(-(xp[i] - m), k, dyp[i] - gm) * is * wc;                              \
+      }                                                                                    \
+    } else {                                                                               \
+      _Pragma("omp simd") for (int64_t i = 0; i < len; i++) dxp[i] = dyp[i] * is * wc;     \
+    }                                                                                      \
+  }                                                                                        \
+                                                                                           \
+  int NAME_B(const batch_norm_t *a) {                                                      \
+    const T *x = (const T *)a->x, *w = (const T *)a->w, *dy = (const T *)a->dy;            \
+    const T *mean = (const T *)a->mean, *invstd = (const T *)a->invstd;                    \
+    T *dx = (T *)a->dx, *dw = (T *)a->dw, *db = (T *)a->db;                                \
+    const int64_t N = a->n, C = a->c, S = a->s, count = N * S;                             \
+    const int nt = bn_threads(N * C * S);                                                  \
+    const int train = a->train;                                                            \
+    if (!a->rows) {                                                                        \
+      _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
+      for (int64_t ch = 0; ch < C; ch++) {                                                 \
+        const T m = mean[ch], is = invstd[ch], wc = w ? w[ch] : (T)1;                      \
+        double sdy_l[LANES] = {0}, sdot_l[LANES] = {0};                                    \
+        for (int64_t n = 0; n < N; n++) {                                                  \
+          const T *xp = x + (n * C + ch) * S, *dyp = dy + (n * C + ch) * S;                \
+          LANE_SUM2(S, sdy_l, (double)dyp[_i_], sdot_l, (double)((xp[_i_] - m) * dyp[_i_])) \
+        }                                                                                  \
+        const double sdy = lanes_total(sdy_l), sdot = lanes_total(sdot_l);                 \
+        if (dx) {                                                                          \
+          const T k = (T)sdot * is * is / (T)count, gm = (T)(sdy / (double)count);         \
+          for (int64_t n = 0; n < N; n++) {                                                \
+            const int64_t o = (n * C + ch) * S;                                            \
+            NAME_B##_dx(x + o, dy + o, dx + o, S, m, is, wc, k, gm, train);                \
+          }                                                                                \
+        }                                                                                  \
+        if (dw) dw[ch] = (T)(sdot * (double)is);                                           \
+        if (db) db[ch] = (T)sdy;                                                           \
+      }                                                                                    \
+      return 0;                                                                            \
+    }                                                                                      \
+    /* per thread: sum dy, then sum (x - mean) * dy, per channel; then k and gm */         \
+    double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
+    T *kg = malloc(2 * (size_t)C * sizeof(T));                                             \
+    if (!acc || !kg) {                                                                     \
+      free(acc);                                                                           \
+      free(kg);                                                                            \
+      return 1;                                                                            \
+    }                                                                                      \
+    const int64_t R = count;                                                               \
+    _Pragma("omp parallel num_threads(nt)") {                                              \
+      double *sdy = acc + (size_t)bn_thread_id() * 2 * (size_t)C, *sdot = sdy + C;         \
+      _Pragma("omp for schedule(static)") for (int64_t r = 0; r < R; r++) {                \
+        const T *xr = x + r * C, *dyr = dy + r * C;                                        \
+        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
+          sdy[ch] += (double)dyr[ch];                                                      \
+          sdot[ch] += (double)((xr[ch] - mean[ch]) * dyr[ch]);                             \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    T *kc = kg, *gmc = kg + C;                                                             \
+    for (int64_t ch = 0; ch < C; ch++) {                                                   \
+      double t1 = 0, t2 = 0;                                                               \
+      for (int t = 0; t < nt; t++) {                                                       \
+        t1 += acc[(size_t)t * 2 * (size_t)C + (size_t)ch];                                 \
+        t2 += acc[(size_t)t * 2 * (size_t)C + (size_t)(C + ch)];                           \
+      }                                                                                    \
+      const T is = invstd[ch];                                                             \
+      kc[ch] = (T)t2 * is * is / (T)count;                                                 \
+      gmc[ch] = (T)(t1 / (double)count);                                                   \
+      if (dw) dw[ch] = (T)(t2 * (double)is);                                               \
+      if (db) db[ch] = (T)t1;                                                              \
+    }                                                                                      \
+    if (dx) {                                                                              \
+      _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
+      for (int64_t r = 0; r < R; r++) {                                                    \
+        const T *xr = x + r * C, *dyr = dy + r * C;                                        \
+        T *dxr = dx + r * C;                                                               \
+        if (train) {                                                                       \
+          _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                         \
+            const T wc = w ? w[ch] : (T)1;                                                 \
+            dxr[ch] = FMA(-(xr[ch] - mean[ch]), kc[ch], dyr[ch] - gmc[ch]) * invstd[ch] * wc; \
+          }                                                                                \
+        } else {                                                                           \
+          _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                         \
+            dxr[ch] = dyr[ch] * invstd[ch] * (w ? w[ch] : (T)1);                           \
+          }                                                                                \
+        }                                                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    free(acc);                                                                             \
+    free(kg);                                                                              \
+    return 0;                                                                              \
+  }
+
+DEFINE_BATCH_NORM(float, sqrtf, fmaf, batch_norm_fwd_f32, batch_norm_bwd_f32)
+DEFINE_BATCH_NORM(double, sqrt, fma, batch_norm_fwd_f64, batch_norm_bwd_f64)

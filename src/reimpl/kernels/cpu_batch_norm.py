@@ -1,0 +1,244 @@
+"""Binding for the batch normalization kernels in ``cpu_batch_norm.c`` (built into the
+library of :mod:`reimpl.kernels.cpu_fused`, so the same compiler, cache and opt-outs apply).
+
+The kernels see the input as ``(n, c, s)``: NCHW-contiguous ("planes") or, for
+channels_last inputs and any input with ``s == 1``, as ``n * s`` rows of ``c`` channels
+("rows"). They read and write ``n * c * s`` elements of x, dy, y and dx and ``c`` of every
+per-channel operand straight from the tensors' addresses. :func:`_checked` is the one
+gate: every operand must be a plain, dense CPU tensor of the input's dtype in the layout's
+memory format, holding exactly that many elements within its storage, and nothing written
+may overlap another operand; otherwise ``RuntimeError``. :func:`layout` says beforehand
+whether the kernels take an input at all, and how.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from functools import cache
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from reimpl.kernels import cpu_fused, guard
+
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+_PLAIN = (Tensor, torch.nn.Parameter)
+_P = ctypes.c_void_p
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+class Layout(NamedTuple):
+    """x as ``(n, c, s)``; ``rows``: channels innermost (``n * s`` rows of ``c``);
+    ``format``: the memory format x, y, dy and dx have in it."""
+
+    n: int
+    c: int
+    s: int
+    rows: bool
+    format: torch.memory_format
+
+
+class BatchNormArgs(ctypes.Structure):
+    """``batch_norm_t`` in ``cpu_batch_norm.c``."""
+
+    _fields_ = [
+        *((f, _P) for f in ("x", "w", "b", "dy", "running_mean", "running_var")),
+        *((f, _P) for f in ("y", "mean", "invstd", "var_sum", "dx", "dw", "db")),
+        *((f, ctypes.c_int64) for f in ("n", "c", "s")),
+        ("rows", ctypes.c_int32),
+        ("train", ctypes.c_int32),
+        ("eps", ctypes.c_double),
+    ]
+
+
+@cache
+def _functions() -> dict[str, Any] | None:
+    lib = cpu_fused.library()
+    if lib is None:
+        return None
+    fns = {}
+    for suffix in _DTYPES.values():
+        for way in ("fwd", "bwd"):
+            fn = getattr(lib, f"batch_norm_{way}_{suffix}")
+            fn.argtypes = [ctypes.POINTER(BatchNormArgs)]
+            fn.restype = ctypes.c_int
+            fns[f"{way}_{suffix}"] = fn
+    return fns
+
+
+def _plain_cpu(t: Tensor, dtype: torch.dtype) -> bool:
+    return type(t) in _PLAIN and t.is_cpu and t.layout == torch.strided and t.dtype == dtype
+
+
+def layout(x: Tensor) -> Layout | None:
+    """How the kernels would read ``x`` as it is (None: not as it is; ``x.contiguous()``
+    then reads as planes). Channels_last wins where both formats describe the memory (one
+    channel, or one position), so the output keeps the format torch gives it."""
+    n, c = x.size(0), x.size(1)
+    s = math.prod(x.shape[2:])
+    fmt = _CHANNELS_LAST.get(x.dim())
+    if fmt is not None and x.is_contiguous(memory_format=fmt):
+        return Layout(n, c, s, True, fmt)
+    if x.is_contiguous():
+        return Layout(n, c, s, s == 1, torch.contiguous_format)
+    return None
+
+
+def usable(x: Tensor, *others: Tensor | None) -> bool:
+    """Can the kernels take ``x`` and the per-channel tensors beside it: plain CPU tensors
+    of one float32/float64 dtype (the per-channel ones contiguous), at least two
+    dimensions, not empty, outside ``torch.compile``, with the library built. Anything
+    else computes with torch ops."""
+    if x.dtype not in _DTYPES or x.dim() < 2 or x.numel() == 0:
+        return False
+    if torch.compiler.is_compiling() or not _plain_cpu(x, x.dtype):
+        return False
+    if not all(t is None or (_plain_cpu(t, x.dtype) and t.is_contiguous()) for t in others):
+        return False
+    return _functions() is not None
+
+
+def _dense(t: Tensor, fmt: torch.memory_format) -> bool:
+    return t.is_contiguous(memory_format=fmt) if t.dim() in (4, 5) else t.is_contiguous()
+
+
+def _checked(
+    where: str,
+    dtype: torch.dtype,
+    at: Layout,
+    read: dict[str, tuple[Tensor | None, int]],
+    written: dict[str, tuple[Tensor | None, int]],
+) -> None:
+    """Every operand (name -> (tensor or None, element count the kernel walks)) as the
+    kernel needs it: operands of the input's size in ``at.format``, per-channel ones
+    contiguous; RuntimeError naming the first one that is not."""
+    size = at.n * at.c * at.s
+    flat: list[tuple[str, list[Tensor | None]]] = []
+    for name, (t, n) in (*read.items(), *written.items()):
+        if t is None:
+            flat.append((name, [None]))
+            continue
+        fmt = at.format if n == size and t.dim() > 1 else torch.contiguous_format
+        if not (_plain_cpu(t, dtype) and _dense(t, fmt)):
+            raise RuntimeError(
+                f"{where}: {name} must be a plain dense CPU tensor of {dtype} in "
+                f"{fmt}, got {type(t).__name__} {t.dtype} on {t.device} with strides "
+                f"{t.stride()}"
+            )
+        if t.numel() != n:
+            raise RuntimeError(f"{where}: {name} has {t.numel()} elements, the kernel walks {n}")
+        if t.storage_offset() * t.element_size() + t.nbytes > t.untyped_storage().nbytes():
+            raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
+        # a dense tensor in its format covers one span; the overlap check reads spans
+        # of contiguous tensors, so it sees a channels_last one as a flat view
+        flat.append((name, [t if t.is_contiguous() else t.as_strided((n,), (1,))]))
+    guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
+
+
+def forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    at: Layout,
+    training: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """(y, mean, invstd, var_sum): ``x`` normalized per channel, scaled and shifted, with
+    the statistics it used (the batch's in training, where ``var_sum`` is the sum of
+    squared deviations; the running ones otherwise, ``var_sum`` None)."""
+    fns = _functions()
+    assert fns is not None
+    size, c = at.n * at.c * at.s, at.c
+    y = torch.empty(x.shape, dtype=x.dtype, memory_format=at.format)
+    mean, invstd = x.new_empty(c), x.new_empty(c)
+    var_sum = x.new_empty(c) if training else None
+    stats = {} if training else {"running_mean": (running_mean, c), "running_var": (running_var, c)}
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError("batch norm kernel: evaluation needs running_mean and running_var")
+    _checked(
+        "batch norm kernel",
+        x.dtype,
+        at,
+        {"input": (x, size), "weight": (weight, c), "bias": (bias, c), **stats},
+        {"output": (y, size), "mean": (mean, c), "invstd": (invstd, c), "var_sum": (var_sum, c)},
+    )
+    args = BatchNormArgs(
+        x=x.data_ptr(),
+        w=_ptr(weight),
+        b=_ptr(bias),
+        running_mean=None if training else _ptr(running_mean),
+        running_var=None if training else _ptr(running_var),
+        y=y.data_ptr(),
+        mean=mean.data_ptr(),
+        invstd=invstd.data_ptr(),
+        var_sum=_ptr(var_sum),
+        n=at.n,
+        c=at.c,
+        s=at.s,
+        rows=at.rows,
+        train=training,
+        eps=eps,
+    )
+    if fns[f"fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
+        raise MemoryError("batch norm kernel: no memory for the per-channel terms")
+    return y, mean, invstd, var_sum
+
+
+def backward(
+    x: Tensor,
+    dy: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+    at: Layout,
+    training: bool,
+    need: tuple[bool, bool, bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(dx, dweight, dbias), each only where ``need`` asks, ``dx`` in ``at.format``;
+    ``mean``/``invstd``: the statistics the forward normalized with."""
+    fns = _functions()
+    assert fns is not None
+    size, c = at.n * at.c * at.s, at.c
+    dx = torch.empty(x.shape, dtype=x.dtype, memory_format=at.format) if need[0] else None
+    dw = x.new_empty(c) if need[1] else None
+    db = x.new_empty(c) if need[2] else None
+    _checked(
+        "batch norm kernel (backward)",
+        x.dtype,
+        at,
+        {
+            "input": (x, size),
+            "output gradient": (dy, size),
+            "weight": (weight, c),
+            "mean": (mean, c),
+            "invstd": (invstd, c),
+        },
+        {"input gradient": (dx, size), "weight gradient": (dw, c), "bias gradient": (db, c)},
+    )
+    args = BatchNormArgs(
+        x=x.data_ptr(),
+        w=_ptr(weight),
+        dy=dy.data_ptr(),
+        mean=mean.data_ptr(),
+        invstd=invstd.data_ptr(),
+        dx=_ptr(dx),
+        dw=_ptr(dw),
+        db=_ptr(db),
+        n=at.n,
+        c=at.c,
+        s=at.s,
+        rows=at.rows,
+        train=training,
+        eps=0.0,
+    )
+    if fns[f"bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
+        raise MemoryError("batch norm kernel (backward): no memory for the per-thread sums")
+    return dx, dw, db
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
