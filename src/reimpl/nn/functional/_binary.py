@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from reimpl._compat import torch_at_least
+from reimpl.kernels import cpu_bce
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
@@ -149,7 +150,7 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
     """l = w [(1-t) x - (1 + (p-1) t) log σ(x)]
 
     dl/dx = w [(p t + 1 - t) σ(x) - p t]        (= w (σ(x) - t) without p)
-    dl/dt = w [-x - (p-1) log σ(x)]
+    dl/dt = w [log σ(-x) - p log σ(x)]   (= -w x without p)
     Written out rather than left to autograd so that 16-bit gradients round as torch's do.
     With mixed dtypes each term is rounded where torch's in-place steps round it: the
     pos_weight factor into x's dtype, everything else into t's (the result's dtype).
@@ -190,7 +191,9 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
 
     @staticmethod
     def _dt(x: Tensor, w: Tensor | None, p: Tensor | None, g: Tensor) -> Tensor:
-        gt = -x * g if p is None else (-x - (p - 1) * _log_sigmoid(x)) * g
+        # log σ(-x) - p log σ(x), as torch forms it: at x = ±inf the equal -x - (p-1) log σ(x)
+        # would be inf - inf
+        gt = -x * g if p is None else (_log_sigmoid(-x) - p * _log_sigmoid(x)) * g
         return gt if w is None else gt * w
 
     @staticmethod
@@ -203,6 +206,43 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
         gx = cls._dx(x, t, w, p, g) if ctx.needs_input_grad[0] else None
         gt = cls._dt(x, w, p, g) if ctx.needs_input_grad[1] else None
         return gx, gt, None, None
+
+
+class _BinaryCrossEntropyWithLogitsKernel(torch.autograd.Function):
+    """The same loss and derivatives in one C pass each way on CPU (:mod:`reimpl.kernels.
+    cpu_bce`), reduced inside, so the backward scales by one number. Taken only where
+    :func:`cpu_bce.prepare` accepts the operands and no transform or compiler is active;
+    a double backward computes with the composite's out-of-place derivatives, which
+    autograd can follow.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        t: Tensor,
+        w: Tensor | None,
+        p: Tensor | None,
+        at: cpu_bce.Periodic,
+        reduction: str,
+    ) -> Tensor:
+        ctx.save_for_backward(x, t, w, p)
+        ctx.at, ctx.reduction = at, reduction
+        return cpu_bce.forward(x, t, at, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, t, w, p = ctx.saved_tensors
+        need_x, need_t = ctx.needs_input_grad[:2]
+        if not torch.is_grad_enabled():
+            dx, dt = cpu_bce.backward(x, t, ctx.at, g, ctx.reduction, need_t)
+            return dx if need_x else None, dt, None, None, None, None
+        if ctx.reduction != "none":
+            g = (g / x.numel() if ctx.reduction == "mean" else g).expand(x.shape)
+        cls = _BinaryCrossEntropyWithLogits
+        gx = cls._dx(x, t, w, p, g) if need_x else None
+        gt = cls._dt(x, w, p, g) if need_t else None
+        return gx, gt, None, None, None, None
 
 
 class _BinaryCrossEntropyWithLogitsFwd(_BinaryCrossEntropyWithLogits):
@@ -263,6 +303,12 @@ def _binary_cross_entropy_with_logits(
     _check_not_differentiable(
         "binary_cross_entropy_with_logits", weight=weight, pos_weight=pos_weight
     )
+    if not _transformed():  # (False under torch.compile, where prepare declines)
+        at = cpu_bce.prepare(input, target, weight, pos_weight)
+        if at is not None:
+            return _BinaryCrossEntropyWithLogitsKernel.apply(
+                input, target, weight, pos_weight, at, reduction
+            )
     shape = input.shape
     for extra in (weight, pos_weight):
         if extra is not None:
