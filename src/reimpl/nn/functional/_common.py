@@ -103,3 +103,12 @@ def warn_size_mismatch(input: Tensor, target: Tensor) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def aliases(*ts: Tensor | None) -> tuple[Any, ...]:
+    """Views of ``ts`` for a custom Function's double backward, which differentiates its
+    composite form with ``torch.autograd.grad``: taken with respect to these aliases, the
+    gradients are each input's own partial derivative. Taken with respect to the inputs,
+    an input computed from another (a bias made from the weight)
+    would have that path counted in the gradient returned and again by the engine."""
+    return tuple(None if t is None else t.view_as(t) for t in ts)

@@ -66,7 +66,7 @@ from reimpl.nn.functional._classification import (
     _class_weight,
     cross_entropy,
 )
-from reimpl.nn.functional._common import LOW_PRECISION
+from reimpl.nn.functional._common import LOW_PRECISION, aliases
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import transformed as _transformed
@@ -246,8 +246,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         needs = _needs(ctx)
         rest = (None,) * 7
         if torch.is_grad_enabled():  # create_graph=True: differentiate the composite form
-            wanted = [a for a, need in zip((x, w, b), needs, strict=True) if need]
             with torch.enable_grad():
+                x, w, b = aliases(x, w, b)
+                wanted = [a for a, need in zip((x, w, b), needs, strict=True) if need]
                 logits = linear(x, w, b).to(out_dtype)
                 loss = cross_entropy(
                     logits,

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from reimpl.kernels import cpu_norm, triton_available
 from reimpl.kernels.cpu_norm import GROUP, LAYER, RMS, Layout
+from reimpl.nn.functional._common import aliases
 from reimpl.nn.functional._norm_composite import opmath
 
 Composite = Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
@@ -303,9 +304,11 @@ def _composite_grads(
     dy: Tensor,
     need: tuple[bool, bool, bool],
 ) -> tuple[Tensor | None, ...]:
-    """The gradients of the composite form, themselves differentiable."""
-    wanted = [t for t, n in zip(inputs, need, strict=True) if n and t is not None]
+    """The gradients of the composite form (of :func:`aliases` of the inputs), themselves
+    differentiable."""
     with torch.enable_grad():
+        inputs = aliases(*inputs)
+        wanted = [t for t, n in zip(inputs, need, strict=True) if n and t is not None]
         y = plan.composite(*inputs)
         grads = iter(torch.autograd.grad(y, wanted, dy, create_graph=True, allow_unused=True))
     out = []
