@@ -92,6 +92,32 @@ def test_double_backward_float64_as_torch(use_input_stats: bool) -> None:
     torch.testing.assert_close(results[0], results[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+def test_without_running_stats_the_kernel_path_matches_torch(
+    dtype: torch.dtype, affine: bool
+) -> None:
+    """No running statistics (InstanceNorm's default): the C group-norm kernels with a group
+    per channel compute it; output, gradients and second derivatives equal torch's, also for
+    a channels-last input (whose output is contiguous, as torch's)."""
+    results = []
+    for fn in (F.instance_norm, TF.instance_norm):
+        x = X4.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = C4.to(dtype).requires_grad_() if affine else None
+        b = (C4.to(dtype) - 1).requires_grad_() if affine else None
+        out = fn(x, None, None, w, b)
+        if fn is F.instance_norm:  # (after the channels-last input's copy)
+            assert "NormalizeBackward" in str(out.grad_fn) + str(out.grad_fn.next_functions)
+        assert out.is_contiguous()
+        leaves = [t for t in (x, w, b) if t is not None]
+        up = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+        first = torch.autograd.grad(out, leaves, up, create_graph=True)
+        total = sum((f * f).sum() for f in first)
+        second = torch.autograd.grad(total, leaves, allow_unused=True, materialize_grads=True)
+        results.append((out, first, second))
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_local_response_norm_double_backward_float64_as_torch() -> None:
     results = []
     for fn in (F.local_response_norm, TF.local_response_norm):

@@ -32,9 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_norm
+from reimpl.kernels.cpu_norm import GROUP, Layout
 from reimpl.nn.functional import _autocast
+from reimpl.nn.functional import _norm_composite as C
 from reimpl.nn.functional._batchnorm import normalize_channels
-from reimpl.nn.functional._common import transformed
+from reimpl.nn.functional._common import compiling, transformed
+from reimpl.nn.functional._normalize import Normalize, Plan
 
 _HALVES = (torch.float16, torch.bfloat16)
 
@@ -176,6 +180,15 @@ def _instance_norm(
     stat_dtype = _check_dtypes(input, running_mean, running_var, weight, bias)
 
     n, c = input.shape[:2]
+    if _plain_training(input.contiguous(), running_mean, weight, bias, use_input_stats):
+        # no running statistics to update: group norm with a group per channel, through
+        # the C kernels (contiguous out, as torch's instance norm gives it)
+        def composite(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+            return C.group_norm(x, c, w, b, eps, keep_format=False)
+
+        layout = Layout(n * c, c, 1, input[0, 0].numel())
+        x = input.contiguous()  # (channels-last: torch's output is contiguous too)
+        return Normalize.apply(x, weight, bias, Plan(layout, eps, GROUP, composite))
     # torch repeats the running statistics in the parameters' dtype, updates the copies
     # there, and averages them there before storing the result in the statistics' own
     work = [
@@ -206,6 +219,28 @@ def _instance_norm(
 
 
 # ----------------------------------------------------------------- the training path
+
+
+def _plain_training(
+    input: Tensor,
+    running_mean: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_input_stats: bool,
+) -> bool:
+    """Whether the C group-norm kernels compute this call: batch statistics and none
+    running, float32/float64 CPU tensors of one dtype, outside transforms and compile.
+    The kernels add eps and scale as torch's batch-norm kernel does here (eps in double,
+    x·(invstd·w) + (b − mean·invstd·w)); 16-bit inputs stay on :class:`_InstanceNorm`,
+    which keeps their statistics as torch's instance norm does (group norm's differ)."""
+    return (
+        use_input_stats
+        and running_mean is None
+        and input.numel() > 0
+        and not transformed()
+        and not compiling()
+        and cpu_norm.usable(input, weight, bias)
+    )
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
