@@ -6,9 +6,11 @@ running statistics in evaluation; then scale by ``weight`` and shift by ``bias``
 
 16-bit inputs are computed in float32 (as torch does on CPU) and may come with float32
 ``weight``/``bias``/running statistics ("mixed" dtypes); otherwise every tensor must share
-the input's dtype. Gradients (and second derivatives) are autograd's through the
-float32/float64 formula below, which agrees with torch's closed-form backward to within
-the per-dtype tolerances of the parity suite.
+the input's dtype. Float32/float64 CPU calls run on C kernels through one autograd Function with the
+closed-form backward (:mod:`._batchnorm_function`); everything else (16-bit and mixed
+dtypes, other devices, ``torch.func`` transforms, ``torch.compile``, subclasses) takes the
+composite form below, whose gradients (and second derivatives) are autograd's and agree
+with torch's closed-form backward to within the per-dtype tolerances of the parity suite.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from reimpl.nn.functional import _autocast
+from reimpl.nn.functional._batchnorm_function import batch_norm_kernels, plan_for
 from reimpl.nn.functional._common import vmapped as _vmapped
 
 _HALVES = (torch.float16, torch.bfloat16)
@@ -139,6 +142,18 @@ def _batch_norm(
         raise IndexError(
             f"batch_norm: input needs a channel dimension (dim 1), got a {input.dim()}-D input"
         )
+
+    def composite(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+        # (for double backward: the statistics are the batch's or the running ones, and
+        # the running ones are not updated again)
+        rm, rv = (None, None) if training else (running_mean, running_var)
+        return normalize_channels(x, rm, rv, w, b, training, momentum, eps)
+
+    plan = plan_for(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, composite
+    )
+    if plan is not None:
+        return batch_norm_kernels(input, weight, bias, plan)
     return normalize_channels(
         input, running_mean, running_var, weight, bias, training, momentum, eps
     )
