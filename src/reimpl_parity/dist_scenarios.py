@@ -8,13 +8,13 @@ in the same order on every rank whatever the comparisons find.
   the two are the same computation), on accelerators also against torch's SyncBatchNorm.
 * ``ddp``: DistributedDataParallel training with reimpl's losses, regularizers, schedulers
   (and optimizers when present) against the same run with torch's, step for step.
-* ``fsdp``: reimpl's optimizers on FSDP2 (``fully_shard``, DTensor parameters) on every
-  implementation path, and their state_dicts through ``torch.distributed.checkpoint``.
-* ``zero``: ``ZeroRedundancyOptimizer(optimizer_class=reimpl.optim.X)`` against torch's.
+* ``fsdp``, ``zero``: reimpl's optimizers on FSDP2 and under ZeroRedundancyOptimizer, in
+  :mod:`reimpl_parity.dist_optim`.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -376,224 +376,10 @@ def ddp() -> Result:
     return {"checks": checks.results, "our_optimizers": all(ours_optim)}
 
 
-# --------------------------------------------------------------------------- FSDP2 / ZeRO
-
-
-@dataclass
-class OptCase:
-    name: str
-    optimizer: str
-    kwargs: dict[str, Any]
-    #: torch's kwargs where they differ (torch has no DTensor rule for some fused kernels)
-    ref_kwargs: dict[str, Any] | None = None
-
-
-FSDP_CASES = [
-    OptCase("adam_single_tensor", "Adam", {"lr": 1e-2, "foreach": False}),
-    OptCase("adam_foreach", "Adam", {"lr": 1e-2, "foreach": True}),
-    OptCase("adam_fused", "Adam", {"lr": 1e-2, "fused": True}),
-    OptCase(
-        "adamw_foreach_amsgrad",
-        "AdamW",
-        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True, "foreach": True},
-    ),
-    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
-    OptCase(
-        "sgd_foreach_nesterov",
-        "SGD",
-        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "foreach": True},
-    ),
-    OptCase("sgd_single_tensor", "SGD", {"lr": 0.1, "momentum": 0.9, "foreach": False}),
-    # torch's fused SGD and Adagrad kernels have no DTensor sharding rule (only Adam's and
-    # AdamW's do): those cases compare with torch's for-loop path
-    OptCase(
-        "sgd_fused",
-        "SGD",
-        {"lr": 0.1, "momentum": 0.9, "fused": True},
-        {"lr": 0.1, "momentum": 0.9, "foreach": False},
-    ),
-    OptCase("rmsprop_foreach", "RMSprop", {"lr": 1e-2, "momentum": 0.5, "foreach": True}),
-    # fused RMSprop is reimpl's only (torch has none): compared with torch's for-loop path
-    OptCase(
-        "rmsprop_fused",
-        "RMSprop",
-        {"lr": 1e-2, "momentum": 0.5, "fused": True},
-        {"lr": 1e-2, "momentum": 0.5, "foreach": False},
-    ),
-    OptCase("adagrad_foreach", "Adagrad", {"lr": 0.1, "foreach": True}),
-    OptCase(
-        "adagrad_fused",
-        "Adagrad",
-        {"lr": 0.1, "lr_decay": 0.01, "fused": True},
-        {"lr": 0.1, "lr_decay": 0.01, "foreach": False},
-    ),
-    # no flags: both pick their default path for DTensors (torch: the per-tensor loop)
-    OptCase("adam_default_flags", "Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.01}),
-]
-
-
-def _fsdp_model(dev: torch.device) -> torch.nn.Module:
-    from torch.distributed.fsdp import fully_shard
-
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6), torch.nn.Tanh()
-    )
-    m = m.double().to(dev)
-    for layer in m:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(m)
-    return m
-
-
-def _train_step(m: torch.nn.Module, opt: torch.optim.Optimizer, step: int, dev: torch.device):
-    gen = torch.Generator().manual_seed(10 * step + dist.get_rank())
-    x = torch.randn(4, 8, generator=gen, dtype=torch.float64).to(dev)
-    opt.zero_grad()
-    loss = m(x).square().mean()
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    ours_cls = getattr(reimpl.optim, case.optimizer)
-    theirs_cls = getattr(torch.optim, case.optimizer)
-    m_o, m_t = _fsdp_model(dev), _fsdp_model(dev)
-    opt_o = ours_cls(m_o.parameters(), **case.kwargs)
-    opt_t = theirs_cls(m_t.parameters(), **(case.ref_kwargs or case.kwargs))
-    for step in range(steps):
-        with checks.check(f"{case.name}/step{step}/runs"):
-            lo = _train_step(m_o, opt_o, step, dev)
-        lt = _train_step(m_t, opt_t, step, dev)
-        checks.same(f"{case.name}/step{step}/loss", lo, lt)
-        checks.same(
-            f"{case.name}/step{step}/params",
-            _full(list(m_o.parameters())),
-            _full(list(m_t.parameters())),
-        )
-    with checks.check(f"{case.name}/param_is_dtensor"):
-        from torch.distributed.tensor import DTensor
-
-        assert all(isinstance(p, DTensor) for p in m_o.parameters())
-    sd_o = get_optimizer_state_dict(m_o, opt_o)
-    sd_t = get_optimizer_state_dict(m_t, opt_t)
-    full_o, full_t = _full(sd_o), _full(sd_t)
-    if case.ref_kwargs is not None:  # the flags told apart on purpose may differ
-        for sd in (full_o, full_t):
-            for g in sd["param_groups"]:
-                g.pop("foreach", None)
-                g.pop("fused", None)
-    checks.same(f"{case.name}/state_dict", full_o, full_t)
-    # Full (gathered) form: plain tensors, the same as the sharded one gathered.
-    opts = StateDictOptions(full_state_dict=True)
-    gathered_o: Any = get_optimizer_state_dict(m_o, opt_o, options=opts)
-    with checks.check(f"{case.name}/full_state_dict_plain_tensors"):
-        from torch.distributed.tensor import DTensor
-
-        for state in gathered_o["state"].values():
-            assert not any(isinstance(v, DTensor) for v in state.values())
-    checks.same(f"{case.name}/full_state_dict", gathered_o, _full(sd_o))
-    # Round trip into a fresh optimizer of ours, then one more step on both.
-    fresh = ours_cls(m_o.parameters(), **case.kwargs)
-    set_optimizer_state_dict(m_o, fresh, sd_o)
-    _train_step(m_o, fresh, steps, dev)
-    _train_step(m_t, opt_t, steps, dev)
-    checks.same(
-        f"{case.name}/params_after_reload",
-        _full(list(m_o.parameters())),
-        _full(list(m_t.parameters())),
-    )
-
-
-def fsdp() -> Result:
-    checks = Checks()
-    dev = _device()
-    for case in FSDP_CASES:
-        _fsdp_case(checks, case, dev)
-    return {"checks": checks.results}
-
-
-ZERO_CASES = [
-    OptCase("adam", "Adam", {"lr": 1e-2}),
-    OptCase("adamw_foreach", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "foreach": True}),
-    OptCase("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}),
-    # ZeRO's own option (parameters as views into flat buckets) next to the optimizer's
-    OptCase(
-        "rmsprop_centered_bucket_view",
-        "RMSprop",
-        {"lr": 1e-2, "momentum": 0.5, "centered": True, "parameters_as_bucket_view": True},
-    ),
-    OptCase("adagrad_fused", "Adagrad", {"lr": 0.1, "fused": True}),
-    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
-]
-
-
-def _zero_model(dev: torch.device) -> torch.nn.Module:
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    torch.manual_seed(0)
-    layers: list[torch.nn.Module] = []
-    for _ in range(3):
-        layers += [torch.nn.Linear(8, 8), torch.nn.Tanh()]
-    m = torch.nn.Sequential(*layers).double().to(dev)
-    return DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-
-def _zero_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
-    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
-
-    ours_cls = getattr(reimpl.optim, case.optimizer)
-    theirs_cls = getattr(torch.optim, case.optimizer)
-    m_o, m_t = _zero_model(dev), _zero_model(dev)
-    z_o = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
-    z_t = ZeRO(m_t.parameters(), optimizer_class=theirs_cls, **case.kwargs)
-    with checks.check(f"{case.name}/local_optimizer_is_ours"):
-        assert type(z_o.optim) is ours_cls
-    for step in range(steps):
-        lo = _train_step(m_o, z_o, step, dev)
-        lt = _train_step(m_t, z_t, step, dev)
-        checks.same(f"{case.name}/step{step}/loss", lo, lt)
-        checks.same(
-            f"{case.name}/step{step}/params", list(m_o.parameters()), list(m_t.parameters())
-        )
-    z_o.consolidate_state_dict(to=0)
-    z_t.consolidate_state_dict(to=0)
-    sd_o = z_o.state_dict() if dist.get_rank() == 0 else None
-    if dist.get_rank() == 0:
-        checks.same(f"{case.name}/consolidated_state_dict", sd_o, z_t.state_dict())
-    # Every rank loads the consolidated state_dict into a fresh ZeRO over ours.
-    box = [sd_o]
-    dist.broadcast_object_list(box, src=0)
-    fresh = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
-    assert box[0] is not None
-    fresh.load_state_dict(box[0])
-    _train_step(m_o, fresh, steps, dev)
-    _train_step(m_t, z_t, steps, dev)
-    checks.same(f"{case.name}/params_after_reload", list(m_o.parameters()), list(m_t.parameters()))
-
-
-def zero() -> Result:
-    checks = Checks()
-    dev = _device()
-    for case in ZERO_CASES:
-        _zero_case(checks, case, dev)
-    return {"checks": checks.results}
-
-
-def fsdp_and_zero() -> Result:
-    """Both optimizer scenarios in one process group (process start-up dominates)."""
-    a, b = fsdp(), zero()
-    checks = {f"fsdp/{k}": v for k, v in a["checks"].items()}
-    checks.update({f"zero/{k}": v for k, v in b["checks"].items()})
-    return {"checks": checks}
+def _elsewhere(module: str, scenario: str) -> Result:
+    """A scenario of another module (imported on use: it imports this module's checks)."""
+    result: Result = getattr(importlib.import_module(f"reimpl_parity.{module}"), scenario)()
+    return result
 
 
 def hang() -> Result:
@@ -621,7 +407,7 @@ SCENARIOS: dict[str, Callable[[], Result]] = {
         "checks": {**syncbn()["checks"], **(d := ddp())["checks"]},
         "our_optimizers": d["our_optimizers"],
     },
-    "fsdp": fsdp,
-    "zero": zero,
-    "fsdp_and_zero": fsdp_and_zero,
+    "fsdp": lambda: _elsewhere("dist_optim", "fsdp"),
+    "zero": lambda: _elsewhere("dist_optim", "zero"),
+    "fsdp_and_zero": lambda: _elsewhere("dist_optim", "fsdp_and_zero"),
 }

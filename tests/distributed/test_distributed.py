@@ -51,12 +51,43 @@ def test_syncbn_and_ddp_gloo(tmp_path: pathlib.Path) -> None:
     assert results[0]["our_optimizers"] is HAVE_OPTIMIZERS
 
 
+@pytest.fixture(scope="module")
+def fsdp_and_zero_gloo(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """One run of the optimizer scenarios for the tests below (start-up dominates)."""
+    return _run("fsdp_and_zero", tmp_path_factory.mktemp("fsdp_and_zero"))
+
+
 @pytest.mark.skipif(not HAVE_OPTIMIZERS, reason="reimpl.optim optimizers not merged yet")
-def test_fsdp2_and_zero_gloo(tmp_path: pathlib.Path) -> None:
-    results = _run("fsdp_and_zero", tmp_path)
-    names = results[0]["checks"]
+def test_fsdp2_and_zero_gloo(fsdp_and_zero_gloo: list[dict]) -> None:
+    names = fsdp_and_zero_gloo[0]["checks"]
     assert any(n.startswith("fsdp/adam_fused/") for n in names)
     assert any(n.startswith("zero/adam/consolidated") for n in names)
+
+
+#: fused=True cases of the FSDP2 scenario whose C kernel must run on the shards: torch's
+#: fused families, and some that only reimpl fuses
+FUSED_ON_SHARDS = (
+    *("adam_fused", "adamw_fused", "adamw_fused_amsgrad_maximize", "adagrad_fused"),
+    *("sgd_fused", "sgd_fused_nesterov_decay", "rmsprop_fused", "nadam_fused", "radam_fused"),
+    *("adamax_fused", "adadelta_fused", "asgd_fused"),
+)
+
+
+@pytest.mark.skipif(not HAVE_OPTIMIZERS, reason="reimpl.optim optimizers not merged yet")
+def test_fused_steps_run_the_kernels_on_fsdp2_local_shards(
+    fsdp_and_zero_gloo: list[dict],
+) -> None:
+    """Each case's params and state after 3 steps (and after a checkpoint round trip) are
+    torch's (checked in the workers, failures fail the fixture's run); here: every step of
+    every case was seen running its C kernel on each rank's plain local shards, and
+    Adafactor's (not per element) was seen not to."""
+    for rank, result in enumerate(fsdp_and_zero_gloo):
+        names = result["checks"]
+        for case in FUSED_ON_SHARDS:
+            for step in range(3):
+                name = f"fsdp/{case}/step{step}/kernel_on_local_shards"
+                assert names.get(name) == "", f"rank {rank}: {name}: {names.get(name)}"
+        assert names.get("fsdp/adafactor_fused/not_on_local_shards") == ""
 
 
 @pytest.mark.cuda

@@ -6,9 +6,16 @@ A fused step reads and writes each tensor once. Where it runs:
    tensors of a (device, dtype) batch in one launch;
 2. on CPU, the C kernel ``<family>_<dtype>`` (``reimpl.kernels.cpu_fused``), all tensors in
    one call, after :func:`reimpl.kernels.cpu_fused.prepare` has checked every one;
-3. anywhere else (16-bit CPU tensors, DTensor, strided views, tracing): the optimizer's
-   multi-tensor form with 16-bit tensors widened to float32 and rounded once on store,
-   which is what a fused kernel computes.
+3. anywhere else (16-bit CPU tensors, strided views, tracing, DTensors that do not go
+   local): the optimizer's multi-tensor form with 16-bit tensors widened to float32 and
+   rounded once on store, which is what a fused kernel computes.
+
+FSDP2 holds params, grads and the state made like them as DTensors sharded on a 1-D mesh:
+each rank owns disjoint elements of each. For a rule that reads and writes each element on
+its own, the update of a rank's elements needs nothing from another rank, so the step runs
+the same three paths on the local shards (:func:`local_shards`); state a kernel creates
+there (SGD's first momentum buffers) is stored back as a DTensor, so the checkpoint format
+stays the one every other path (and torch) gives.
 
 Each path refuses what the others refuse (same checks, same exception types), so a
 malformed state never reaches a kernel, and each honours GradScaler's hand-over
@@ -97,6 +104,11 @@ def fused_step(name: str, forms: Forms, t: Any, hp: Any, amp: dict[str, Any]) ->
     ):
         if getattr(hp, flag, False):
             raise RuntimeError(f"{where} {what}")
+    shards = local_shards(forms, t)
+    if shards is not None:
+        fused_step(name, forms, shards, hp, amp)
+        _store_new_shards(t, shards)
+        return
     steps_at = roles.index("step") if "step" in roles else None
     steps = None if steps_at is None else lists[steps_at]
     if steps is not None:
@@ -155,6 +167,90 @@ def _c_roles(where: str, forms: Forms, roles: Sequence[str], lists: list[Any]) -
             lst = [t if keeps else None for t, keeps in zip(lst, kept, strict=True)]
         out.append((r, lst or None))
     return out
+
+
+# ------------------------------------------------------------ FSDP2: local shards
+
+#: families whose update reads and writes each element on its own (a rank's shard needs
+#: nothing from another rank). Not here: Adafactor (row and column means of the squared
+#: gradient, and the step's RMS, reduce across shards), Muon (Newton-Schulz acts on the
+#: whole matrix), LBFGS (dot products over every parameter), SparseAdam (sparse grads);
+#: the last three have no fused path anyway. Adam's family name covers AdamW.
+PER_ELEMENT_FAMILIES = frozenset(
+    {"adadelta", "adagrad", "adam", "adamax", "asgd", "nadam", "radam", "rmsprop", "rprop", "sgd"}
+)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def local_shards(forms: Forms, t: Any) -> Any | None:
+    """``t`` with each DTensor replaced by its local shard (the same storage), where the
+    step may run on the shards; else None and the caller keeps the DTensors (its torch-op
+    fallback computes on them as DTensor ops).
+
+    Local only for a family in :data:`PER_ELEMENT_FAMILIES`, outside tracing, where every
+    param is a DTensor on a 1-D mesh with ``Shard`` placements (FSDP2's) and every grad
+    and every state shaped like its param is a DTensor of the param's mesh, placements and
+    global shape (a mismatch stays on the fallback, whose checks name it). Replicated or
+    partial placements and 2-D meshes (HSDP, tensor parallel) keep the fallback. The
+    one-element states (``forms.scalars``) are plain tensors, as torch makes them."""
+    params = t[0]
+    if not params or type(params[0]) in _PLAIN or forms.family not in PER_ELEMENT_FAMILIES:
+        return None
+    if is_compiling() or not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor, Shard
+
+    specs = []
+    for p in params:
+        if not isinstance(p, DTensor):
+            return None
+        mesh, placements = p.device_mesh, p.placements
+        if mesh.ndim != 1 or not all(type(pl) is Shard for pl in placements):
+            return None
+        specs.append((mesh, placements, p.shape))
+    local: list[list[Any]] = []
+    for role, lst in zip(t._fields, t, strict=True):
+        if role in forms.scalars or role in forms.shape_of:
+            if any(isinstance(x, DTensor) for x in lst):
+                return None
+            local.append(list(lst))
+            continue
+        # (an empty list: a state this configuration does not keep)
+        for x, (mesh, placements, shape) in zip(lst, specs if lst else (), strict=True):
+            if x is not None and not (
+                isinstance(x, DTensor)
+                and (x.device_mesh is mesh or x.device_mesh == mesh)
+                and x.placements == placements
+                and x.shape == shape
+            ):
+                return None
+        local.append([None if x is None else _local(x) for x in lst])
+    return type(t)(*local)
+
+
+def _local(x: Any) -> Tensor:
+    """A DTensor's local shard. Its private attribute where this torch has one: the public
+    ``to_local()`` goes through an autograd Function, about 20x the cost per tensor, which
+    a step of many small tensors feels (and a fused step never differentiates)."""
+    shard = getattr(x, "_local_tensor", None)
+    return shard if isinstance(shard, Tensor) else x.to_local()
+
+
+def _store_new_shards(t: Any, shards: Any) -> None:
+    """State the local step created where ``t`` held None (SGD's first momentum buffers):
+    into ``t`` as DTensors sharded as their params, which is how the other paths (a DTensor
+    op on the grad) and torch's optimizers keep it."""
+    from torch.distributed.tensor import DTensor
+
+    params = t[0]
+    for lst, local in zip(t, shards, strict=True):
+        for i, (x, y) in enumerate(zip(lst, local, strict=True)):
+            if x is None and y is not None:
+                p = params[i]
+                lst[i] = DTensor.from_local(
+                    y, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                    stride=p.stride(),
+                )  # fmt: skip
 
 
 # ------------------------------------------------------------------------- checks
@@ -265,7 +361,6 @@ def run_triton(
     if steps_at is not None and len({s.dtype for s in lists[steps_at]}) > 1:
         return False
     # plain tensors only: a DTensor (FSDP2) reports a data_ptr() the kernel cannot use
-    plain = (torch.Tensor, torch.nn.Parameter)
     for j, lst in enumerate(lists):
         if None in lst and any(t is not None for t in lst):
             return False
@@ -273,7 +368,7 @@ def run_triton(
             if t is None:
                 continue
             if not (
-                type(t) in plain
+                type(t) in _PLAIN
                 and triton_available(t)
                 and not t.is_complex()
                 and t.is_contiguous()

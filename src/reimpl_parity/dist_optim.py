@@ -1,0 +1,361 @@
+"""Optimizer scenarios run by every rank of a process group: FSDP2 and ZeRO.
+
+Registered in :data:`reimpl_parity.dist_scenarios.SCENARIOS` (run by
+:mod:`reimpl_parity.distributed`); kept apart from the SyncBatchNorm and DDP scenarios
+because each family of checks is a file of its own size.
+
+* ``fsdp``: reimpl's optimizers on FSDP2 (``fully_shard``, DTensor parameters) on every
+  implementation path, and their state_dicts through ``torch.distributed.checkpoint``;
+  ``fused=True`` steps of the per-element rules are seen running the C kernels (Triton on
+  GPUs) on each rank's local shards, Adafactor's (not per element) seen not to.
+* ``zero``: ``ZeroRedundancyOptimizer(optimizer_class=reimpl.optim.X)`` against torch's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+import reimpl.optim
+from reimpl_parity.dist_scenarios import Checks, Result, _device, _full
+
+
+@dataclass
+class OptCase:
+    name: str
+    optimizer: str
+    kwargs: dict[str, Any]
+    #: torch's kwargs where they differ (torch has no DTensor rule for some fused kernels)
+    ref_kwargs: dict[str, Any] | None = None
+    #: FSDP2, ``fused=True``: the kernel family seen running on the local shards at every
+    #: step (None: not looked at)
+    kernel: str | None = None
+
+
+FSDP_CASES = [
+    OptCase("adam_single_tensor", "Adam", {"lr": 1e-2, "foreach": False}),
+    OptCase("adam_foreach", "Adam", {"lr": 1e-2, "foreach": True}),
+    OptCase("adam_fused", "Adam", {"lr": 1e-2, "fused": True}, kernel="adam"),
+    OptCase(
+        "adamw_foreach_amsgrad",
+        "AdamW",
+        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True, "foreach": True},
+    ),
+    OptCase(
+        "adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}, kernel="adam"
+    ),
+    OptCase(
+        "adamw_fused_amsgrad_maximize",
+        "AdamW",
+        {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True, "maximize": True, "fused": True},
+        kernel="adam",
+    ),
+    OptCase(
+        "sgd_foreach_nesterov",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "foreach": True},
+    ),
+    OptCase("sgd_single_tensor", "SGD", {"lr": 0.1, "momentum": 0.9, "foreach": False}),
+    # torch's fused SGD and Adagrad kernels have no DTensor sharding rule (only Adam's and
+    # AdamW's do): those cases compare with torch's for-loop path
+    OptCase(
+        "sgd_fused",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "fused": True},
+        {"lr": 0.1, "momentum": 0.9, "foreach": False},
+        kernel="sgd",
+    ),
+    OptCase(
+        "sgd_fused_nesterov_decay",
+        "SGD",
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "fused": True},
+        {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "foreach": False},
+        kernel="sgd",
+    ),
+    OptCase("rmsprop_foreach", "RMSprop", {"lr": 1e-2, "momentum": 0.5, "foreach": True}),
+    # fused RMSprop is reimpl's only (torch has none): compared with torch's for-loop path
+    OptCase(
+        "rmsprop_fused",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "centered": True, "fused": True},
+        {"lr": 1e-2, "momentum": 0.5, "centered": True, "foreach": False},
+        kernel="rmsprop",
+    ),
+    OptCase("adagrad_foreach", "Adagrad", {"lr": 0.1, "foreach": True}),
+    OptCase(
+        "adagrad_fused",
+        "Adagrad",
+        {"lr": 0.1, "lr_decay": 0.01, "fused": True},
+        {"lr": 0.1, "lr_decay": 0.01, "foreach": False},
+        kernel="adagrad",
+    ),
+    # fused=True beyond torch (C kernels only reimpl has): against torch's for-loop path.
+    # Not Rprop: torch's Rprop raises on DTensors on either path, so there is no oracle here
+    *(
+        OptCase(f"{name.lower()}_fused", name, kw | {"fused": True}, kw, kernel=name.lower())
+        for name, kw in (
+            ("NAdam", {"lr": 1e-2, "weight_decay": 0.01, "decoupled_weight_decay": True}),
+            ("RAdam", {"lr": 1e-2, "weight_decay": 0.01}),
+            ("Adamax", {"lr": 1e-2}),
+            ("Adadelta", {"lr": 0.5, "weight_decay": 0.01}),
+            ("ASGD", {"lr": 1e-2, "t0": 1.0}),
+        )
+    ),
+    # no flags: both pick their default path for DTensors (torch: the per-tensor loop)
+    OptCase("adam_default_flags", "Adam", {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.01}),
+]
+
+
+def _fsdp_model(dev: torch.device) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    # 5 rows on 2 ranks shard unevenly (3 + 2); the last layer's single row leaves rank 1
+    # an empty shard of its weight and bias
+    m = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 5),
+        torch.nn.Tanh(),
+        torch.nn.Linear(5, 1),
+    )
+    m = m.double().to(dev)
+    for layer in m:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(m)
+    return m
+
+
+def _train_step(m: torch.nn.Module, opt: torch.optim.Optimizer, step: int, dev: torch.device):
+    gen = torch.Generator().manual_seed(10 * step + dist.get_rank())
+    x = torch.randn(4, 8, generator=gen, dtype=torch.float64).to(dev)
+    opt.zero_grad()
+    loss = m(x).square().mean()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+@contextmanager
+def _kernel_calls() -> Iterator[list[tuple[str, list[Tensor]]]]:
+    """Records every fused kernel run while open: the C kernel's (its family and params) on
+    the CPU, the Triton binding's on GPUs."""
+    from reimpl.kernels import cpu_fused
+    from reimpl.optim import _fused
+
+    calls: list[tuple[str, list[Tensor]]] = []
+    run, triton = cpu_fused.Prepared.run, _fused.run_triton
+
+    def spy_run(self: Any, family: str, *args: Any, **kwargs: Any) -> None:
+        calls.append((family, list(self.roles[0][1])))
+        run(self, family, *args, **kwargs)
+
+    def spy_triton(kernel: str, lists: list[list[Any]], **kwargs: Any) -> bool:
+        ran = triton(kernel, lists, **kwargs)
+        if ran:
+            calls.append((kernel.rstrip("_"), list(lists[0])))
+        return ran
+
+    cpu_fused.Prepared.run, _fused.run_triton = spy_run, spy_triton  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        cpu_fused.Prepared.run, _fused.run_triton = run, triton  # type: ignore[method-assign]
+
+
+def _check_kernel_calls(
+    checks: Checks, name: str, case: OptCase, model: torch.nn.Module, calls: list[Any]
+) -> None:
+    """A fused step of a per-element rule ran its kernel on the plain local shards (the
+    same storage as the DTensors)."""
+    if case.kernel is None:
+        return
+    with checks.check(f"{name}/kernel_on_local_shards"):
+        assert calls, "no kernel ran"
+        from torch.distributed.tensor import DTensor
+
+        mine = [p.to_local() for p in model.parameters() if isinstance(p, DTensor)]
+        local = {t.data_ptr(): t.shape for t in mine}
+        for family, params in calls:
+            assert family == case.kernel, f"{family} ran, not {case.kernel}"
+            assert all(type(p) is Tensor for p in params), [type(p) for p in params]
+            shards = [(p.data_ptr(), p.shape) for p in params if p.numel()]
+            assert all(local.get(ptr) == shape for ptr, shape in shards), shards
+
+
+def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    ours_cls = getattr(reimpl.optim, case.optimizer)
+    theirs_cls = getattr(torch.optim, case.optimizer)
+    m_o, m_t = _fsdp_model(dev), _fsdp_model(dev)
+    opt_o = ours_cls(m_o.parameters(), **case.kwargs)
+    opt_t = theirs_cls(m_t.parameters(), **(case.ref_kwargs or case.kwargs))
+    for step in range(steps):
+        lo = torch.full((), float("nan"), dtype=torch.float64, device=dev)
+        with checks.check(f"{case.name}/step{step}/runs"), _kernel_calls() as calls:
+            lo = _train_step(m_o, opt_o, step, dev)
+        _check_kernel_calls(checks, f"{case.name}/step{step}", case, m_o, calls)
+        lt = _train_step(m_t, opt_t, step, dev)
+        checks.same(f"{case.name}/step{step}/loss", lo, lt)
+        checks.same(
+            f"{case.name}/step{step}/params",
+            _full(list(m_o.parameters())),
+            _full(list(m_t.parameters())),
+        )
+    with checks.check(f"{case.name}/param_is_dtensor"):
+        from torch.distributed.tensor import DTensor
+
+        assert all(isinstance(p, DTensor) for p in m_o.parameters())
+    sd_o = get_optimizer_state_dict(m_o, opt_o)
+    sd_t = get_optimizer_state_dict(m_t, opt_t)
+    full_o, full_t = _full(sd_o), _full(sd_t)
+    if case.ref_kwargs is not None:  # the flags told apart on purpose may differ
+        for sd in (full_o, full_t):
+            for g in sd["param_groups"]:
+                g.pop("foreach", None)
+                g.pop("fused", None)
+    checks.same(f"{case.name}/state_dict", full_o, full_t)
+    # Full (gathered) form: plain tensors, the same as the sharded one gathered.
+    opts = StateDictOptions(full_state_dict=True)
+    gathered_o: Any = get_optimizer_state_dict(m_o, opt_o, options=opts)
+    with checks.check(f"{case.name}/full_state_dict_plain_tensors"):
+        from torch.distributed.tensor import DTensor
+
+        for state in gathered_o["state"].values():
+            assert not any(isinstance(v, DTensor) for v in state.values())
+    checks.same(f"{case.name}/full_state_dict", gathered_o, _full(sd_o))
+    # Round trip into a fresh optimizer of ours, then one more step on both.
+    fresh = ours_cls(m_o.parameters(), **case.kwargs)
+    set_optimizer_state_dict(m_o, fresh, sd_o)
+    with _kernel_calls() as calls:  # (the loaded state is sharded as the params)
+        _train_step(m_o, fresh, steps, dev)
+    _check_kernel_calls(checks, f"{case.name}/after_reload", case, m_o, calls)
+    _train_step(m_t, opt_t, steps, dev)
+    checks.same(
+        f"{case.name}/params_after_reload",
+        _full(list(m_o.parameters())),
+        _full(list(m_t.parameters())),
+    )
+
+
+def _fsdp_not_per_element(checks: Checks, dev: torch.device) -> None:
+    """Adafactor's second moment (row and column means of the squared gradient) and its
+    update clipping (an RMS over the whole tensor) reduce across shards, so its fused step
+    must not run on the local shards: it keeps the DTensor fallback, which raises on FSDP2
+    as torch's Adafactor does (both reduce in place into a partial placement DTensor
+    refuses), and no kernel runs."""
+    errors: list[type[Exception] | None] = []
+    calls: list[Any] = []
+    pairs: list[tuple[Any, dict[str, Any]]] = [
+        (reimpl.optim.Adafactor, {"fused": True}),
+        (torch.optim.Adafactor, {}),
+    ]
+    for cls, kw in pairs:
+        m = _fsdp_model(dev)
+        opt = cls(m.parameters(), lr=1e-2, **kw)
+        try:
+            with _kernel_calls() as seen:
+                _train_step(m, opt, 0, dev)
+            errors.append(None)
+        except RuntimeError as e:
+            errors.append(type(e))
+        calls += seen
+    with checks.check("adafactor_fused/not_on_local_shards"):
+        assert errors[0] is errors[1], errors
+        assert not calls, f"a kernel ran on the shards: {[c[0] for c in calls]}"
+
+
+def fsdp() -> Result:
+    checks = Checks()
+    dev = _device()
+    for case in FSDP_CASES:
+        _fsdp_case(checks, case, dev)
+    _fsdp_not_per_element(checks, dev)
+    return {"checks": checks.results}
+
+
+ZERO_CASES = [
+    OptCase("adam", "Adam", {"lr": 1e-2}),
+    OptCase("adamw_foreach", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "foreach": True}),
+    OptCase("sgd_momentum", "SGD", {"lr": 0.1, "momentum": 0.9}),
+    # ZeRO's own option (parameters as views into flat buckets) next to the optimizer's
+    OptCase(
+        "rmsprop_centered_bucket_view",
+        "RMSprop",
+        {"lr": 1e-2, "momentum": 0.5, "centered": True, "parameters_as_bucket_view": True},
+    ),
+    OptCase("adagrad_fused", "Adagrad", {"lr": 0.1, "fused": True}),
+    OptCase("adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}),
+]
+
+
+def _zero_model(dev: torch.device) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(3):
+        layers += [torch.nn.Linear(8, 8), torch.nn.Tanh()]
+    m = torch.nn.Sequential(*layers).double().to(dev)
+    return DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _zero_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer as ZeRO
+
+    ours_cls = getattr(reimpl.optim, case.optimizer)
+    theirs_cls = getattr(torch.optim, case.optimizer)
+    m_o, m_t = _zero_model(dev), _zero_model(dev)
+    z_o = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
+    z_t = ZeRO(m_t.parameters(), optimizer_class=theirs_cls, **case.kwargs)
+    with checks.check(f"{case.name}/local_optimizer_is_ours"):
+        assert type(z_o.optim) is ours_cls
+    for step in range(steps):
+        lo = _train_step(m_o, z_o, step, dev)
+        lt = _train_step(m_t, z_t, step, dev)
+        checks.same(f"{case.name}/step{step}/loss", lo, lt)
+        checks.same(
+            f"{case.name}/step{step}/params", list(m_o.parameters()), list(m_t.parameters())
+        )
+    z_o.consolidate_state_dict(to=0)
+    z_t.consolidate_state_dict(to=0)
+    sd_o = z_o.state_dict() if dist.get_rank() == 0 else None
+    if dist.get_rank() == 0:
+        checks.same(f"{case.name}/consolidated_state_dict", sd_o, z_t.state_dict())
+    # Every rank loads the consolidated state_dict into a fresh ZeRO over ours.
+    box = [sd_o]
+    dist.broadcast_object_list(box, src=0)
+    fresh = ZeRO(m_o.parameters(), optimizer_class=ours_cls, **case.kwargs)
+    assert box[0] is not None
+    fresh.load_state_dict(box[0])
+    _train_step(m_o, fresh, steps, dev)
+    _train_step(m_t, z_t, steps, dev)
+    checks.same(f"{case.name}/params_after_reload", list(m_o.parameters()), list(m_t.parameters()))
+
+
+def zero() -> Result:
+    checks = Checks()
+    dev = _device()
+    for case in ZERO_CASES:
+        _zero_case(checks, case, dev)
+    return {"checks": checks.results}
+
+
+def fsdp_and_zero() -> Result:
+    """Both optimizer scenarios in one process group (process start-up dominates)."""
+    a, b = fsdp(), zero()
+    checks = {f"fsdp/{k}": v for k, v in a["checks"].items()}
+    checks.update({f"zero/{k}": v for k, v in b["checks"].items()})
+    return {"checks": checks}
