@@ -39,9 +39,18 @@ FAMILIES: list[tuple[str, dict[str, Any], dict[str, bool]]] = [
 ]
 
 
+#: 64: one thread; 40000: over the kernels' 32768-element grain, so the threads split it
+SIZES = [64, 40_000]
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name,kwargs,oracle", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_nonfinite_gradients_as_torch(
-    name: str, kwargs: dict[str, Any], oracle: dict[str, bool], monkeypatch: pytest.MonkeyPatch
+    name: str,
+    kwargs: dict[str, Any],
+    oracle: dict[str, bool],
+    size: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ran: list[str] = []
     real = cpu_fused.Prepared.run
@@ -52,13 +61,13 @@ def test_nonfinite_gradients_as_torch(
 
     monkeypatch.setattr(cpu_fused.Prepared, "run", spy)
     g = torch.Generator().manual_seed(0)
-    start = torch.randn(64, generator=g)
+    start = torch.randn(size, generator=g)
     ours = start.clone().requires_grad_()
     theirs = start.clone().requires_grad_()
     opt = getattr(R, name)([ours], fused=True, **kwargs)
     ref = getattr(torch.optim, name)([theirs], **oracle, **kwargs)
     for step in range(4):
-        grad = torch.randn(64, generator=g)
+        grad = torch.randn(size, generator=g)
         grad[step::9] = float("nan")
         grad[step + 3 :: 11] = float("inf")
         grad[step + 5 :: 13] = -float("inf")

@@ -78,17 +78,24 @@ typedef struct {
 
 /* what every optimizer kernel reads from its batch first: the tensor count, their sizes, and
    GradScaler's scale (0: the grads are already unscaled) */
-#define BATCH_SCALARS(T)                                                                    \
+#define BATCH_SCALARS(T)                                                                   \
   const int64_t k = b->k, *n = b->n;                                                       \
   const int scaled = b->grad_scale != 0;                                                   \
-  const T scale_ = (T)b->grad_scale;
+  const T scale_ = (T)b->grad_scale;                                                       \
+  int64_t total_ = 0;                                                                      \
+  for (int64_t j = 0; j < k; j++) total_ += n[j];
+
+/* a batch of fewer elements runs on one thread: waking the others costs more than they
+   save, and on a busy machine a parallel region can wait a scheduler tick for one */
+#define GRAIN 32768
+#define PARALLEL _Pragma("omp parallel if (total_ >= GRAIN)")
 
 /* torch's lerp: a + w (b - a) for w < 1/2, b - (b - a)(1 - w) otherwise */
 #define LERP(a, b, w, LOW) ((LOW) ? (a) + (w) * ((b) - (a)) : (b) - ((b) - (a)) * (1 - (w)))
 
 /* ----------------------------------------------------------------------------- Adam(W) */
 
-#define ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, LOW)                                           \
+#define ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, LOW)                                          \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *mp = (T *)m[j], *vp = (T *)v[j];                                   \
     T *gp = (T *)g[j];                                                                     \
@@ -107,12 +114,12 @@ typedef struct {
     }                                                                                      \
   }
 
-#define ADAM_LOW(T, SQRT, COUPLED, AMSGRAD)                                                 \
+#define ADAM_LOW(T, SQRT, COUPLED, AMSGRAD)                                                \
   if (w1_ < (T)0.5) { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 1) }                            \
   else { ADAM_BODY(T, SQRT, COUPLED, AMSGRAD, 0) }
 
 #define DEFINE_ADAM(T, SQRT, NAME)                                                         \
-  void NAME(const batch_t *b, const adam_opts *o) {                                       \
+  void NAME(const batch_t *b, const adam_opts *o) {                                        \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3], **vmax = b->t[4];     \
     const double *step_size = b->per[0], *bc2_sqrt = b->per[1];                            \
@@ -121,7 +128,7 @@ typedef struct {
     const T eps_ = o->eps, wd_ = o->wd;                                                    \
     const T shrink_ = (o->decoupled && o->wd != 0) ? (T)o->shrink : 1;                     \
     const int coupled = !o->decoupled && o->wd != 0;                                       \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (coupled) {                                                                       \
         if (amsgrad) { ADAM_LOW(T, SQRT, 1, 1) } else { ADAM_LOW(T, SQRT, 1, 0) }          \
       } else {                                                                             \
@@ -133,7 +140,7 @@ typedef struct {
 /* ----------------------------------------------------------------------------- SGD */
 
 /* MODE 0: no momentum; 1: momentum, buffer created this step (= d); 2: momentum */
-#define SGD_BODY(T, DECAY, MODE, NESTEROV)                                                  \
+#define SGD_BODY(T, DECAY, MODE, NESTEROV)                                                 \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *bp = MODE ? (T *)buf[j] : 0;                                       \
     T *gp = (T *)g[j];                                                                     \
@@ -151,13 +158,13 @@ typedef struct {
     }                                                                                      \
   }
 
-#define SGD_MOM(T, DECAY)                                                                   \
+#define SGD_MOM(T, DECAY)                                                                  \
   if (!buf) { SGD_BODY(T, DECAY, 0, 0) }                                                   \
   else if (nesterov) { SGD_BODY(T, DECAY, 1, 1) SGD_BODY(T, DECAY, 2, 1) }                 \
   else { SGD_BODY(T, DECAY, 1, 0) SGD_BODY(T, DECAY, 2, 0) }
 
 #define DEFINE_SGD(T, SQRT, NAME)                                                          \
-  void NAME(const batch_t *b, const sgd_opts *o) {                                        \
+  void NAME(const batch_t *b, const sgd_opts *o) {                                         \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **buf = b->t[2];                                    \
     const int32_t *first = b->first;                                                       \
@@ -165,14 +172,14 @@ typedef struct {
     const T sign = o->maximize ? -1 : 1, lr_ = o->lr, wd_ = o->wd, mom_ = o->momentum;     \
     const T undamped_ = o->undamped;                                                       \
     if (buf && !first) return; /* the caller always says which buffers are new */          \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) { SGD_MOM(T, 1) } else { SGD_MOM(T, 0) }                             \
     }                                                                                      \
   }
 
 /* ----------------------------------------------------------------------------- Adagrad */
 
-#define ADAGRAD_BODY(T, SQRT, DECAY)                                                        \
+#define ADAGRAD_BODY(T, SQRT, DECAY)                                                       \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *sp = (T *)sum[j];                                                  \
     T *gp = (T *)g[j];                                                                     \
@@ -188,19 +195,19 @@ typedef struct {
   }
 
 #define DEFINE_ADAGRAD(T, SQRT, NAME)                                                      \
-  void NAME(const batch_t *b, const adagrad_opts *o) {                                    \
+  void NAME(const batch_t *b, const adagrad_opts *o) {                                     \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sum = b->t[2];                                    \
     const double *clr = b->per[0];                                                         \
     const T sign = o->maximize ? -1 : 1, wd_ = o->wd, eps_ = o->eps;                       \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) { ADAGRAD_BODY(T, SQRT, 1) } else { ADAGRAD_BODY(T, SQRT, 0) }       \
     }                                                                                      \
   }
 
 /* ----------------------------------------------------------------------------- RMSprop */
 
-#define RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, LOW)                               \
+#define RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, LOW)                              \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *qp = (T *)sq[j];                                                   \
     T *ap = CENTERED ? (T *)gavg[j] : 0, *bp = MOMENTUM ? (T *)buf[j] : 0;                 \
@@ -229,11 +236,11 @@ typedef struct {
     }                                                                                      \
   }
 
-#define RMSPROP_LOW(T, SQRT, DECAY, CENTERED, MOMENTUM)                                     \
+#define RMSPROP_LOW(T, SQRT, DECAY, CENTERED, MOMENTUM)                                    \
   if (w_ < (T)0.5) { RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, 1) }                 \
   else { RMSPROP_BODY(T, SQRT, DECAY, CENTERED, MOMENTUM, 0) }
 
-#define RMSPROP_OPTS(T, SQRT, DECAY)                                                        \
+#define RMSPROP_OPTS(T, SQRT, DECAY)                                                       \
   if (gavg) {                                                                              \
     if (buf) { RMSPROP_LOW(T, SQRT, DECAY, 1, 1) } else { RMSPROP_LOW(T, SQRT, DECAY, 1, 0) } \
   } else {                                                                                 \
@@ -241,12 +248,12 @@ typedef struct {
   }
 
 #define DEFINE_RMSPROP(T, SQRT, NAME)                                                      \
-  void NAME(const batch_t *b, const rmsprop_opts *o) {                                    \
+  void NAME(const batch_t *b, const rmsprop_opts *o) {                                     \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **sq = b->t[2], **gavg = b->t[3], **buf = b->t[4];  \
     const T sign = o->maximize ? -1 : 1, lr_ = o->lr, alpha_ = o->alpha, w_ = o->w;        \
     const T eps_ = o->eps, wd_ = o->wd, mom_ = o->momentum;                                \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) { RMSPROP_OPTS(T, SQRT, 1) } else { RMSPROP_OPTS(T, SQRT, 0) }       \
     }                                                                                      \
   }
@@ -258,13 +265,13 @@ typedef struct {
 /* torch.maximum: a NaN on either side wins */
 #define MAX_NAN(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
 
-#define ADAMAX_BODY(T, DECAY, LOW)                                                          \
+#define ADAMAX_BODY(T, DECAY, LOW)                                                         \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *up = (T *)u[j];                  \
     const T c = (T)clr[j];                                                                 \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
-      GRAD_DECAYED(T, DECAY)                                                                \
+      GRAD_DECAYED(T, DECAY)                                                               \
       T mi = LERP(mp[i], gi, w1_, LOW);                                                    \
       T ui = MAX_NAN(up[i] * b2_, (gi < 0 ? -gi : gi) + eps_);                             \
       mp[i] = mi;                                                                          \
@@ -274,13 +281,13 @@ typedef struct {
   }
 
 #define DEFINE_ADAMAX(T, SQRT, NAME)                                                       \
-  void NAME(const batch_t *b, const adamax_opts *o) {                                     \
+  void NAME(const batch_t *b, const adamax_opts *o) {                                      \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **u = b->t[3];                       \
     const double *clr = b->per[0];                                                         \
     const T sign = o->maximize ? -1 : 1, w1_ = o->w1, b2_ = o->b2, eps_ = o->eps;          \
     const T wd_ = o->wd;                                                                   \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) {                                                                    \
         if (w1_ < (T)0.5) { ADAMAX_BODY(T, 1, 1) } else { ADAMAX_BODY(T, 1, 0) }           \
       } else {                                                                             \
@@ -289,12 +296,12 @@ typedef struct {
     }                                                                                      \
   }
 
-#define ADADELTA_BODY(T, SQRT, DECAY)                                                       \
+#define ADADELTA_BODY(T, SQRT, DECAY)                                                      \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *vp = (T *)v[j], *ap = (T *)acc[j];                \
     const int64_t nn = n[j];                                                               \
     ELEMENTS {                                                                             \
-      GRAD_DECAYED(T, DECAY)                                                                \
+      GRAD_DECAYED(T, DECAY)                                                               \
       T vi = vp[i] * rho_ + w_ * gi * gi;                                                  \
       T di = SQRT(ap[i] + eps_) / SQRT(vi + eps_) * gi;                                    \
       vp[i] = vi;                                                                          \
@@ -304,12 +311,12 @@ typedef struct {
   }
 
 #define DEFINE_ADADELTA(T, SQRT, NAME)                                                     \
-  void NAME(const batch_t *b, const adadelta_opts *o) {                                   \
+  void NAME(const batch_t *b, const adadelta_opts *o) {                                    \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **v = b->t[2], **acc = b->t[3];                     \
     const T sign = o->maximize ? -1 : 1, lr_ = o->lr, rho_ = o->rho, w_ = o->w;            \
     const T eps_ = o->eps, wd_ = o->wd;                                                    \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) { ADADELTA_BODY(T, SQRT, 1) } else { ADADELTA_BODY(T, SQRT, 0) }     \
     }                                                                                      \
   }
@@ -319,7 +326,7 @@ typedef struct {
  * mu_{t+1}), s2 = 1 - beta2^t; the gradient and the momentum each take a step. RAdam:
  * s0 = 1 - beta1^t, s1 = the rectification (0: not yet, plain momentum), s2 =
  * sqrt(1 - beta2^t). */
-#define ADAM_FAMILY_BODY(T, DECAY, LOW, UPDATE)                                             \
+#define ADAM_FAMILY_BODY(T, DECAY, LOW, UPDATE)                                            \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *mp = (T *)m[j], *vp = (T *)v[j];                  \
     const T s0 = (T)per0[j], s1 = (T)per1[j], s2 = (T)per2[j];                             \
@@ -335,13 +342,13 @@ typedef struct {
     }                                                                                      \
   }
 
-#define NADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+#define NADAM_BODY(T, SQRT, DECAY, LOW)                                                    \
   ADAM_FAMILY_BODY(T, DECAY, LOW, {                                                        \
     T denom = SQRT(vi / s2) + eps_;                                                        \
     pp[i] = pp[i] - s0 * (gi / denom) - s1 * (mi / denom);                                 \
   })
 
-#define RADAM_BODY(T, SQRT, DECAY, LOW)                                                     \
+#define RADAM_BODY(T, SQRT, DECAY, LOW)                                                    \
   ADAM_FAMILY_BODY(T, DECAY, LOW, {                                                        \
     T step = mi / s0 * lr_;                                                                \
     if (s1 != 0) step = step * (s2 / (SQRT(vi) + eps_)) * s1;                              \
@@ -351,7 +358,7 @@ typedef struct {
 /* Rprop: torch.sign is 0 for NaN, as this is (both comparisons are false); torch.clamp
    keeps NaN, as the ternaries do */
 #define SIGN(T, x) ((T)(((x) > 0) - ((x) < 0)))
-#define RPROP_BODY(T)                                                                       \
+#define RPROP_BODY(T)                                                                      \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *qp = (T *)prev[j], *sp = (T *)ss[j];              \
     const int64_t nn = n[j];                                                               \
@@ -372,17 +379,17 @@ typedef struct {
   }
 
 #define DEFINE_RPROP(T, SQRT, NAME)                                                        \
-  void NAME(const batch_t *b, const rprop_opts *o) {                                      \
+  void NAME(const batch_t *b, const rprop_opts *o) {                                       \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **prev = b->t[2], **ss = b->t[3];                   \
     const T sign = o->maximize ? -1 : 1, etaminus_ = o->etaminus, etaplus_ = o->etaplus;   \
     const T smin_ = o->step_min, smax_ = o->step_max;                                      \
-    _Pragma("omp parallel") { RPROP_BODY(T) }                                              \
+    PARALLEL { RPROP_BODY(T) }                                                             \
   }
 
 /* ASGD: per[0] = eta, per[1] = mu (this step's, before they move); the decay lambd and
  * the L2 term act on the param like one gradient; ax follows the param by weight mu */
-#define ASGD_BODY(T, DECAY)                                                                 \
+#define ASGD_BODY(T, DECAY)                                                                \
   for (int64_t j = 0; j < k; j++) {                                                        \
     T *pp = (T *)p[j], *gp = (T *)g[j], *xp = (T *)ax[j];                                  \
     const T eta = (T)per0[j], mu = (T)per1[j];                                             \
@@ -396,18 +403,18 @@ typedef struct {
   }
 
 #define DEFINE_ASGD(T, SQRT, NAME)                                                         \
-  void NAME(const batch_t *b, const asgd_opts *o) {                                       \
+  void NAME(const batch_t *b, const asgd_opts *o) {                                        \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **ax = b->t[2];                                     \
     const double *per0 = b->per[0], *per1 = b->per[1];                                     \
     const T sign = o->maximize ? -1 : 1, lambd_ = o->lambd, wd_ = o->wd;                   \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (o->wd != 0) { ASGD_BODY(T, 1) } else { ASGD_BODY(T, 0) }                         \
     }                                                                                      \
   }
 
 #define DEFINE_ADAM_FAMILY(T, SQRT, NAME, BODY)                                            \
-  void NAME(const batch_t *b, const adam_family_opts *o) {                                \
+  void NAME(const batch_t *b, const adam_family_opts *o) {                                 \
     BATCH_SCALARS(T)                                                                       \
     void **p = b->t[0], **g = b->t[1], **m = b->t[2], **v = b->t[3];                       \
     const double *per0 = b->per[0], *per1 = b->per[1], *per2 = b->per[2];                  \
@@ -416,7 +423,7 @@ typedef struct {
     const T shrink_ = (o->decoupled && o->wd != 0) ? (T)o->shrink : 1;                     \
     const int coupled = !o->decoupled && o->wd != 0;                                       \
     (void)lr_; /* NAdam's step sizes come per tensor */                                    \
-    _Pragma("omp parallel") {                                                              \
+    PARALLEL {                                                                             \
       if (coupled) {                                                                       \
         if (w1_ < (T)0.5) { BODY(T, SQRT, 1, 1) } else { BODY(T, SQRT, 1, 0) }             \
       } else {                                                                             \
@@ -426,7 +433,7 @@ typedef struct {
   }
 
 /* every family in float and double: <family>_f32 and <family>_f64 */
-#define BOTH_DTYPES(DEFINE, FAMILY)                                                         \
+#define BOTH_DTYPES(DEFINE, FAMILY)                                                        \
   DEFINE(float, sqrtf, FAMILY##_f32)                                                       \
   DEFINE(double, sqrt, FAMILY##_f64)
 #define DEFINE_NADAM(T, SQRT, NAME) DEFINE_ADAM_FAMILY(T, SQRT, NAME, NADAM_BODY)

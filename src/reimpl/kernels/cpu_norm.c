@@ -71,7 +71,7 @@ static int thread_id(void) {
    a thread that is not running */
 #define GRAIN 32768
 #define CHUNK 4096
-#define DEFINE_SUMS(T, SFX)                                                                 \
+#define DEFINE_SUMS(T, SFX)                                                                \
   /* sum of x[i] - c, and (sq != NULL) of (x[i] - c)^2 */                                  \
   static double sums_##SFX(const T *x, int64_t n, T c, double *sq) {                       \
     double s = 0, q = 0;                                                                   \
@@ -127,7 +127,7 @@ static int thread_id(void) {
   }
 
 #define FLUSH 32 /* rows a thread sums in T before adding them into its double sums */
-#define DEFINE_FLUSH(T, SFX)                                                                \
+#define DEFINE_FLUSH(T, SFX)                                                               \
   static void flush_##SFX(T *f, double *acc, int64_t n) {                                  \
     _Pragma("omp simd") for (int64_t i = 0; i < n; i++) {                                  \
       acc[i] += f[i];                                                                      \
@@ -143,7 +143,7 @@ DEFINE_SUMS(double, f64)
 /* the mean (0 for RMS norm) and rstd of the d elements at xr, as T: two passes (the mean,
    then the squares centered on it rounded to T, so no cancellation), the variance (or mean
    square) rounded to T before rstd, as torch's kernels hold it */
-#define ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m_out, rs_out)                            \
+#define ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m_out, rs_out)                           \
   {                                                                                        \
     const T mu = kind != NORM_RMS ? (T)(sums_##SFX(xr, d, (T)0, 0) / (double)d) : (T)0;    \
     double sq;                                                                             \
@@ -185,7 +185,7 @@ DEFINE_SUMS(double, f64)
 
 /* backward, first pass over a row: sg, sgx (sums of g = dy * w and of g * x_hat) and,
    with ACC, this thread's dw / db sums per channel */
-#define BWD_SUMS(T, SFX, FMA, W, ACC)                                                                \
+#define BWD_SUMS(T, SFX, FMA, W, ACC)                                                      \
   if (s == 1) {                                                                            \
     const T *wr = W ? w + ch : 0;                                                          \
     for (int64_t c0 = 0; c0 < k; c0 += CHUNK) { /* two-level sums, as sums_##SFX */        \
@@ -253,7 +253,7 @@ DEFINE_SUMS(double, f64)
     }                                                                                      \
   }
 
-#define BWD_ROWS(T, SFX, FMA, W, ACC)                                                                \
+#define BWD_ROWS(T, SFX, FMA, W, ACC)                                                      \
   int64_t pending = 0; /* rows summed into fw / fb since the last flush */                 \
   _Pragma("omp for schedule(static) nowait") for (int64_t r = 0; r < rows; r++) {          \
     const T *xr = x + r * d, *dyr = dy + r * d;                                            \
@@ -273,19 +273,19 @@ DEFINE_SUMS(double, f64)
   }                                                                                        \
   if (ACC && s == 1 && pending) flush_##SFX(fw, pw, 2 * channels);
 
-#define DEFINE_NORM(T, SFX, SQRT, FMA, NAME_F, NAME_B)                                                \
+#define DEFINE_NORM(T, SFX, SQRT, FMA, NAME_F, NAME_B)                                     \
   void NAME_F(const norm_t *a) {                                                           \
     const T *x = (const T *)a->x, *w = (const T *)a->w, *b = (const T *)a->b;              \
     T *y = (T *)a->y, *mean = (T *)a->mean, *rstd = (T *)a->rstd;                          \
     const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
     const int kind = a->kind;                                                              \
     const double eps = a->eps;                                                             \
-    _Pragma("omp parallel for schedule(static) if (rows * d >= GRAIN)")                       \
+    _Pragma("omp parallel for schedule(static) if (rows * d >= GRAIN)")                    \
     for (int64_t r = 0; r < rows; r++) {                                                   \
       const T *xr = x + r * d;                                                             \
       T *yr = y + r * d;                                                                   \
       T m, rs;                                                                             \
-      ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m, rs)                                          \
+      ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m, rs)                                     \
       if (mean) mean[r] = m;                                                               \
       rstd[r] = rs;                                                                        \
       const int64_t ch = (r % groups) * k; /* this row's first channel */                  \
@@ -303,7 +303,7 @@ DEFINE_SUMS(double, f64)
     const int64_t rows = a->rows, groups = a->groups, k = a->k, s = a->s, d = k * s;       \
     const int64_t channels = groups * k;                                                   \
     const int kind = a->kind, nt = threads();                                              \
-    /* per thread: the dw sums of every channel, then the db sums, in double; layer and   \
+    /* per thread: the dw sums of every channel, then the db sums, in double; layer and    \
        RMS norm (a weight per element) add each row into T sums first, flushed into the    \
        double ones every FLUSH rows (a double add per element and row halves the speed) */ \
     const int want = (dw || db) && channels > 0;                                           \
@@ -319,10 +319,10 @@ DEFINE_SUMS(double, f64)
       double *pb = pw ? pw + channels : 0;                                                 \
       T *fw = facc ? facc + (size_t)thread_id() * per : 0;                                 \
       T *fb = fw ? fw + channels : 0;                                                      \
-      if (w && acc) { BWD_ROWS(T, SFX, FMA, 1, 1) }                                             \
-      else if (w) { BWD_ROWS(T, SFX, FMA, 1, 0) }                                               \
-      else if (acc) { BWD_ROWS(T, SFX, FMA, 0, 1) }                                             \
-      else { BWD_ROWS(T, SFX, FMA, 0, 0) }                                                      \
+      if (w && acc) { BWD_ROWS(T, SFX, FMA, 1, 1) }                                        \
+      else if (w) { BWD_ROWS(T, SFX, FMA, 1, 0) }                                          \
+      else if (acc) { BWD_ROWS(T, SFX, FMA, 0, 1) }                                        \
+      else { BWD_ROWS(T, SFX, FMA, 0, 0) }                                                 \
     }                                                                                      \
     if (acc) {                                                                             \
       for (int64_t c = 0; c < channels; c++) {                                             \
