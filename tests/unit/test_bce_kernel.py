@@ -1,7 +1,8 @@
 """The one-pass C kernels of binary_cross_entropy_with_logits (``reimpl.kernels.cpu_bce``)
 against torch: float32/float64, every reduction, each ``weight`` / ``pos_weight`` layout the
-kernels take (a number, one per class -- tiled when short -- or the input's shape) and some
-they leave to torch ops, extreme logits (±100, ±inf, nan), soft targets, a target that
+kernels take (a number, one per class -- tiled when short --, a trailing block, the input's
+shape; two with different periods, so runs end at either's wrap) and some they leave to
+torch ops, extreme logits (±100, ±inf, nan), soft targets, a target that
 needs a gradient, double backward, the fallback without the library, and the operand gate
 every pointer passes before it reaches C."""
 
