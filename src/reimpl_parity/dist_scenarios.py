@@ -9,7 +9,8 @@ in the same order on every rank whatever the comparisons find.
 * ``ddp``: DistributedDataParallel training with reimpl's losses, regularizers, schedulers
   (and optimizers when present) against the same run with torch's, step for step.
 * ``fsdp``, ``zero``: reimpl's optimizers on FSDP2 and under ZeroRedundancyOptimizer, in
-  :mod:`reimpl_parity.dist_optim`.
+  :mod:`reimpl_parity.dist_optim`; ``fsdp_fused_step_times``: the timing of
+  :mod:`reimpl_parity.bench_dist`.
 """
 
 from __future__ import annotations
@@ -410,4 +411,5 @@ SCENARIOS: dict[str, Callable[[], Result]] = {
     "fsdp": lambda: _elsewhere("dist_optim", "fsdp"),
     "zero": lambda: _elsewhere("dist_optim", "zero"),
     "fsdp_and_zero": lambda: _elsewhere("dist_optim", "fsdp_and_zero"),
+    "fsdp_fused_step_times": lambda: _elsewhere("bench_dist", "fsdp_fused_step_times"),
 }

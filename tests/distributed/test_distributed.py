@@ -14,6 +14,7 @@ described in :mod:`reimpl_parity.dist_scenarios`; in short:
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import pytest
@@ -122,3 +123,14 @@ def test_launcher_stops_the_group_when_a_rank_fails(tmp_path: pathlib.Path) -> N
     with pytest.raises(WorkerError, match=r"failed(.|\n)*rank 1 fails on purpose"):
         launch("fail", tmp_path, world_size=2, timeout=100)
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.skipif(not HAVE_OPTIMIZERS, reason="reimpl.optim optimizers not merged yet")
+def test_fsdp2_fused_step_benchmark_runs() -> None:
+    """The FSDP2 step benchmark (bench_dist) at a tiny size: two positive times, a ratio."""
+    from reimpl_parity.bench_dist import bench_fsdp_fused_step
+
+    times = bench_fsdp_fused_step("SGD", width=16, layers=2, warmup=1, reps=3, timeout=120)
+    assert all(math.isfinite(v) and v > 0 for v in times), times
+    with pytest.raises(ValueError, match="Rprop"):
+        bench_fsdp_fused_step("Rprop")
