@@ -277,12 +277,57 @@ def _fsdp_not_per_element(checks: Checks, dev: torch.device) -> None:
         assert not calls, f"a kernel ran on the shards: {[c[0] for c in calls]}"
 
 
+def _fsdp_which_go_local(checks: Checks, dev: torch.device) -> None:
+    """Which DTensors a fused step takes to the local shards: FSDP2's only (``Shard`` on a
+    1-D mesh, grad and state sharded as their param, a per-element rule). Replicated
+    placements, a 2-D mesh (HSDP's), a state sharded otherwise than its param or a rule
+    that is not per element keep the DTensor fallback."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    from reimpl.optim._fused import local_shards
+
+    world = dist.get_world_size()
+    flat, hsdp = init_device_mesh(dev.type, (world,)), init_device_mesh(dev.type, (1, world))
+    gen = torch.Generator().manual_seed(7)
+    full = [torch.randn(2 * world + 1, 3, generator=gen).to(dev) for _ in range(4)]
+
+    def lists(mesh: Any, placements: list[Any], state: list[Any] | None = None) -> Any:
+        p, g, m, v = (distribute_tensor(x, mesh, placements) for x in full)
+        if state is not None:
+            m = distribute_tensor(full[2], mesh, state)
+        step = torch.zeros((), device=dev)
+        return reimpl.optim.Adam._Tensors([p], [g], [m], [v], [], [step])
+
+    adam = reimpl.optim.Adam([torch.zeros(1)], fused=True)._forms()
+    adafactor = reimpl.optim.Adafactor([torch.zeros(1)], fused=True)._forms()
+    sharded = lists(flat, [Shard(0)])
+    with checks.check("local_rules/fsdp2_shards_go_local"):
+        shards = local_shards(adam, sharded)
+        assert shards is not None
+        for got, dts in zip(shards, sharded, strict=True):
+            for x, y in zip(got, dts, strict=True):
+                want = y.to_local() if isinstance(y, DTensor) else y
+                assert type(x) is Tensor and x.data_ptr() == want.data_ptr(), (x, y)
+    kept = {
+        "replicated": (adam, lists(flat, [Replicate()])),
+        "hsdp_2d_mesh": (adam, lists(hsdp, [Replicate(), Shard(0)])),
+        "state_sharded_otherwise": (adam, lists(flat, [Shard(0)], state=[Shard(1)])),
+        "state_replicated": (adam, lists(flat, [Shard(0)], state=[Replicate()])),
+        "adafactor_not_per_element": (adafactor, sharded),
+    }
+    for name, (forms, t) in kept.items():
+        with checks.check(f"local_rules/{name}_keeps_the_fallback"):
+            assert local_shards(forms, t) is None
+
+
 def fsdp() -> Result:
     checks = Checks()
     dev = _device()
     for case in FSDP_CASES:
         _fsdp_case(checks, case, dev)
     _fsdp_not_per_element(checks, dev)
+    _fsdp_which_go_local(checks, dev)
     return {"checks": checks.results}
 
 

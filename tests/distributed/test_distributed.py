@@ -81,7 +81,8 @@ def test_fused_steps_run_the_kernels_on_fsdp2_local_shards(
     """Each case's params and state after 3 steps (and after a checkpoint round trip) are
     torch's (checked in the workers, failures fail the fixture's run); here: every step of
     every case was seen running its C kernel on each rank's plain local shards, and
-    Adafactor's (not per element) was seen not to."""
+    Adafactor's (not per element) was seen not to; replicated placements, HSDP's 2-D mesh
+    and state sharded otherwise than its param keep the DTensor fallback."""
     for rank, result in enumerate(fsdp_and_zero_gloo):
         names = result["checks"]
         for case in FUSED_ON_SHARDS:
@@ -89,6 +90,9 @@ def test_fused_steps_run_the_kernels_on_fsdp2_local_shards(
                 name = f"fsdp/{case}/step{step}/kernel_on_local_shards"
                 assert names.get(name) == "", f"rank {rank}: {name}: {names.get(name)}"
         assert names.get("fsdp/adafactor_fused/not_on_local_shards") == ""
+        rules = [n for n in names if n.startswith("fsdp/local_rules/")]
+        assert "fsdp/local_rules/fsdp2_shards_go_local" in rules
+        assert len([n for n in rules if n.endswith("_keeps_the_fallback")]) == 5, rules
 
 
 @pytest.mark.cuda
