@@ -10,15 +10,14 @@ and torch version beside them).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import copy
 import functools
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -36,6 +35,20 @@ class Result:
     # peak memory of one call beyond what was held before it (memory cases only; MiB)
     reimpl_peak_mib: float | None = None
     torch_peak_mib: float | None = None
+    reimpl_min_ms: float | None = None
+    torch_min_ms: float | None = None
+    # "pair": reimpl against torch; "bound": a fused step against its memory bound (then
+    # torch_ms is the bound's time and ratio the step's time over it; bench_bound.py)
+    kind: str = "pair"
+    bandwidth_gbs: float | None = None  # "bound" rows: the bandwidth the bound assumes
+
+
+class Timing(NamedTuple):
+    ours_ms: float  # medians
+    theirs_ms: float
+    ratio: float  # median of the per-pair ratios
+    ours_min_ms: float
+    theirs_min_ms: float
 
 
 def _sync(device: str) -> None:
@@ -43,9 +56,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@functools.cache
+def _l2_flusher(device: str) -> torch.Tensor:
+    """256 MiB to write before each timed CUDA call, so that no call finds its operands
+    left in L2 by the previous one (as ``triton.testing.do_bench`` does)."""
+    return torch.empty(2**26, dtype=torch.int32, device=device)
+
+
 def _time_once(fn: Fn, device: str) -> float:
     if device.startswith("cuda"):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _l2_flusher(device).zero_()
         torch.cuda.synchronize()
         start.record()
         fn()
@@ -57,10 +78,8 @@ def _time_once(fn: Fn, device: str) -> float:
     return (time.perf_counter_ns() - t0) / 1e6
 
 
-def time_pair(
-    ours: Fn, theirs: Fn, device: str, *, warmup: int = 3, reps: int = 15
-) -> tuple[float, float, float]:
-    """(median ms reimpl, median ms torch, median of per-pair ratios), interleaved."""
+def time_pair(ours: Fn, theirs: Fn, device: str, *, warmup: int = 3, reps: int = 15) -> Timing:
+    """Medians and minimums (ms) and the median of per-pair ratios, interleaved."""
     for _ in range(warmup):
         ours()
         theirs()
@@ -75,7 +94,9 @@ def time_pair(
         a.append(ta)
         b.append(tb)
     ratios = [x / y for x, y in zip(a, b, strict=True) if y > 0]
-    return statistics.median(a), statistics.median(b), statistics.median(ratios)
+    return Timing(
+        statistics.median(a), statistics.median(b), statistics.median(ratios), min(a), min(b)
+    )
 
 
 def peak_memory_mib(fn: Fn, device: str) -> float | None:
@@ -140,6 +161,12 @@ def _loss_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
         ("cross_entropy", "cross_entropy", (idx,), {}),
         ("cross_entropy label_smoothing=0.1", "cross_entropy", (idx,), {"label_smoothing": 0.1}),
         ("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits", (u,), {}),
+        (
+            "binary_cross_entropy_with_logits pos_weight=(C,)",
+            "binary_cross_entropy_with_logits",
+            (u,),
+            {"pos_weight": torch.rand(c, device=device, generator=g) + 0.5},
+        ),
         ("mse_loss", "mse_loss", (y,), {}),
         ("smooth_l1_loss", "smooth_l1_loss", (y,), {}),
     ]
@@ -221,7 +248,7 @@ def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
         x = torch.randn(*shape, device=device)
         ours_bn, torch_bn = rnn.BatchNorm2d(64).to(device), torch.nn.BatchNorm2d(64).to(device)
 
-        def bn(mod: torch.nn.Module) -> Fn:
+        def bn(mod: torch.nn.Module, x: torch.Tensor = x) -> Fn:
             leaf = x.clone().requires_grad_()
 
             def run() -> None:
@@ -230,7 +257,24 @@ def _regularizer_cases(device: str, scale: int) -> Iterator[tuple[str, Fn, Fn]]:
 
             return run
 
+        def bn_eval(mod: torch.nn.Module, x: torch.Tensor = x) -> Fn:
+            frozen = copy.deepcopy(mod).eval()
+
+            def run() -> None:
+                with torch.no_grad():
+                    frozen(x)
+
+            return run
+
         yield f"BatchNorm2d train fwd+bwd {shape}", bn(ours_bn), bn(torch_bn)
+        yield f"BatchNorm2d eval fwd {shape}", bn_eval(ours_bn), bn_eval(torch_bn)
+        # a ResNet stage on the CPU (the size issue 16 measured at 3.7x)
+        resnet = torch.randn(32, 64, 28, 28, device=device)
+        yield (
+            f"BatchNorm2d train fwd+bwd {tuple(resnet.shape)}",
+            bn(ours_bn, resnet),
+            bn(torch_bn, resnet),
+        )
         if hasattr(rnn, "InstanceNorm2d"):
             ours_in = rnn.InstanceNorm2d(64, affine=True).to(device)
             torch_in = torch.nn.InstanceNorm2d(64, affine=True).to(device)
@@ -335,9 +379,13 @@ def run(
             if only and only not in name:
                 continue
             warmup = 1 if memory else 2 if quick else 3  # the memory cases are the slow ones
-            a, b, r = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
-            res = Result(name, device, a, b, r, reps)
-            line = f"  {name:<62} reimpl {a:9.3f} ms  torch {b:9.3f} ms  ratio {r:5.2f}"
+            t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+            res = Result(name, device, t.ours_ms, t.theirs_ms, t.ratio, reps)
+            res.reimpl_min_ms, res.torch_min_ms = t.ours_min_ms, t.theirs_min_ms
+            line = (
+                f"  {name:<62} reimpl {t.ours_ms:9.3f} ms  torch {t.theirs_ms:9.3f} ms  "
+                f"ratio {t.ratio:5.2f}"
+            )
             if memory:
                 res.reimpl_peak_mib = peak_memory_mib(ours, device)
                 res.torch_peak_mib = peak_memory_mib(theirs, device)
@@ -348,67 +396,33 @@ def run(
                 line += f"  peak MiB reimpl {mib[0]} torch {mib[1]}"
             out.append(res)
             print(line, flush=True)
+    out += _bound_rows(device, n_tensors, numel, quick, reps, only)
     return out
 
 
-def describe_device(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+def _bound_rows(
+    device: str, n_tensors: int, numel: int, quick: bool, reps: int, only: str | None
+) -> list[Result]:
+    """The fused steps against the memory bound (:mod:`reimpl_parity.bench_bound`)."""
+    from reimpl_parity.bench_bound import ADD_BYTES, bound_cases
 
-
-def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str, Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    stamp = {
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "date": _dt.date.today().isoformat(),
-    }
-    tag = "cuda" if device.startswith("cuda") else "cpu"
-    paths = {"json": outdir / f"{tag}.json", "md": outdir / f"{tag}.md"}
-    paths["json"].write_text(
-        json.dumps({**stamp, "results": [asdict(r) for r in results]}, indent=1)
-    )
-    lines = [
-        f"Device: {stamp['device']} · torch {stamp['torch']} · {stamp['date']}",
-        "",
-        "| case | reimpl ms | torch ms | ratio reimpl/torch |",
-        "|---|---:|---:|---:|",
-        *(f"| {r.case} | {r.reimpl_ms:.3f} | {r.torch_ms:.3f} | {r.ratio:.2f} |" for r in results),
-    ]
-    peaks = [r for r in results if r.reimpl_peak_mib is not None and r.torch_peak_mib is not None]
-    if peaks:
-        lines += [
-            "",
-            "Peak memory of one call beyond what was held before it (torch allocator, MiB):",
-            "",
-            "| case | reimpl MiB | torch MiB |",
-            "|---|---:|---:|",
-            *(f"| {r.case} | {r.reimpl_peak_mib:.1f} | {r.torch_peak_mib:.1f} |" for r in peaks),
-        ]
-    paths["md"].write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install reimpl[bench]): no PNG chart")
-        return paths
-    fig, ax = plt.subplots(figsize=(11, 0.32 * len(results) + 1.5))
-    names = [r.case for r in results]
-    ratios = [r.ratio for r in results]
-    ax.barh(names, ratios, color=["tab:green" if x <= 1.0 else "tab:orange" for x in ratios])
-    ax.axvline(1.0, color="k", lw=1)
-    ax.invert_yaxis()
-    ax.set_xlabel("time ratio reimpl / torch (lower is faster)")
-    ax.set_title(f"{stamp['device']} · torch {stamp['torch']} · {stamp['date']}", fontsize=9)
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    paths["png"] = outdir / f"{tag}.png"
-    fig.savefig(paths["png"], dpi=110)
-    plt.close(fig)
-    return paths
+    out = []
+    for name, step, add, factor in bound_cases(device, n_tensors, numel):
+        label = f"{name} vs memory bound"
+        if only and only not in label:
+            continue
+        t = time_pair(step, add, device, warmup=2 if quick else 3, reps=reps)  # type: ignore[arg-type]
+        bound_ms = t.theirs_ms * factor
+        gbs = ADD_BYTES * n_tensors * numel / (t.theirs_ms / 1e3) / 1e9
+        res = Result(label, device, t.ours_ms, bound_ms, t.ratio / factor, reps, kind="bound")
+        res.bandwidth_gbs = gbs
+        out.append(res)
+        print(
+            f"  {label:<62} step {t.ours_ms:9.3f} ms  bound {bound_ms:9.3f} ms  "
+            f"ratio {res.ratio:5.2f}  ({gbs:.1f} GB/s)",
+            flush=True,
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             raise SystemExit("reimpl bench: no CUDA device")
         devices = ["cpu"]
+    from reimpl_parity.bench_report import describe_device, write_reports
+
     for dev in devices:
         print(f"{describe_device(dev)} · torch {torch.__version__}")
         results = run(dev, quick=args.quick, reps=args.reps, only=args.only)
