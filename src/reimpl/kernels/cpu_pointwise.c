@@ -181,6 +181,22 @@ static inline double bce_log1p(double z) {
   return 2 * u * q;
 }
 
+/* the run from element i: up to hi, or to where w's or p's period wraps first (HW, HP:
+   which are present); *jw, *jp: their phase at i */
+static inline int64_t bce_run(const bce_t *a, int64_t i, int64_t hi, int HW, int HP,
+                              int64_t *jw, int64_t *jp) {
+  int64_t len = hi - i;
+  if (HW) {
+    *jw = i % a->w_period;
+    if (a->w_period - *jw < len) len = a->w_period - *jw;
+  }
+  if (HP) {
+    *jp = i % a->p_period;
+    if (a->p_period - *jp < len) len = a->p_period - *jp;
+  }
+  return len;
+}
+
 #define BCE_EXP_f32(v) ((float)bce_exp((double)(v)))
 #define BCE_LOG1P_f32(v) ((float)bce_log1p((double)(v)))
 #define BCE_EXP_f64(v) exp(v)
@@ -260,15 +276,8 @@ static inline double bce_log1p(double z) {
     T *out = (T *)a->out;                                                                  \
     double acc = 0;                                                                        \
     for (int64_t i = lo; i < hi;) {                                                        \
-      int64_t len = hi - i, jw = 0, jp = 0;                                                \
-      if (HW) {                                                                            \
-        jw = i % a->w_period;                                                              \
-        if (a->w_period - jw < len) len = a->w_period - jw;                                \
-      }                                                                                    \
-      if (HP) {                                                                            \
-        jp = i % a->p_period;                                                              \
-        if (a->p_period - jp < len) len = a->p_period - jp;                                \
-      }                                                                                    \
+      int64_t jw = 0, jp = 0;                                                              \
+      const int64_t len = bce_run(a, i, hi, HW, HP, &jw, &jp);                             \
       acc += bce_fwd_run_##SFX(x + i, t + i, HW ? w + jw : w, HP ? p + jp : p,             \
                                SUM ? out : out + i, len, HW, HP, SUM);                     \
       i += len;                                                                            \
@@ -280,18 +289,11 @@ static inline double bce_log1p(double z) {
     const T *x = (const T *)a->x, *t = (const T *)a->t, *g = (const T *)a->g;              \
     const T *w = (const T *)a->w, *p = (const T *)a->p;                                    \
     T *gx = (T *)a->gx, *gt = (T *)a->gt;                                                  \
-    /* dividing by 1 is exact: one loop serves 'mean' and the others */            \
-    const T sc = (T)a->scale, nT = a->mean ? (T)a->n : (T)1;                                     \
+    /* dividing by 1 is exact: one loop serves 'mean' and the others */                   \
+    const T sc = (T)a->scale, nT = a->mean ? (T)a->n : (T)1;                               \
     for (int64_t i = lo; i < hi;) {                                                        \
-      int64_t len = hi - i, jw = 0, jp = 0;                                                \
-      if (HW) {                                                                            \
-        jw = i % a->w_period;                                                              \
-        if (a->w_period - jw < len) len = a->w_period - jw;                                \
-      }                                                                                    \
-      if (HP) {                                                                            \
-        jp = i % a->p_period;                                                              \
-        if (a->p_period - jp < len) len = a->p_period - jp;                                \
-      }                                                                                    \
+      int64_t jw = 0, jp = 0;                                                              \
+      const int64_t len = bce_run(a, i, hi, HW, HP, &jw, &jp);                             \
       bce_bwd_run_##SFX(x + i, t + i, HW ? w + jw : w, HP ? p + jp : p, PER ? g + i : g,   \
                         sc, gx + i, GT ? gt + i : gt, len, nT, PER, GT, HW, HP);           \
       i += len;                                                                            \
