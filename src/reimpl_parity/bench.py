@@ -397,6 +397,32 @@ def run(
             out.append(res)
             print(line, flush=True)
     out += _bound_rows(device, n_tensors, numel, quick, reps, only)
+    if not cuda:
+        out += _fsdp_rows(quick, reps, only)
+    return out
+
+
+def _fsdp_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
+    """One fused step on FSDP2 shards, 2 gloo processes (:mod:`reimpl_parity.bench_dist`)."""
+    import torch.distributed as dist
+
+    from reimpl_parity.bench_dist import CONFIGS, bench_fsdp_fused_step
+
+    if not dist.is_available():
+        return []
+    out = []
+    width, layers = (512, 2) if quick else (1024, 4)
+    for name, (_, path) in CONFIGS.items():
+        label = f"{name} [fused] FSDP2 2 ranks {layers}x{width}x{width} (torch {path})"
+        if only and only not in label:
+            continue
+        t = bench_fsdp_fused_step(name, width=width, layers=layers, reps=reps)
+        out.append(Result(label, "cpu", t.reimpl_ms, t.torch_ms, t.ratio, reps))
+        print(
+            f"  {label:<62} reimpl {t.reimpl_ms:9.3f} ms  torch {t.torch_ms:9.3f} ms  "
+            f"ratio {t.ratio:5.2f}",
+            flush=True,
+        )
     return out
 
 
