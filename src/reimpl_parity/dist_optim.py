@@ -277,6 +277,48 @@ def _fsdp_not_per_element(checks: Checks, dev: torch.device) -> None:
         assert not calls, f"a kernel ran on the shards: {[c[0] for c in calls]}"
 
 
+def _fsdp_grad_scaler(checks: Checks, dev: torch.device, steps: int = 3) -> None:
+    """GradScaler hands a fused step its scale (``grad_scale``): the kernel unscales the
+    local grad shards in the same pass. Against torch's optimizer under the same scaler
+    (its fused Adam takes the scale too; its SGD here unscales first)."""
+    cases = [
+        OptCase("adam", "Adam", {"lr": 1e-2, "fused": True}, kernel="adam"),
+        OptCase(
+            "sgd",
+            "SGD",
+            {"lr": 0.1, "momentum": 0.9, "fused": True},
+            {"lr": 0.1, "momentum": 0.9, "foreach": False},
+            kernel="sgd",
+        ),
+    ]
+    for case in cases:
+        name = f"grad_scaler/{case.name}"
+        models, scalers, opts = [], [], []
+        for cls, kw in (
+            (getattr(reimpl.optim, case.optimizer), case.kwargs),
+            (getattr(torch.optim, case.optimizer), case.ref_kwargs or case.kwargs),
+        ):
+            models.append(_fsdp_model(dev))
+            opts.append(cls(models[-1].parameters(), **kw))
+            scalers.append(torch.amp.GradScaler(dev.type, init_scale=2.0**10))
+        for step in range(steps):
+            gen = torch.Generator().manual_seed(10 * step + dist.get_rank())
+            x = torch.randn(4, 8, generator=gen, dtype=torch.float64).to(dev)
+            for i, (m, opt, scaler) in enumerate(zip(models, opts, scalers, strict=True)):
+                opt.zero_grad()
+                scaler.scale(m(x).square().mean()).backward()
+                with _kernel_calls() as calls:
+                    scaler.step(opt)
+                scaler.update()
+                if i == 0:
+                    _check_kernel_calls(checks, f"{name}/step{step}", case, m, calls)
+            checks.same(
+                f"{name}/step{step}/params",
+                _full(list(models[0].parameters())),
+                _full(list(models[1].parameters())),
+            )
+
+
 def _fsdp_which_go_local(checks: Checks, dev: torch.device) -> None:
     """Which DTensors a fused step takes to the local shards: FSDP2's only (``Shard`` on a
     1-D mesh, grad and state sharded as their param, a per-element rule). Replicated
@@ -326,6 +368,7 @@ def fsdp() -> Result:
     dev = _device()
     for case in FSDP_CASES:
         _fsdp_case(checks, case, dev)
+    _fsdp_grad_scaler(checks, dev)
     _fsdp_not_per_element(checks, dev)
     _fsdp_which_go_local(checks, dev)
     return {"checks": checks.results}

@@ -80,12 +80,13 @@ def test_fused_steps_run_the_kernels_on_fsdp2_local_shards(
 ) -> None:
     """Each case's params and state after 3 steps (and after a checkpoint round trip) are
     torch's (checked in the workers, failures fail the fixture's run); here: every step of
-    every case was seen running its C kernel on each rank's plain local shards, and
+    every case was seen running its C kernel on each rank's plain local shards (under
+    GradScaler too, which hands the kernel its scale), and
     Adafactor's (not per element) was seen not to; replicated placements, HSDP's 2-D mesh
     and state sharded otherwise than its param keep the DTensor fallback."""
     for rank, result in enumerate(fsdp_and_zero_gloo):
         names = result["checks"]
-        for case in FUSED_ON_SHARDS:
+        for case in (*FUSED_ON_SHARDS, "grad_scaler/adam", "grad_scaler/sgd"):
             for step in range(3):
                 name = f"fsdp/{case}/step{step}/kernel_on_local_shards"
                 assert names.get(name) == "", f"rank {rank}: {name}: {names.get(name)}"
