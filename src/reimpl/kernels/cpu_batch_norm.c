@@ -46,7 +46,8 @@ typedef struct {
   double eps;
 } batch_norm_t;
 
-#define LANES 16 /* independent double accumulators: the sums vectorize and pipeline */
+#define LANES 16 /* independent accumulators: the sums vectorize and pipeline */
+#define CHUNK 2048 /* backward: elements summed in T lanes before they join a double sum */
 
 /* below this many elements a call runs on one thread: waking the team would cost more
    than the work (and a result never depends on timing either way) */
@@ -66,6 +67,14 @@ static int bn_thread_id(void) {
   return omp_get_thread_num();
 #else
   return 0;
+#endif
+}
+
+static int bn_team(void) {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
 #endif
 }
 
@@ -109,6 +118,36 @@ static double lanes_total(const double *acc) {
     }                                                                                      \
   }
 
+/* per-channel sums over rows (rows layout), inside a parallel region: this thread's
+   contiguous share of the R rows, in blocks of ROW_BLOCK rows summed in T (vectorized
+   across the channels), each block then added to the thread's double sums d1, d2 (in
+   acc, 2 * C per thread; part: 2 * C T per thread). DECL declares the row's pointers
+   for row r, E1 and E2 are the terms at channel ch. */
+#define ROW_BLOCK 32
+#define ROW_SUMS(T, DECL, E1, E2)                                                          \
+  {                                                                                        \
+    const int tid = bn_thread_id(), team = bn_team();                                      \
+    const int64_t per = (R + team - 1) / team, lo = per * tid;                             \
+    const int64_t hi = lo + per < R ? lo + per : R;                                        \
+    double *d1 = acc + (size_t)tid * 2 * (size_t)C, *d2 = d1 + C;                          \
+    T *p1 = part + (size_t)tid * 2 * (size_t)C, *p2 = p1 + C;                              \
+    for (int64_t r0 = lo; r0 < hi; r0 += ROW_BLOCK) {                                      \
+      const int64_t r1 = r0 + ROW_BLOCK < hi ? r0 + ROW_BLOCK : hi;                        \
+      for (int64_t ch = 0; ch < C; ch++) p1[ch] = p2[ch] = 0;                              \
+      for (int64_t r = r0; r < r1; r++) {                                                  \
+        DECL                                                                               \
+        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
+          p1[ch] += (E1);                                                                  \
+          p2[ch] += (E2);                                                                  \
+        }                                                                                  \
+      }                                                                                    \
+      for (int64_t ch = 0; ch < C; ch++) {                                                 \
+        d1[ch] += (double)p1[ch];                                                          \
+        d2[ch] += (double)p2[ch];                                                          \
+      }                                                                                    \
+    }                                                                                      \
+  }
+
 /* per channel: alpha = invstd * w, beta = b - mean * alpha (torch's linear terms) */
 #define LINEAR_TERMS(T, FMA)                                                               \
   for (int64_t ch = 0; ch < C; ch++) {                                                     \
@@ -143,18 +182,15 @@ static double lanes_total(const double *acc) {
     const int64_t C = a->c, R = a->n * a->s;                                               \
     const int nt = bn_threads(a->n * a->c * a->s);                                         \
     double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
-    if (!acc) return 1;                                                                    \
-    _Pragma("omp parallel num_threads(nt)") {                                              \
-      double *s1 = acc + (size_t)bn_thread_id() * 2 * (size_t)C, *s2 = s1 + C;             \
-      _Pragma("omp for schedule(static)") for (int64_t r = 0; r < R; r++) {                \
-        const T *xr = x + r * C;                                                           \
-        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
-          const double d = (double)xr[ch] - (double)x[ch];                                 \
-          s1[ch] += d;                                                                     \
-          s2[ch] += d * d;                                                                 \
-        }                                                                                  \
-      }                                                                                    \
+    T *part = malloc((size_t)nt * 2 * (size_t)C * sizeof(T));                              \
+    if (!acc || !part) {                                                                   \
+      free(acc);                                                                           \
+      free(part);                                                                          \
+      return 1;                                                                            \
     }                                                                                      \
+    /* shifted by K = the first row (x itself): d = x - K stays small where x - 0 would */ \
+    _Pragma("omp parallel num_threads(nt)")                                                \
+    ROW_SUMS(T, const T *xr = x + r * C;, xr[ch] - x[ch], (xr[ch] - x[ch]) * (xr[ch] - x[ch])) \
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
       double t1 = 0, t2 = 0;                                                               \
       for (int t = 0; t < nt; t++) {                                                       \
@@ -170,6 +206,7 @@ static double lanes_total(const double *acc) {
       var_sum[ch] = (T)(vs > 0 ? vs : 0);                                                  \
     }                                                                                      \
     free(acc);                                                                             \
+    free(part);                                                                            \
     return 0;                                                                              \
   }                                                                                        \
                                                                                            \
@@ -214,15 +251,24 @@ static double lanes_total(const double *acc) {
       free(alpha);                                                                         \
       return 0;                                                                            \
     }                                                                                      \
+    if (!a->train) { /* fixed statistics: one sweep in memory order */                     \
+      LINEAR_TERMS(T, FMA)                                                                 \
+      _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
+      for (int64_t pl = 0; pl < N * C; pl++) {                                             \
+        const T al = alpha[pl % C], be = beta[pl % C];                                     \
+        const T *p = x + pl * S;                                                           \
+        T *q = y + pl * S;                                                                 \
+        _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);      \
+      }                                                                                    \
+      free(alpha);                                                                         \
+      return 0;                                                                            \
+    }                                                                                      \
     T *vs = (T *)a->var_sum;                                                               \
-    const int train = a->train;                                                            \
     /* planes: a thread's channel stays in its cache from the statistics to the output */  \
     _Pragma("omp parallel for schedule(static) num_threads(nt)")                           \
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
-      if (train) {                                                                         \
-        NAME_F##_plane_stats(a, ch, &mean[ch], &vs[ch]);                                   \
-        invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                               \
-      }                                                                                    \
+      NAME_F##_plane_stats(a, ch, &mean[ch], &vs[ch]);                                     \
+      invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                                 \
       const T al = invstd[ch] * (w ? w[ch] : (T)1);                                        \
       const T be = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                   \
       for (int64_t n = 0; n < N; n++) {                                                    \
@@ -258,12 +304,19 @@ static double lanes_total(const double *acc) {
       _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
       for (int64_t ch = 0; ch < C; ch++) {                                                 \
         const T m = mean[ch], is = invstd[ch], wc = w ? w[ch] : (T)1;                      \
-        double sdy_l[LANES] = {0}, sdot_l[LANES] = {0};                                    \
+        double sdy = 0, sdot = 0;                                                          \
         for (int64_t n = 0; n < N; n++) {                                                  \
-          const T *xp = x + (n * C + ch) * S, *dyp = dy + (n * C + ch) * S;                \
-          LANE_SUM2(S, sdy_l, (double)dyp[_i_], sdot_l, (double)((xp[_i_] - m) * dyp[_i_])) \
+          for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                      \
+            const int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK;                           \
+            const T *xp = x + (n * C + ch) * S + i0, *dyp = dy + (n * C + ch) * S + i0;    \
+            T sdy_l[LANES] = {0}, sdot_l[LANES] = {0};                                     \
+            LANE_SUM2(len, sdy_l, dyp[_i_], sdot_l, (xp[_i_] - m) * dyp[_i_])              \
+            for (int j = 0; j < LANES; j++) {                                              \
+              sdy += (double)sdy_l[j];                                                     \
+              sdot += (double)sdot_l[j];                                                   \
+            }                                                                              \
+          }                                                                                \
         }                                                                                  \
-        const double sdy = lanes_total(sdy_l), sdot = lanes_total(sdot_l);                 \
         if (dx) {                                                                          \
           const T k = (T)sdot * is * is / (T)count, gm = (T)(sdy / (double)count);         \
           for (int64_t n = 0; n < N; n++) {                                                \
@@ -278,23 +331,18 @@ static double lanes_total(const double *acc) {
     }                                                                                      \
     /* per thread: sum dy, then sum (x - mean) * dy, per channel; then k and gm */         \
     double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
+    T *part = malloc((size_t)nt * 2 * (size_t)C * sizeof(T));                              \
     T *kg = malloc(2 * (size_t)C * sizeof(T));                                             \
-    if (!acc || !kg) {                                                                     \
+    if (!acc || !part || !kg) {                                                            \
       free(acc);                                                                           \
+      free(part);                                                                          \
       free(kg);                                                                            \
       return 1;                                                                            \
     }                                                                                      \
     const int64_t R = count;                                                               \
-    _Pragma("omp parallel num_threads(nt)") {                                              \
-      double *sdy = acc + (size_t)bn_thread_id() * 2 * (size_t)C, *sdot = sdy + C;         \
-      _Pragma("omp for schedule(static)") for (int64_t r = 0; r < R; r++) {                \
-        const T *xr = x + r * C, *dyr = dy + r * C;                                        \
-        _Pragma("omp simd") for (int64_t ch = 0; ch < C; ch++) {                           \
-          sdy[ch] += (double)dyr[ch];                                                      \
-          sdot[ch] += (double)((xr[ch] - mean[ch]) * dyr[ch]);                             \
-        }                                                                                  \
-      }                                                                                    \
-    }                                                                                      \
+    _Pragma("omp parallel num_threads(nt)")                                                \
+    ROW_SUMS(T, const T *xr = x + r * C; const T *dyr = dy + r * C;, dyr[ch],              \
+             (xr[ch] - mean[ch]) * dyr[ch])                                                \
     T *kc = kg, *gmc = kg + C;                                                             \
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
       double t1 = 0, t2 = 0;                                                               \
@@ -326,6 +374,7 @@ static double lanes_total(const double *acc) {
       }                                                                                    \
     }                                                                                      \
     free(acc);                                                                             \
+    free(part);                                                                            \
     free(kg);                                                                              \
     return 0;                                                                              \
   }

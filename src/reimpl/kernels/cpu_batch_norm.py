@@ -100,10 +100,6 @@ def usable(x: Tensor, *others: Tensor | None) -> bool:
     return _functions() is not None
 
 
-def _dense(t: Tensor, fmt: torch.memory_format) -> bool:
-    return t.is_contiguous(memory_format=fmt) if t.dim() in (4, 5) else t.is_contiguous()
-
-
 def _checked(
     where: str,
     dtype: torch.dtype,
@@ -114,14 +110,20 @@ def _checked(
     """Every operand (name -> (tensor or None, element count the kernel walks)) as the
     kernel needs it: operands of the input's size in ``at.format``, per-channel ones
     contiguous; RuntimeError naming the first one that is not."""
-    size = at.n * at.c * at.s
+    size, strided = at.n * at.c * at.s, torch.strided
     flat: list[tuple[str, list[Tensor | None]]] = []
     for name, (t, n) in (*read.items(), *written.items()):
         if t is None:
             flat.append((name, [None]))
             continue
         fmt = at.format if n == size and t.dim() > 1 else torch.contiguous_format
-        if not (_plain_cpu(t, dtype) and _dense(t, fmt)):
+        if not (
+            type(t) in _PLAIN
+            and t.dtype == dtype
+            and t.is_cpu
+            and t.layout == strided
+            and t.is_contiguous(memory_format=fmt)
+        ):
             raise RuntimeError(
                 f"{where}: {name} must be a plain dense CPU tensor of {dtype} in "
                 f"{fmt}, got {type(t).__name__} {t.dtype} on {t.device} with strides "
@@ -133,7 +135,7 @@ def _checked(
             raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
         # a dense tensor in its format covers one span; the overlap check reads spans
         # of contiguous tensors, so it sees a channels_last one as a flat view
-        flat.append((name, [t if t.is_contiguous() else t.as_strided((n,), (1,))]))
+        flat.append((name, [t if fmt is torch.contiguous_format else t.as_strided((n,), (1,))]))
     guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
 
 
@@ -153,7 +155,7 @@ def forward(
     fns = _functions()
     assert fns is not None
     size, c = at.n * at.c * at.s, at.c
-    y = torch.empty(x.shape, dtype=x.dtype, memory_format=at.format)
+    y = torch.empty_like(x)  # (x is dense in at.format: y has its strides)
     mean, invstd = x.new_empty(c), x.new_empty(c)
     var_sum = x.new_empty(c) if training else None
     stats = {} if training else {"running_mean": (running_mean, c), "running_var": (running_var, c)}
@@ -203,7 +205,7 @@ def backward(
     fns = _functions()
     assert fns is not None
     size, c = at.n * at.c * at.s, at.c
-    dx = torch.empty(x.shape, dtype=x.dtype, memory_format=at.format) if need[0] else None
+    dx = torch.empty_like(x) if need[0] else None
     dw = x.new_empty(c) if need[1] else None
     db = x.new_empty(c) if need[2] else None
     _checked(
