@@ -61,16 +61,22 @@ static int thread_id(void) {
 #endif
 }
 
-/* Sums over a row or channel, two-level: LANES partial sums in T (independent chains the
-   compiler keeps in vector registers, so the adds pipeline instead of waiting on one
-   another), flushed into double every CHUNK elements so no partial ever holds more than
-   CHUNK / LANES terms. The order depends only on n, never on threads or timing. */
-#define LANES 64
 /* below this many elements a call runs on one thread: waking the others costs more than
    they save, and on a busy machine a parallel region can wait a whole scheduler tick for
    a thread that is not running */
 #define GRAIN 32768
+
+/* Sums over a row or channel, two-level: LANES partial sums in T (independent chains the
+   compiler keeps in vector registers, so the adds pipeline instead of waiting on one
+   another; a short tail goes into the first ones), folded pairwise (log2(LANES) vector
+   steps, not LANES dependent scalar adds) and added into double every CHUNK elements, so
+   no partial ever holds more than CHUNK / LANES terms. The order depends only on n, never
+   on threads or timing. */
+#define LANES 64
 #define CHUNK 4096
+#define FOLD(p)                                                                            \
+  for (int w_ = LANES / 2; w_ > 0; w_ /= 2)                                                \
+    for (int j_ = 0; j_ < w_; j_++) p[j_] += p[j_ + w_];
 #define DEFINE_SUMS(T, SFX)                                                                \
   /* sum of x[i] - c, and (sq != NULL) of (x[i] - c)^2 */                                  \
   static double sums_##SFX(const T *x, int64_t n, T c, double *sq) {                       \
@@ -86,15 +92,15 @@ static int thread_id(void) {
           if (sq) pq[j] += v * v;                                                          \
         }                                                                                  \
       }                                                                                    \
-      for (; i < e; i++) {                                                                 \
-        const T v = x[i] - c;                                                              \
-        s += v;                                                                            \
-        q += (double)(v * v);                                                              \
+      for (int j = 0; i + j < e; j++) {                                                    \
+        const T v = x[i + j] - c;                                                          \
+        ps[j] += v;                                                                        \
+        if (sq) pq[j] += v * v;                                                            \
       }                                                                                    \
-      for (int j = 0; j < LANES; j++) {                                                    \
-        s += ps[j];                                                                        \
-        q += pq[j];                                                                        \
-      }                                                                                    \
+      FOLD(ps)                                                                             \
+      FOLD(pq)                                                                             \
+      s += ps[0];                                                                          \
+      q += pq[0];                                                                          \
     }                                                                                      \
     if (sq) *sq = q;                                                                       \
     return s;                                                                              \
@@ -113,14 +119,14 @@ static int thread_id(void) {
           pb[j] += dy[i + j] * ((x[i + j] - m) * rs);                                      \
         }                                                                                  \
       }                                                                                    \
-      for (; i < e; i++) {                                                                 \
-        a += dy[i];                                                                        \
-        b += (double)(dy[i] * ((x[i] - m) * rs));                                          \
+      for (int j = 0; i + j < e; j++) {                                                    \
+        pa[j] += dy[i + j];                                                                \
+        pb[j] += dy[i + j] * ((x[i + j] - m) * rs);                                        \
       }                                                                                    \
-      for (int j = 0; j < LANES; j++) {                                                    \
-        a += pa[j];                                                                        \
-        b += pb[j];                                                                        \
-      }                                                                                    \
+      FOLD(pa)                                                                             \
+      FOLD(pb)                                                                             \
+      a += pa[0];                                                                          \
+      b += pb[0];                                                                          \
     }                                                                                      \
     *sdy = a;                                                                              \
     *sdyxh = b;                                                                            \
@@ -199,15 +205,15 @@ DEFINE_SUMS(double, f64)
           px[j] += g * ((xr[i + j] - m) * rs);                                             \
         }                                                                                  \
       }                                                                                    \
-      for (; i < e; i++) {                                                                 \
-        const T g = W ? dyr[i] * wr[i] : dyr[i];                                           \
-        sg += g;                                                                           \
-        sgx += (double)(g * ((xr[i] - m) * rs));                                           \
+      for (int j = 0; i + j < e; j++) {                                                    \
+        const T g = W ? dyr[i + j] * wr[i + j] : dyr[i + j];                               \
+        pg[j] += g;                                                                        \
+        px[j] += g * ((xr[i + j] - m) * rs);                                               \
       }                                                                                    \
-      for (int j = 0; j < LANES; j++) {                                                    \
-        sg += pg[j];                                                                       \
-        sgx += px[j];                                                                      \
-      }                                                                                    \
+      FOLD(pg)                                                                             \
+      FOLD(px)                                                                             \
+      sg += pg[0];                                                                         \
+      sgx += px[0];                                                                        \
     }                                                                                      \
     if (ACC) { /* into this thread's T sums of the last few rows (see BWD_ROWS) */         \
       T *aw = fw + ch, *ab = fb + ch;                                                      \
