@@ -5,26 +5,32 @@
  *
  * Two layouts of the input, per channel c of C:
  *   planes (NCHW-contiguous): x[(n * C + c) * S + i], N planes of S elements per channel.
- *     A thread owns whole channels; a channel's N * S elements are swept up to three
- *     times while they sit in its cache (statistics, centred squares, output), so the
- *     input crosses the memory bus once, where torch's kernel streams it three times.
+ *     In training a thread owns whole channels; a channel's N * S elements are swept
+ *     three times while they sit in its cache (sum, centred squares, output), so the
+ *     input crosses the memory bus once where torch's kernel streams it three times.
+ *     The statistics are torch's sums (in double, the squares in T), so the mean and
+ *     invstd agree with torch's to the bit. Backward sums are T lanes flushed to double
+ *     every CHUNK elements. Evaluation is one sweep in memory order.
  *   rows (channels_last, or any input with S == 1): x[r * C + c], R = N * S rows of C.
- *     Threads own blocks of rows and keep per-channel sums in private double buffers,
- *     combined over the threads in thread order (a result never depends on timing). The
- *     statistics are one pass of sums shifted by the first row, K_c = x[0, c]:
- *     S1 = sum(x - K), S2 = sum((x - K)^2) in double, var_sum = S2 - S1^2 / R, which
- *     cancels nothing unless the channel's mean sits ~1e8 standard deviations from K.
+ *     Each thread takes a contiguous share of the rows and sums blocks of ROW_BLOCK rows
+ *     in T, vectorized across the channels, each block then added to private double
+ *     sums, combined over the threads in thread order (a result never depends on
+ *     timing, only on the thread count). The statistics are one pass of sums shifted by
+ *     the first row, K_c = x[0, c]: S1 = sum(x - K), S2 = sum((x - K)^2), var_sum =
+ *     S2 - S1^2 / R (+ R (mean - (T)mean)^2: about the rounded mean, as torch's), which
+ *     cancels nothing much unless K sits many standard deviations from the mean. (torch
+ *     sums this layout in T per thread: ours are the more accurate where they differ.)
  *
- * The arithmetic follows torch's CPU kernel so that results agree to the last bit
- * whenever the statistics do (for a large mean, y = x * alpha + beta cancels, and only
- * identical alpha and beta give identical outputs):
- *   mean = (T)(sum x / R) (sum in double); var_sum = sum (x - mean)^2 (squares in T, sum
- *   in double); var = var_sum / R in T; invstd = (T)(1 / sqrt((double)var + eps));
- *   eval: invstd = 1 / sqrt(running_var + eps) in T;
- *   alpha = invstd * w, beta = b - mean * alpha, y = x * alpha + beta (all in T).
- * Backward, per channel, with sdy = sum dy and sdot = sum (x - mean) * dy (double):
+ * The elementwise arithmetic is torch's vectorized CPU kernel's (its fused
+ * multiply-adds included), so that results agree to the last bit whenever the
+ * statistics do (for a large mean, y = x * alpha + beta cancels, and only identical
+ * alpha and beta give identical outputs):
+ *   mean = (T)(sum x / R); var_sum = sum (x - mean)^2; var = var_sum / R in T;
+ *   invstd = (T)(1 / sqrt((double)var + eps)); eval: invstd = 1 / sqrt(running_var + eps)
+ *   in T; alpha = invstd * w, beta = fma(-mean, alpha, b), y = fma(x, alpha, beta).
+ * Backward, per channel, with sdy = sum dy and sdot = sum (x - mean) * dy:
  *   training: k = (T)sdot * invstd * invstd / R, gm = (T)(sdy / R),
- *             dx = (dy - gm - (x - mean) * k) * invstd * w
+ *             dx = fma(-(x - mean), k, dy - gm) * invstd * w
  *   eval:     dx = dy * invstd * w
  *   dw = (T)(sdot * invstd), db = (T)sdy.
  */
