@@ -144,23 +144,24 @@ def _train_step(m: torch.nn.Module, opt: torch.optim.Optimizer, step: int, dev: 
 
 
 @contextmanager
-def _kernel_calls() -> Iterator[list[tuple[str, list[Tensor]]]]:
-    """Records every fused kernel run while open: the C kernel's (its family and params) on
-    the CPU, the Triton binding's on GPUs."""
+def _kernel_calls() -> Iterator[list[tuple[str, str, list[Tensor]]]]:
+    """Records every fused kernel run while open: (kind, family, params), the C kernel's
+    (kind ``"c"``) or the Triton binding's (``"triton"``: on GPUs, or on the CPU under the
+    interpreter with ``REIMPL_TRITON_CPU=1``)."""
     from reimpl.kernels import cpu_fused
     from reimpl.optim import _fused
 
-    calls: list[tuple[str, list[Tensor]]] = []
+    calls: list[tuple[str, str, list[Tensor]]] = []
     run, triton = cpu_fused.Prepared.run, _fused.run_triton
 
     def spy_run(self: Any, family: str, *args: Any, **kwargs: Any) -> None:
-        calls.append((family, list(self.roles[0][1])))
+        calls.append(("c", family, list(self.roles[0][1])))
         run(self, family, *args, **kwargs)
 
     def spy_triton(kernel: str, lists: list[list[Any]], **kwargs: Any) -> bool:
         ran = triton(kernel, lists, **kwargs)
         if ran:
-            calls.append((kernel.rstrip("_"), list(lists[0])))
+            calls.append(("triton", kernel.rstrip("_"), list(lists[0])))
         return ran
 
     cpu_fused.Prepared.run, _fused.run_triton = spy_run, spy_triton  # type: ignore[method-assign]
@@ -174,17 +175,20 @@ def _check_kernel_calls(
     checks: Checks, name: str, case: OptCase, model: torch.nn.Module, calls: list[Any]
 ) -> None:
     """A fused step of a per-element rule ran its kernel on the plain local shards (the
-    same storage as the DTensors)."""
+    same storage as the DTensors): Triton's where it can take them, else the C kernel."""
     if case.kernel is None:
         return
     with checks.check(f"{name}/kernel_on_local_shards"):
         assert calls, "no kernel ran"
         from torch.distributed.tensor import DTensor
 
+        from reimpl.kernels import triton_available
+
         mine = [p.to_local() for p in model.parameters() if isinstance(p, DTensor)]
         local = {t.data_ptr(): t.shape for t in mine}
-        for family, params in calls:
-            assert family == case.kernel, f"{family} ran, not {case.kernel}"
+        kind = "triton" if triton_available(mine[0]) else "c"
+        for ran, family, params in calls:
+            assert (ran, family) == (kind, case.kernel), f"{ran} {family} ran, not {kind}"
             assert all(type(p) is Tensor for p in params), [type(p) for p in params]
             shards = [(p.data_ptr(), p.shape) for p in params if p.numel()]
             assert all(local.get(ptr) == shape for ptr, shape in shards), shards
@@ -274,7 +278,7 @@ def _fsdp_not_per_element(checks: Checks, dev: torch.device) -> None:
         calls += seen
     with checks.check("adafactor_fused/not_on_local_shards"):
         assert errors[0] is errors[1], errors
-        assert not calls, f"a kernel ran on the shards: {[c[0] for c in calls]}"
+        assert not calls, f"a kernel ran on the shards: {[c[:2] for c in calls]}"
 
 
 def _fsdp_grad_scaler(checks: Checks, dev: torch.device, steps: int = 3) -> None:

@@ -14,6 +14,7 @@ described in :mod:`reimpl_parity.dist_scenarios`; in short:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import pathlib
 
@@ -128,6 +129,23 @@ def test_launcher_stops_the_group_when_a_rank_fails(tmp_path: pathlib.Path) -> N
     with pytest.raises(WorkerError, match=r"failed(.|\n)*rank 1 fails on purpose"):
         launch("fail", tmp_path, world_size=2, timeout=100)
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.skipif(not HAVE_OPTIMIZERS, reason="reimpl.optim optimizers not merged yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or torch.cuda.is_available(),
+    reason="the Triton interpreter on CPU tensors (CUDA runs Triton natively: the nccl test)",
+)
+def test_fsdp2_fused_steps_triton_interpreter(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FSDP2 scenario with the Triton bindings (under the interpreter) as the fused
+    path: each step's Triton launch is seen on the local shards, same results as torch."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("REIMPL_TRITON_CPU", "1")
+    names = _run("fsdp", tmp_path)[0]["checks"]
+    for case in FUSED_ON_SHARDS:
+        assert names.get(f"{case}/step2/kernel_on_local_shards") == "", case
 
 
 @pytest.mark.skipif(not HAVE_OPTIMIZERS, reason="reimpl.optim optimizers not merged yet")
