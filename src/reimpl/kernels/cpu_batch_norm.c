@@ -229,11 +229,14 @@ static double lanes_total(const double *acc) {
     T *alpha = malloc(2 * (size_t)C * sizeof(T));                                          \
     if (!alpha) return 1;                                                                  \
     T *beta = alpha + C;                                                                   \
-    if (!a->train) {                                                                       \
+    if (!a->train) { /* mean and invstd: written only where backward wants them */         \
       const T *rm = (const T *)a->running_mean, *rv = (const T *)a->running_var;           \
       for (int64_t ch = 0; ch < C; ch++) {                                                 \
-        mean[ch] = rm[ch];                                                                 \
-        invstd[ch] = (T)1 / SQRT(rv[ch] + (T)a->eps);                                      \
+        const T is = (T)1 / SQRT(rv[ch] + (T)a->eps);                                      \
+        if (mean) mean[ch] = rm[ch];                                                       \
+        if (invstd) invstd[ch] = is;                                                       \
+        alpha[ch] = is * (w ? w[ch] : (T)1);                                               \
+        beta[ch] = FMA(-rm[ch], alpha[ch], b ? b[ch] : (T)0);                              \
       }                                                                                    \
     } else if (a->rows) {                                                                  \
       T *vs = (T *)a->var_sum;                                                             \
@@ -242,9 +245,26 @@ static double lanes_total(const double *acc) {
         return 1;                                                                          \
       }                                                                                    \
       for (int64_t ch = 0; ch < C; ch++) invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps); \
+      LINEAR_TERMS(T, FMA)                                                                 \
+    } else {                                                                               \
+      /* planes: a thread's channel stays in its cache from the statistics to the output */ \
+      T *vs = (T *)a->var_sum;                                                             \
+      _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
+      for (int64_t ch = 0; ch < C; ch++) {                                                 \
+        NAME_F##_plane_stats(a, ch, &mean[ch], &vs[ch]);                                   \
+        invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                               \
+        const T al = invstd[ch] * (w ? w[ch] : (T)1);                                      \
+        const T be = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                 \
+        for (int64_t n = 0; n < N; n++) {                                                  \
+          const T *p = x + (n * C + ch) * S;                                               \
+          T *q = y + (n * C + ch) * S;                                                     \
+          _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);    \
+        }                                                                                  \
+      }                                                                                    \
+      free(alpha);                                                                         \
+      return 0;                                                                            \
     }                                                                                      \
     if (a->rows) {                                                                         \
-      LINEAR_TERMS(T, FMA)                                                                 \
       const int64_t R = count;                                                             \
       _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
       for (int64_t r = 0; r < R; r++) {                                                    \
@@ -254,32 +274,12 @@ static double lanes_total(const double *acc) {
           yr[ch] = FMA(xr[ch], alpha[ch], beta[ch]);                                       \
         }                                                                                  \
       }                                                                                    \
-      free(alpha);                                                                         \
-      return 0;                                                                            \
-    }                                                                                      \
-    if (!a->train) { /* fixed statistics: one sweep in memory order */                     \
-      LINEAR_TERMS(T, FMA)                                                                 \
+    } else { /* evaluation, planes: one sweep in memory order */                           \
       _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
       for (int64_t pl = 0; pl < N * C; pl++) {                                             \
         const T al = alpha[pl % C], be = beta[pl % C];                                     \
         const T *p = x + pl * S;                                                           \
         T *q = y + pl * S;                                                                 \
-        _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);      \
-      }                                                                                    \
-      free(alpha);                                                                         \
-      return 0;                                                                            \
-    }                                                                                      \
-    T *vs = (T *)a->var_sum;                                                               \
-    /* planes: a thread's channel stays in its cache from the statistics to the output */  \
-    _Pragma("omp parallel for schedule(static) num_threads(nt)")                           \
-    for (int64_t ch = 0; ch < C; ch++) {                                                   \
-      NAME_F##_plane_stats(a, ch, &mean[ch], &vs[ch]);                                     \
-      invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                                 \
-      const T al = invstd[ch] * (w ? w[ch] : (T)1);                                        \
-      const T be = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                   \
-      for (int64_t n = 0; n < N; n++) {                                                    \
-        const T *p = x + (n * C + ch) * S;                                                 \
-        T *q = y + (n * C + ch) * S;                                                       \
         _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);      \
       }                                                                                    \
     }                                                                                      \

@@ -5,10 +5,11 @@ The kernels see the input as ``(n, c, s)``: NCHW-contiguous ("planes") or, for
 channels_last inputs and any input with ``s == 1``, as ``n * s`` rows of ``c`` channels
 ("rows"). They read and write ``n * c * s`` elements of x, dy, y and dx and ``c`` of every
 per-channel operand straight from the tensors' addresses. :func:`_checked` is the one
-gate: every operand must be a plain, dense CPU tensor of the input's dtype in the layout's
-memory format, holding exactly that many elements within its storage, and nothing written
-may overlap another operand; otherwise ``RuntimeError``. :func:`layout` says beforehand
-whether the kernels take an input at all, and how.
+gate: every operand that comes from the caller must be a plain, dense CPU tensor of the
+input's dtype in the layout's memory format, holding exactly that many elements within its
+storage (what the kernels write is allocated here, fresh, so it can overlap nothing);
+otherwise ``RuntimeError``. :func:`usable` and :func:`layout` say beforehand whether the
+kernels take an input at all, and how.
 """
 
 from __future__ import annotations
@@ -105,16 +106,19 @@ def _checked(
     dtype: torch.dtype,
     at: Layout,
     read: dict[str, tuple[Tensor | None, int]],
-    written: dict[str, tuple[Tensor | None, int]],
+    written: dict[str, tuple[Tensor | None, int]] | None = None,
 ) -> None:
     """Every operand (name -> (tensor or None, element count the kernel walks)) as the
     kernel needs it: operands of the input's size in ``at.format``, per-channel ones
-    contiguous; RuntimeError naming the first one that is not."""
+    contiguous; and nothing written overlapping another operand; RuntimeError naming the
+    first one that is not."""
+    written = written or {}
     size, strided = at.n * at.c * at.s, torch.strided
     flat: list[tuple[str, list[Tensor | None]]] = []
     for name, (t, n) in (*read.items(), *written.items()):
         if t is None:
-            flat.append((name, [None]))
+            if written:
+                flat.append((name, [None]))
             continue
         fmt = at.format if n == size and t.dim() > 1 else torch.contiguous_format
         if not (
@@ -135,8 +139,10 @@ def _checked(
             raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
         # a dense tensor in its format covers one span; the overlap check reads spans
         # of contiguous tensors, so it sees a channels_last one as a flat view
-        flat.append((name, [t if fmt is torch.contiguous_format else t.as_strided((n,), (1,))]))
-    guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
+        if written:
+            flat.append((name, [t if fmt is torch.contiguous_format else t.as_strided((n,), (1,))]))
+    if written:
+        guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
 
 
 def forward(
@@ -148,25 +154,29 @@ def forward(
     at: Layout,
     training: bool,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    keep_stats: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """(y, mean, invstd, var_sum): ``x`` normalized per channel, scaled and shifted, with
     the statistics it used (the batch's in training, where ``var_sum`` is the sum of
-    squared deviations; the running ones otherwise, ``var_sum`` None)."""
+    squared deviations; the running ones otherwise, ``var_sum`` None, and mean and invstd
+    None too unless ``keep_stats``: only a backward needs them)."""
     fns = _functions()
     assert fns is not None
     size, c = at.n * at.c * at.s, at.c
     y = torch.empty_like(x)  # (x is dense in at.format: y has its strides)
-    mean, invstd = x.new_empty(c), x.new_empty(c)
+    keep = training or keep_stats
+    mean, invstd = (x.new_empty(c), x.new_empty(c)) if keep else (None, None)
     var_sum = x.new_empty(c) if training else None
     stats = {} if training else {"running_mean": (running_mean, c), "running_var": (running_var, c)}
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch norm kernel: evaluation needs running_mean and running_var")
+    # (what is written was allocated just above: the right size and format, its own
+    # storage, so only what comes from the caller needs the gate)
     _checked(
         "batch norm kernel",
         x.dtype,
         at,
         {"input": (x, size), "weight": (weight, c), "bias": (bias, c), **stats},
-        {"output": (y, size), "mean": (mean, c), "invstd": (invstd, c), "var_sum": (var_sum, c)},
     )
     args = BatchNormArgs(
         x=x.data_ptr(),
@@ -175,8 +185,8 @@ def forward(
         running_mean=None if training else _ptr(running_mean),
         running_var=None if training else _ptr(running_var),
         y=y.data_ptr(),
-        mean=mean.data_ptr(),
-        invstd=invstd.data_ptr(),
+        mean=_ptr(mean),
+        invstd=_ptr(invstd),
         var_sum=_ptr(var_sum),
         n=at.n,
         c=at.c,
@@ -219,8 +229,7 @@ def backward(
             "mean": (mean, c),
             "invstd": (invstd, c),
         },
-        {"input gradient": (dx, size), "weight gradient": (dw, c), "bias gradient": (db, c)},
-    )
+    )  # (what is written is allocated just above, as in forward)
     args = BatchNormArgs(
         x=x.data_ptr(),
         w=_ptr(weight),

@@ -87,22 +87,35 @@ def batch_norm_kernels(
     if wanted:
         out: Tensor = BatchNormFunction.apply(input, weight, bias, plan)
         return out
-    y, _, _ = _forward(input, weight, bias, plan)
+    y, _, _ = _forward(input, weight, bias, plan, keep_stats=False)
     return y
 
 
 def _forward(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, plan: BatchNormPlan
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, mean, invstd), with the running statistics updated in training."""
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    plan: BatchNormPlan,
+    keep_stats: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(y, mean, invstd), with the running statistics updated in training (mean and
+    invstd: see :func:`cpu_batch_norm.forward`)."""
     at = plan.layout
     xc = x.contiguous(memory_format=at.format)
     y, mean, invstd, var_sum = cpu_batch_norm.forward(
-        xc, weight, bias, plan.running_mean, plan.running_var, at, plan.training, plan.eps
+        xc,
+        weight,
+        bias,
+        plan.running_mean,
+        plan.running_var,
+        at,
+        plan.training,
+        plan.eps,
+        keep_stats,
     )
     rm, rv = plan.running_mean, plan.running_var
     if plan.training and rm is not None and rv is not None:
-        assert var_sum is not None
+        assert var_sum is not None and mean is not None
         count = at.n * at.s
         m = plan.momentum
         with torch.no_grad():
