@@ -36,6 +36,8 @@ class OptCase:
     #: FSDP2, ``fused=True``: the kernel family seen running on the local shards at every
     #: step (None: not looked at)
     kernel: str | None = None
+    #: FSDP2: shard matrices by column (``Shard(1)``) where they split evenly
+    shard_dim1: bool = False
 
 
 FSDP_CASES = [
@@ -49,6 +51,13 @@ FSDP_CASES = [
     ),
     OptCase(
         "adamw_fused", "AdamW", {"lr": 1e-2, "weight_decay": 0.1, "fused": True}, kernel="adam"
+    ),
+    OptCase(
+        "adamw_fused_shard_dim1",
+        "AdamW",
+        {"lr": 1e-2, "weight_decay": 0.1, "fused": True},
+        kernel="adam",
+        shard_dim1=True,
     ),
     OptCase(
         "adamw_fused_amsgrad_maximize",
@@ -112,8 +121,16 @@ FSDP_CASES = [
 ]
 
 
-def _fsdp_model(dev: torch.device) -> torch.nn.Module:
+def _fsdp_model(dev: torch.device, shard_dim1: bool = False) -> torch.nn.Module:
+    """``shard_dim1``: matrices whose columns split evenly are sharded by column
+    (``shard_placement_fn``), the rest by row."""
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard
+
+    world = dist.get_world_size()
+
+    def by_column(p: Tensor) -> Shard:
+        return Shard(1 if p.ndim == 2 and p.shape[1] % world == 0 else 0)
 
     torch.manual_seed(0)
     # 5 rows on 2 ranks shard unevenly (3 + 2); the last layer's single row leaves rank 1
@@ -126,10 +143,11 @@ def _fsdp_model(dev: torch.device) -> torch.nn.Module:
         torch.nn.Linear(5, 1),
     )
     m = m.double().to(dev)
+    placement = by_column if shard_dim1 else None
     for layer in m:
         if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer)
-    fully_shard(m)
+            fully_shard(layer, shard_placement_fn=placement)
+    fully_shard(m, shard_placement_fn=placement)
     return m
 
 
@@ -203,7 +221,7 @@ def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3)
 
     ours_cls = getattr(reimpl.optim, case.optimizer)
     theirs_cls = getattr(torch.optim, case.optimizer)
-    m_o, m_t = _fsdp_model(dev), _fsdp_model(dev)
+    m_o, m_t = _fsdp_model(dev, case.shard_dim1), _fsdp_model(dev, case.shard_dim1)
     opt_o = ours_cls(m_o.parameters(), **case.kwargs)
     opt_t = theirs_cls(m_t.parameters(), **(case.ref_kwargs or case.kwargs))
     for step in range(steps):
@@ -222,6 +240,8 @@ def _fsdp_case(checks: Checks, case: OptCase, dev: torch.device, steps: int = 3)
         from torch.distributed.tensor import DTensor
 
         assert all(isinstance(p, DTensor) for p in m_o.parameters())
+        dims = {p.placements[0].dim for p in m_o.parameters()}  # type: ignore[attr-defined]
+        assert dims == ({0, 1} if case.shard_dim1 else {0}), dims
     sd_o = get_optimizer_state_dict(m_o, opt_o)
     sd_t = get_optimizer_state_dict(m_t, opt_t)
     full_o, full_t = _full(sd_o), _full(sd_t)

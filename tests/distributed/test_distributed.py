@@ -69,7 +69,8 @@ def test_fsdp2_and_zero_gloo(fsdp_and_zero_gloo: list[dict]) -> None:
 #: fused=True cases of the FSDP2 scenario whose C kernel must run on the shards: torch's
 #: fused families, and some that only reimpl fuses
 FUSED_ON_SHARDS = (
-    *("adam_fused", "adamw_fused", "adamw_fused_amsgrad_maximize", "adagrad_fused"),
+    *("adam_fused", "adamw_fused", "adamw_fused_shard_dim1", "adamw_fused_amsgrad_maximize"),
+    "adagrad_fused",
     *("sgd_fused", "sgd_fused_nesterov_decay", "rmsprop_fused", "nadam_fused", "radam_fused"),
     *("adamax_fused", "adadelta_fused", "asgd_fused"),
 )
