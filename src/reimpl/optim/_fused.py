@@ -175,7 +175,8 @@ def _c_roles(where: str, forms: Forms, roles: Sequence[str], lists: list[Any]) -
 #: nothing from another rank). Not here: Adafactor (row and column means of the squared
 #: gradient, and the step's RMS, reduce across shards), Muon (Newton-Schulz acts on the
 #: whole matrix), LBFGS (dot products over every parameter), SparseAdam (sparse grads);
-#: the last three have no fused path anyway. Adam's family name covers AdamW.
+#: the last three have no fused path anyway. Adam's family name covers AdamW. A new family
+#: is added here once its rule is per element; until then its DTensors keep the fallback.
 PER_ELEMENT_FAMILIES = frozenset(
     {"adadelta", "adagrad", "adam", "adamax", "asgd", "nadam", "radam", "rmsprop", "rprop", "sgd"}
 )
