@@ -37,6 +37,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -84,6 +85,20 @@ static int bn_team(void) {
 #endif
 }
 
+/* per-thread buffers of 2 * C elements of `size` bytes each start on their own cache
+   line, or two threads writing neighbouring sums would trade the line back and forth:
+   the per-thread stride in elements, whole 64-byte lines */
+static size_t line_stride(int64_t c, size_t size) {
+  return (2 * (size_t)c * size + 63) / 64 * 64 / size;
+}
+
+/* nt per-thread buffers of `stride` elements of `size` bytes, line-aligned (zeroed) */
+static void *per_thread(int nt, size_t stride, size_t size) {
+  void *p = aligned_alloc(64, (size_t)nt * stride * size);
+  if (p) memset(p, 0, (size_t)nt * stride * size);
+  return p;
+}
+
 static double lanes_total(const double *acc) {
   double t = 0;
   for (int j = 0; j < LANES; j++) t += acc[j];
@@ -127,7 +142,7 @@ static double lanes_total(const double *acc) {
 /* per-channel sums over rows (rows layout), inside a parallel region: this thread's
    contiguous share of the R rows, in blocks of ROW_BLOCK rows summed in T (vectorized
    across the channels), each block then added to the thread's double sums d1, d2 (in
-   acc, 2 * C per thread; part: 2 * C T per thread). DECL declares the row's pointers
+   acc, dstride per thread; part: 2 * C T, tstride per thread). DECL declares the row's pointers
    for row r, E1 and E2 are the terms at channel ch. */
 #define ROW_BLOCK 32
 #define ROW_SUMS(T, DECL, E1, E2)                                                          \
@@ -135,8 +150,8 @@ static double lanes_total(const double *acc) {
     const int tid = bn_thread_id(), team = bn_team();                                      \
     const int64_t per = (R + team - 1) / team, lo = per * tid;                             \
     const int64_t hi = lo + per < R ? lo + per : R;                                        \
-    double *d1 = acc + (size_t)tid * 2 * (size_t)C, *d2 = d1 + C;                          \
-    T *p1 = part + (size_t)tid * 2 * (size_t)C, *p2 = p1 + C;                              \
+    double *d1 = acc + (size_t)tid * dstride, *d2 = d1 + C;                                \
+    T *p1 = part + (size_t)tid * tstride, *p2 = p1 + C;                                    \
     for (int64_t r0 = lo; r0 < hi; r0 += ROW_BLOCK) {                                      \
       const int64_t r1 = r0 + ROW_BLOCK < hi ? r0 + ROW_BLOCK : hi;                        \
       for (int64_t ch = 0; ch < C; ch++) p1[ch] = p2[ch] = 0;                              \
@@ -187,8 +202,9 @@ static double lanes_total(const double *acc) {
     const T *x = (const T *)a->x;                                                          \
     const int64_t C = a->c, R = a->n * a->s;                                               \
     const int nt = bn_threads(a->n * a->c * a->s);                                         \
-    double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
-    T *part = malloc((size_t)nt * 2 * (size_t)C * sizeof(T));                              \
+    const size_t dstride = line_stride(C, sizeof(double)), tstride = line_stride(C, sizeof(T)); \
+    double *acc = per_thread(nt, dstride, sizeof(double));                                 \
+    T *part = per_thread(nt, tstride, sizeof(T));                                          \
     if (!acc || !part) {                                                                   \
       free(acc);                                                                           \
       free(part);                                                                          \
@@ -200,8 +216,8 @@ static double lanes_total(const double *acc) {
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
       double t1 = 0, t2 = 0;                                                               \
       for (int t = 0; t < nt; t++) {                                                       \
-        t1 += acc[(size_t)t * 2 * (size_t)C + (size_t)ch];                                 \
-        t2 += acc[(size_t)t * 2 * (size_t)C + (size_t)(C + ch)];                           \
+        t1 += acc[(size_t)t * dstride + (size_t)ch];                                       \
+        t2 += acc[(size_t)t * dstride + (size_t)(C + ch)];                                 \
       }                                                                                    \
       const double mu = (double)x[ch] + t1 / (double)R;                                    \
       const T m = (T)mu;                                                                   \
@@ -336,8 +352,9 @@ static double lanes_total(const double *acc) {
       return 0;                                                                            \
     }                                                                                      \
     /* per thread: sum dy, then sum (x - mean) * dy, per channel; then k and gm */         \
-    double *acc = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));                      \
-    T *part = malloc((size_t)nt * 2 * (size_t)C * sizeof(T));                              \
+    const size_t dstride = line_stride(C, sizeof(double)), tstride = line_stride(C, sizeof(T)); \
+    double *acc = per_thread(nt, dstride, sizeof(double));                                 \
+    T *part = per_thread(nt, tstride, sizeof(T));                                          \
     T *kg = malloc(2 * (size_t)C * sizeof(T));                                             \
     if (!acc || !part || !kg) {                                                            \
       free(acc);                                                                           \
@@ -353,8 +370,8 @@ static double lanes_total(const double *acc) {
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
       double t1 = 0, t2 = 0;                                                               \
       for (int t = 0; t < nt; t++) {                                                       \
-        t1 += acc[(size_t)t * 2 * (size_t)C + (size_t)ch];                                 \
-        t2 += acc[(size_t)t * 2 * (size_t)C + (size_t)(C + ch)];                           \
+        t1 += acc[(size_t)t * dstride + (size_t)ch];                                       \
+        t2 += acc[(size_t)t * dstride + (size_t)(C + ch)];                                 \
       }                                                                                    \
       const T is = invstd[ch];                                                             \
       kc[ch] = (T)t2 * is * is / (T)count;                                                 \
