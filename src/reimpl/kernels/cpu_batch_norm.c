@@ -105,39 +105,27 @@ static double lanes_total(const double *acc) {
   return t;
 }
 
-/* ACC[j] += EXPR over i in [0, len), in LANES independent lanes (EXPR reads index _i_) */
-#define LANE_SUM(len, ACC, EXPR)                                                           \
+/* BODY for i in [0, len) in LANES independent lanes: BODY reads the element index _i_
+   and its lane _j (so sums into lane arrays vectorize and pipeline) */
+#define LANE_LOOP(len, BODY)                                                               \
   {                                                                                        \
     int64_t _b = 0;                                                                        \
     for (; _b + LANES <= (len); _b += LANES) {                                             \
       _Pragma("omp simd") for (int _j = 0; _j < LANES; _j++) {                             \
         const int64_t _i_ = _b + _j;                                                       \
-        ACC[_j] += (EXPR);                                                                 \
+        BODY                                                                               \
       }                                                                                    \
     }                                                                                      \
     for (int _j = 0; _b + _j < (len); _j++) {                                              \
       const int64_t _i_ = _b + _j;                                                         \
-      ACC[_j] += (EXPR);                                                                   \
+      BODY                                                                                 \
     }                                                                                      \
   }
 
-/* LANE_SUM2: the same for two sums over the same elements, in one loop */
+/* ACC[j] += EXPR over the elements (LANE_SUM2: two sums over the same elements) */
+#define LANE_SUM(len, ACC, EXPR) LANE_LOOP(len, ACC[_j] += (EXPR);)
 #define LANE_SUM2(len, ACC, EXPR, ACC2, EXPR2)                                             \
-  {                                                                                        \
-    int64_t _b = 0;                                                                        \
-    for (; _b + LANES <= (len); _b += LANES) {                                             \
-      _Pragma("omp simd") for (int _j = 0; _j < LANES; _j++) {                             \
-        const int64_t _i_ = _b + _j;                                                       \
-        ACC[_j] += (EXPR);                                                                 \
-        ACC2[_j] += (EXPR2);                                                               \
-      }                                                                                    \
-    }                                                                                      \
-    for (int _j = 0; _b + _j < (len); _j++) {                                              \
-      const int64_t _i_ = _b + _j;                                                         \
-      ACC[_j] += (EXPR);                                                                   \
-      ACC2[_j] += (EXPR2);                                                                 \
-    }                                                                                      \
-  }
+  LANE_LOOP(len, ACC[_j] += (EXPR); ACC2[_j] += (EXPR2);)
 
 /* per-channel sums over rows (rows layout), inside a parallel region: this thread's
    contiguous share of the R rows, in blocks of ROW_BLOCK rows summed in T (vectorized
