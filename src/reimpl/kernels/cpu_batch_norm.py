@@ -28,6 +28,7 @@ _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _PLAIN = (Tensor, torch.nn.Parameter)
 _P = ctypes.c_void_p
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+_CONTIGUOUS = torch.contiguous_format
 
 
 class Layout(NamedTuple):
@@ -120,13 +121,13 @@ def _checked(
             if written:
                 flat.append((name, [None]))
             continue
-        fmt = at.format if n == size and t.dim() > 1 else torch.contiguous_format
+        fmt = at.format if n == size and t.dim() > 1 else _CONTIGUOUS
         if not (
             type(t) in _PLAIN
             and t.dtype == dtype
             and t.is_cpu
             and t.layout == strided
-            and t.is_contiguous(memory_format=fmt)
+            and (t.is_contiguous() if fmt is _CONTIGUOUS else t.is_contiguous(memory_format=fmt))
         ):
             raise RuntimeError(
                 f"{where}: {name} must be a plain dense CPU tensor of {dtype} in "
@@ -140,7 +141,7 @@ def _checked(
         # a dense tensor in its format covers one span; the overlap check reads spans
         # of contiguous tensors, so it sees a channels_last one as a flat view
         if written:
-            flat.append((name, [t if fmt is torch.contiguous_format else t.as_strided((n,), (1,))]))
+            flat.append((name, [t if fmt is _CONTIGUOUS else t.as_strided((n,), (1,))]))
     if written:
         guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
 

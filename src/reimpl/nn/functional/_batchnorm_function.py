@@ -101,7 +101,7 @@ def _forward(
     """(y, mean, invstd), with the running statistics updated in training (mean and
     invstd: see :func:`cpu_batch_norm.forward`)."""
     at = plan.layout
-    xc = x.contiguous(memory_format=at.format)
+    xc = _in_format(x, at)
     y, mean, invstd, var_sum = cpu_batch_norm.forward(
         xc,
         weight,
@@ -122,6 +122,13 @@ def _forward(
             rm.copy_(mean * m + rm * (1 - m))
             rv.copy_(var_sum.div_(count - 1).mul_(m) + rv * (1 - m))
     return y, mean, invstd
+
+
+def _in_format(t: Tensor, at: Layout) -> Tensor:
+    """``t`` dense in the layout's memory format (a copy only where it is not)."""
+    if at.format is torch.contiguous_format:  # (the keyword costs more than the check)
+        return t.contiguous()
+    return t.contiguous(memory_format=at.format)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -150,7 +157,7 @@ class BatchNormFunction(torch.autograd.Function):
             has_bias and ctx.needs_input_grad[2],
         )
         at = plan.layout
-        dyc = dy.contiguous(memory_format=at.format)
+        dyc = _in_format(dy, at)
         if torch.is_grad_enabled() or not cpu_batch_norm.usable(dyc):
             # create_graph (or an upstream gradient the kernel cannot read): the
             # composite form's gradients, differentiable; a zero stands in for the bias
@@ -158,7 +165,7 @@ class BatchNormFunction(torch.autograd.Function):
             inputs = (x, weight, bias)
             # (_composite_grads reads only the plan's composite form)
             return (*_composite_grads(cast(Plan, plan), inputs, dy, need), None)
-        xc = x.contiguous(memory_format=at.format)
+        xc = _in_format(x, at)
         dx, dw, db = cpu_batch_norm.backward(xc, dyc, weight, mean, invstd, at, plan.training, need)
         if dw is not None:
             dw = dw.view(weight.shape)
