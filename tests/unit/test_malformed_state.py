@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from reimpl.kernels import cpu_fused, guard, triton_installed
+from reimpl.kernels import cpu_fused, cpu_pointwise, guard, triton_installed
 from reimpl_parity.malformed import CASES, FUSED_PATHS, OPTIMS, PATHS, units
 
 FUSED_ATOL = 1e-5  # one pass per element in another order (float32 params of size ~1)
@@ -145,19 +145,23 @@ def test_cpu_batch_builder_checks_every_call() -> None:
 @pytest.mark.skipif(cpu_fused.library() is None, reason="no C compiler")
 def test_pointwise_kernels_check_their_operands() -> None:
     x = torch.randn(6)
-    with pytest.raises(RuntimeError, match=r"target has shape \(5,\)"):
-        cpu_fused.pointwise_forward("mse", x, torch.randn(5), 1.0, "sum")
-    with pytest.raises(RuntimeError, match=r"target is torch\.float64"):
-        cpu_fused.pointwise_forward("mse", x, torch.randn(6, dtype=torch.float64), 1.0, "sum")
-    with pytest.raises(RuntimeError, match="target is not contiguous"):
-        cpu_fused.pointwise_forward("mse", x, torch.randn(12)[::2], 1.0, "sum")
+    with pytest.raises(RuntimeError, match="target has 5 elements, the kernel walks 6"):
+        cpu_pointwise.forward("mse", x, torch.randn(5), 1.0, "sum")
+    with pytest.raises(RuntimeError, match=r"target must be .* of torch\.float32"):
+        cpu_pointwise.forward("mse", x, torch.randn(6, dtype=torch.float64), 1.0, "sum")
+    with pytest.raises(RuntimeError, match=r"target must be a plain dense .* strides \(2,\)"):
+        cpu_pointwise.forward("mse", x, torch.randn(12)[::2], 1.0, "sum")
     with pytest.raises(RuntimeError, match="takes float32/float64"):
         h = torch.randn(6).half()
-        cpu_fused.pointwise_forward("mse", h, h.clone(), 1.0, "sum")
+        cpu_pointwise.forward("mse", h, h.clone(), 1.0, "sum")
+    short = torch.randn(6)
+    short.untyped_storage().resize_(8)  # (a view's storage shrunk under it)
+    with pytest.raises(RuntimeError, match="storage smaller than its elements"):
+        cpu_pointwise.forward("mse", x, short, 1.0, "sum")
     # the input and the target may be one tensor (both only read)
-    assert float(cpu_fused.pointwise_forward("mse", x, x, 1.0, "sum")) == 0.0
+    assert float(cpu_pointwise.forward("mse", x, x, 1.0, "sum")) == 0.0
     with pytest.raises(RuntimeError):  # (expand_as refuses it before the kernel's check)
-        cpu_fused.pointwise_backward("mse", x, x, torch.randn(2, 3)[0], 1.0, None, True)
+        cpu_pointwise.backward("mse", x, x, torch.randn(2, 3)[0], 1.0, None, True)
 
 
 def test_overlap_check_finds_any_overlapping_pair() -> None:

@@ -15,7 +15,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
-from reimpl.kernels import cpu_norm
+from reimpl.kernels import cpu_norm, guard
 from reimpl.kernels.cpu_norm import LAYER, Layout
 from reimpl.nn.modules.normalization import GROUP_NORM_BIAS
 
@@ -238,7 +238,8 @@ def test_kernel_refuses_operands_it_cannot_walk(
 def test_kernel_gate_refuses_a_written_operand_overlapping_another() -> None:
     x = torch.randn(3, 4)
     with pytest.raises(RuntimeError, match="shares memory"):
-        cpu_norm._checked("test", torch.float32, {"input": (x, 12)}, {"output": (x[1], 4)})
+        dense = torch.contiguous_format
+        guard.check_dense("test", x.dtype, [("input", x, 12, dense)], [("output", x[1], 4, dense)])
 
 
 def test_kernel_backward_refuses_short_statistics() -> None:

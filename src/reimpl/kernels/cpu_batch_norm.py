@@ -25,10 +25,9 @@ from torch import Tensor
 from reimpl.kernels import cpu_fused, guard
 
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-_PLAIN = (Tensor, torch.nn.Parameter)
 _P = ctypes.c_void_p
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
-_CONTIGUOUS = torch.contiguous_format
+_DENSE = torch.contiguous_format
 
 
 class Layout(NamedTuple):
@@ -57,21 +56,8 @@ class BatchNormArgs(ctypes.Structure):
 
 @cache
 def _functions() -> dict[str, Any] | None:
-    lib = cpu_fused.library()
-    if lib is None:
-        return None
-    fns = {}
-    for suffix in _DTYPES.values():
-        for way in ("fwd", "bwd"):
-            fn = getattr(lib, f"batch_norm_{way}_{suffix}")
-            fn.argtypes = [ctypes.POINTER(BatchNormArgs)]
-            fn.restype = ctypes.c_int
-            fns[f"{way}_{suffix}"] = fn
-    return fns
-
-
-def _plain_cpu(t: Tensor, dtype: torch.dtype) -> bool:
-    return type(t) in _PLAIN and t.is_cpu and t.layout == torch.strided and t.dtype == dtype
+    names = [f"batch_norm_{way}_{d}" for way in ("fwd", "bwd") for d in _DTYPES.values()]
+    return cpu_fused.bind(names, BatchNormArgs, ctypes.c_int)
 
 
 def layout(x: Tensor) -> Layout | None:
@@ -95,9 +81,9 @@ def usable(x: Tensor, *others: Tensor | None) -> bool:
     else computes with torch ops."""
     if x.dtype not in _DTYPES or x.dim() < 2 or x.numel() == 0:
         return False
-    if torch.compiler.is_compiling() or not _plain_cpu(x, x.dtype):
+    if torch.compiler.is_compiling() or not guard.plain_cpu(x, x.dtype, None):
         return False
-    if not all(t is None or (_plain_cpu(t, x.dtype) and t.is_contiguous()) for t in others):
+    if not all(t is None or guard.plain_cpu(t, x.dtype) for t in others):
         return False
     return _functions() is not None
 
@@ -110,40 +96,17 @@ def _checked(
     written: dict[str, tuple[Tensor | None, int]] | None = None,
 ) -> None:
     """Every operand (name -> (tensor or None, element count the kernel walks)) as the
-    kernel needs it: operands of the input's size in ``at.format``, per-channel ones
-    contiguous; and nothing written overlapping another operand; RuntimeError naming the
-    first one that is not."""
-    written = written or {}
-    size, strided = at.n * at.c * at.s, torch.strided
-    flat: list[tuple[str, list[Tensor | None]]] = []
-    for name, (t, n) in (*read.items(), *written.items()):
-        if t is None:
-            if written:
-                flat.append((name, [None]))
-            continue
-        fmt = at.format if n == size and t.dim() > 1 else _CONTIGUOUS
-        if not (
-            type(t) in _PLAIN
-            and t.dtype == dtype
-            and t.is_cpu
-            and t.layout == strided
-            and (t.is_contiguous() if fmt is _CONTIGUOUS else t.is_contiguous(memory_format=fmt))
-        ):
-            raise RuntimeError(
-                f"{where}: {name} must be a plain dense CPU tensor of {dtype} in "
-                f"{fmt}, got {type(t).__name__} {t.dtype} on {t.device} with strides "
-                f"{t.stride()}"
-            )
-        if t.numel() != n:
-            raise RuntimeError(f"{where}: {name} has {t.numel()} elements, the kernel walks {n}")
-        if t.storage_offset() * t.element_size() + t.nbytes > t.untyped_storage().nbytes():
-            raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
-        # a dense tensor in its format covers one span; the overlap check reads spans
-        # of contiguous tensors, so it sees a channels_last one as a flat view
-        if written:
-            flat.append((name, [t if fmt is _CONTIGUOUS else t.as_strided((n,), (1,))]))
-    if written:
-        guard.check_disjoint(where, flat, read=range(len(read)), lone=True)
+    kernel needs it, :func:`guard.check_dense`: operands of the input's size dense in
+    ``at.format``, per-channel ones contiguous."""
+    size = at.n * at.c * at.s
+
+    def operands(named: dict[str, tuple[Tensor | None, int]]) -> list[guard.Operand]:
+        return [
+            (name, t, n, at.format if n == size and t is not None and t.dim() > 1 else _DENSE)
+            for name, (t, n) in named.items()
+        ]
+
+    guard.check_dense(where, dtype, operands(read), operands(written or {}))
 
 
 def forward(
@@ -196,7 +159,7 @@ def forward(
         train=training,
         eps=eps,
     )
-    if fns[f"fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
+    if fns[f"batch_norm_fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
         raise MemoryError("batch norm kernel: no memory for the per-channel terms")
     return y, mean, invstd, var_sum
 
@@ -247,7 +210,7 @@ def backward(
         train=training,
         eps=0.0,
     )
-    if fns[f"bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
+    if fns[f"batch_norm_bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
         raise MemoryError("batch norm kernel (backward): no memory for the per-thread sums")
     return dx, dw, db
 

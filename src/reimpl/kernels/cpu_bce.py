@@ -13,9 +13,10 @@ so it reaches the kernel as a *periodic* operand -- element i reads ``operand[i 
 -- and a short one is tiled first, so the kernel's inner loops stay long.
 
 :func:`prepare` says whether the kernels take a call (None: the caller computes with torch
-ops); every operand then passes ``cpu_norm``'s gate (plain, contiguous, of the input's
-dtype, exactly the elements the kernel walks, within its storage, nothing written
-overlapping anything else) before its address reaches C.
+ops); every operand then passes :func:`reimpl.kernels.guard.check_dense` (plain,
+contiguous, of the input's dtype, exactly the elements the kernel walks, within its
+storage; what the kernels write is allocated here, fresh, so it overlaps nothing) before
+its address reaches C.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from reimpl.kernels import cpu_fused, cpu_norm
+from reimpl.kernels import cpu_fused, guard
 
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 _P = ctypes.c_void_p
@@ -59,16 +60,9 @@ class Periodic(NamedTuple):
 
 @cache
 def _functions() -> dict[str, Any] | None:
-    lib = cpu_fused.library()
-    if lib is None:
-        return None
-    fns = {}
-    for suffix in _DTYPES.values():
-        fwd, bwd = getattr(lib, f"bce_fwd_{suffix}"), getattr(lib, f"bce_bwd_{suffix}")
-        fwd.argtypes = bwd.argtypes = [ctypes.POINTER(BCEArgs)]
-        fwd.restype, bwd.restype = ctypes.c_double, None
-        fns[f"fwd_{suffix}"], fns[f"bwd_{suffix}"] = fwd, bwd
-    return fns
+    fwd = cpu_fused.bind([f"bce_fwd_{d}" for d in _DTYPES.values()], BCEArgs, ctypes.c_double)
+    bwd = cpu_fused.bind([f"bce_bwd_{d}" for d in _DTYPES.values()], BCEArgs)
+    return None if fwd is None or bwd is None else fwd | bwd
 
 
 def _periodic(extra: Tensor | None, x: Tensor) -> tuple[Tensor | None, int] | None:
@@ -76,7 +70,7 @@ def _periodic(extra: Tensor | None, x: Tensor) -> tuple[Tensor | None, int] | No
     when its broadcast against ``x`` is not one the kernel takes."""
     if extra is None:
         return None, 0
-    if extra.dtype != x.dtype or not cpu_norm._plain_cpu(extra, x.dtype):
+    if extra.dtype != x.dtype or not guard.plain_cpu(extra, x.dtype):
         return None
     shape = list(extra.shape)
     while shape and shape[0] == 1:
@@ -99,9 +93,7 @@ def prepare(
     input, ``torch.compile``, or no compiled library): torch ops compute it then."""
     if x.dtype not in _DTYPES or x.numel() == 0 or torch.compiler.is_compiling():
         return None
-    if x.shape != t.shape or not (
-        cpu_norm._plain_cpu(x, x.dtype) and cpu_norm._plain_cpu(t, x.dtype)
-    ):
+    if x.shape != t.shape or not (guard.plain_cpu(x, x.dtype) and guard.plain_cpu(t, x.dtype)):
         return None
     w, p = _periodic(weight, x), _periodic(pos_weight, x)
     if w is None or p is None or _functions() is None:
@@ -109,24 +101,18 @@ def prepare(
     return Periodic(w[0], w[1], p[0], p[1])
 
 
-def _gate(
-    where: str,
-    x: Tensor,
-    t: Tensor,
-    at: Periodic,
-    written: dict[str, Tensor | None],
-    upstream: Tensor | None = None,
-) -> None:
-    """Every operand as the kernel walks it (``n`` elements, the extras one period)."""
-    n = x.numel()
-    read = {
-        "input": (x, n),
-        "target": (t, n),
-        "weight": (at.w, at.w_period),
-        "pos_weight": (at.p, at.p_period),
-        "upstream gradient": (upstream, n),
-    }
-    cpu_norm._checked(where, x.dtype, read, {k: (v, n) for k, v in written.items()})
+def _gate(where: str, x: Tensor, t: Tensor, at: Periodic, upstream: Tensor | None = None) -> None:
+    """Every operand from the caller as the kernel walks it (``n`` elements, the extras
+    one period)."""
+    n, dense = x.numel(), torch.contiguous_format
+    read = [
+        ("input", x, n, dense),
+        ("target", t, n, dense),
+        ("weight", at.w, at.w_period, dense),
+        ("pos_weight", at.p, at.p_period, dense),
+        ("upstream gradient", upstream, n, dense),
+    ]
+    guard.check_dense(where, x.dtype, read)
 
 
 def _args(x: Tensor, t: Tensor, at: Periodic) -> BCEArgs:
@@ -147,10 +133,10 @@ def forward(x: Tensor, t: Tensor, at: Periodic, reduction: str) -> Tensor:
     assert fns is not None
     n = x.numel()
     out = torch.empty_like(x) if reduction == "none" else None
-    _gate("BCE-with-logits kernel", x, t, at, {"loss": out})
+    _gate("BCE-with-logits kernel", x, t, at)
     args = _args(x, t, at)
     args.out = _ptr(out)
-    total = fns[f"fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
+    total = fns[f"bce_fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
     if out is not None:
         return out
     return torch.tensor(total / n if reduction == "mean" else total, dtype=x.dtype)
@@ -168,19 +154,12 @@ def backward(
     per = reduction == "none"
     if per:
         g = g.expand_as(x).to(x.dtype).contiguous()
-    _gate(
-        "BCE-with-logits kernel (backward)",
-        x,
-        t,
-        at,
-        {"input gradient": gx, "target gradient": gt},
-        upstream=g if per else None,
-    )
+    _gate("BCE-with-logits kernel (backward)", x, t, at, upstream=g if per else None)
     args = _args(x, t, at)
     args.g, args.gx, args.gt = _ptr(g) if per else None, gx.data_ptr(), _ptr(gt)
     args.mean = int(reduction == "mean")
     args.scale = 0.0 if per else float(g)
-    fns[f"bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
+    fns[f"bce_bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
     return gx, gt
 
 

@@ -1,8 +1,9 @@
-"""Loader for the one-pass CPU kernels in ``cpu_fused.c``: the fused optimizer updates
-(``fused=True``; Adafactor's, which need reductions, in ``cpu_adafactor.c``) and the
-pointwise losses (MSE, SmoothL1, Huber).
+"""Loader for reimpl's CPU kernels, and the binding of the fused optimizer updates in
+``cpu_fused.c`` (``fused=True``; Adafactor's, which need reductions, in ``cpu_adafactor.c``).
+The layer and loss kernels built into the same library have their own bindings
+(``cpu_norm``, ``cpu_batch_norm``, ``cpu_pointwise``, ``cpu_bce``), through :func:`bind`.
 
-The C file is compiled on first use with the system C compiler (``cc``/``gcc``, ``-O3
+The C files are compiled on first use with the system C compiler (``cc``/``gcc``, ``-O3
 -march=native -fopenmp``) into a per-user cache folder keyed by the source's hash
 (``$REIMPL_CACHE_DIR``, default ``~/.cache/reimpl``), so later processes just load it.
 No compiler, or a failed build: :func:`library` returns None and callers use torch ops
@@ -136,18 +137,6 @@ class AdafactorOpts(ctypes.Structure):
     ]
 
 
-class Pointwise(ctypes.Structure):
-    """``pointwise_t``: one pointwise-loss call (forward or backward)."""
-
-    _fields_ = [
-        *((f, ctypes.c_void_p) for f in ("x", "t", "g", "out", "gx", "gt")),
-        ("n", ctypes.c_int64),
-        ("kind", _I32),
-        ("b", _D),
-        ("scale", _D),
-    ]
-
-
 #: kernel family -> its options struct (the C function is ``<family>_<f32|f64>``)
 OPTIONS: dict[str, type[ctypes.Structure]] = {
     "adam": AdamOpts,
@@ -230,11 +219,21 @@ def library() -> ctypes.CDLL | None:
             fn = getattr(lib, f"{family}_{suffix}")
             fn.argtypes = [ctypes.POINTER(Batch), ctypes.POINTER(opts)]
             fn.restype = _I32 if family in _RETURNS_STATUS else None
-    for suffix in _DTYPES.values():
-        fwd, bwd = getattr(lib, f"pointwise_fwd_{suffix}"), getattr(lib, f"pointwise_bwd_{suffix}")
-        fwd.argtypes = bwd.argtypes = [ctypes.POINTER(Pointwise)]
-        fwd.restype, bwd.restype = _D, None
     return lib
+
+
+def bind(
+    names: Sequence[str], args: type[ctypes.Structure], restype: Any = None
+) -> dict[str, Any] | None:
+    """The library's functions ``names``, each taking a pointer to one ``args`` struct and
+    returning ``restype``; None without the library (the layer and loss bindings)."""
+    lib = library()
+    if lib is None:
+        return None
+    fns = {name: getattr(lib, name) for name in names}
+    for fn in fns.values():
+        fn.argtypes, fn.restype = [ctypes.POINTER(args)], restype
+    return fns
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -411,75 +410,3 @@ def call(
     prepared = prepare(where, roles, strict=True)
     assert prepared is not None
     prepared.run(family, opts, per, first)
-
-
-POINTWISE_KINDS = {"mse": 0, "smooth_l1": 1, "huber": 2}
-
-
-def pointwise_usable(x: Tensor, t: Tensor) -> bool:
-    """The pointwise-loss kernels take two same-shaped contiguous CPU float32/float64
-    tensors of one dtype (anything else, e.g. a broadcast target, takes the torch ops)."""
-    return x.numel() > 0 and x.shape == t.shape and usable([x], [t])
-
-
-def _pointwise(inputs: dict[str, Tensor | None], outputs: dict[str, Tensor | None]) -> None:
-    """The pointwise kernels' contract: every operand of the input's shape and dtype, on
-    the CPU, contiguous, the outputs overlapping nothing (RuntimeError otherwise)."""
-    roles: list[tuple[str, list[Tensor | None]]] = [
-        *((k, [v]) for k, v in inputs.items()),
-        *((k, [v]) for k, v in outputs.items()),
-    ]
-    guard.check_operands(
-        "pointwise loss kernel", roles, device_type="cpu", read=range(len(inputs)), lone=True
-    )
-    x = inputs["input"]
-    assert x is not None
-    if x.dtype not in _DTYPES:
-        raise RuntimeError(f"the pointwise loss kernel takes float32/float64, not {x.dtype}")
-
-
-def pointwise_forward(kind: str, x: Tensor, t: Tensor, b: float, reduction: str) -> Tensor:
-    """Per-element loss (``reduction='none'``) or its sum/mean, in one pass."""
-    lib = library()
-    assert lib is not None
-    fn = getattr(lib, f"pointwise_fwd_{_DTYPES.get(x.dtype, 'f32')}")
-    out = torch.empty_like(x) if reduction == "none" else None
-    _pointwise({"input": x, "target": t}, {"loss": out})
-    args = Pointwise(x=x.data_ptr(), t=t.data_ptr(), n=x.numel(), kind=POINTWISE_KINDS[kind], b=b)
-    if out is not None:
-        args.out = out.data_ptr()
-        fn(ctypes.byref(args))
-        return out
-    total = fn(ctypes.byref(args))
-    if reduction == "mean":
-        total = total / x.numel() if x.numel() else float("nan")
-    return torch.tensor(total, dtype=x.dtype)
-
-
-def pointwise_backward(
-    kind: str, x: Tensor, t: Tensor, g: Tensor, b: float, scale: float | None, need_t: bool
-) -> tuple[Tensor, Tensor | None]:
-    """dl/dx (and dl/dt = -dl/dx) in one pass: the slope times ``scale`` (a reduced loss's
-    upstream gradient over its count) or times ``g`` element-wise (``reduction='none'``)."""
-    lib = library()
-    assert lib is not None
-    fn = getattr(lib, f"pointwise_bwd_{_DTYPES.get(x.dtype, 'f32')}")
-    gx = torch.empty_like(x)
-    gt = torch.empty_like(x) if need_t else None
-    inputs: dict[str, Tensor | None] = {"input": x, "target": t}
-    if scale is None:
-        g = inputs["upstream gradient"] = g.expand_as(x).to(x.dtype).contiguous()
-    _pointwise(inputs, {"input gradient": gx, "target gradient": gt})
-    args = Pointwise(
-        x=x.data_ptr(),
-        t=t.data_ptr(),
-        g=g.data_ptr() if scale is None else None,
-        gx=gx.data_ptr(),
-        gt=gt.data_ptr() if gt is not None else None,
-        n=x.numel(),
-        kind=POINTWISE_KINDS[kind],
-        b=b,
-        scale=0.0 if scale is None else scale,
-    )
-    fn(ctypes.byref(args))
-    return gx, gt

@@ -24,8 +24,8 @@ from reimpl.kernels import cpu_fused, guard
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 #: the layer a call computes (``norm_t.kind``): the formulas differ as torch's do
 LAYER, RMS, GROUP = 0, 1, 2
-_PLAIN = (Tensor, torch.nn.Parameter)
 _P = ctypes.c_void_p
+_DENSE = torch.contiguous_format
 
 
 class Layout(NamedTuple):
@@ -51,26 +51,9 @@ class NormArgs(ctypes.Structure):
 
 @cache
 def _functions() -> dict[str, Any] | None:
-    lib = cpu_fused.library()
-    if lib is None:
-        return None
-    fns = {}
-    for suffix in _DTYPES.values():
-        fwd, bwd = getattr(lib, f"norm_fwd_{suffix}"), getattr(lib, f"norm_bwd_{suffix}")
-        fwd.argtypes = bwd.argtypes = [ctypes.POINTER(NormArgs)]
-        fwd.restype, bwd.restype = None, ctypes.c_int
-        fns[f"fwd_{suffix}"], fns[f"bwd_{suffix}"] = fwd, bwd
-    return fns
-
-
-def _plain_cpu(t: Tensor, dtype: torch.dtype) -> bool:
-    return (
-        type(t) in _PLAIN
-        and t.is_cpu
-        and t.layout == torch.strided
-        and t.dtype == dtype
-        and t.is_contiguous()
-    )
+    fwd = cpu_fused.bind([f"norm_fwd_{d}" for d in _DTYPES.values()], NormArgs)
+    bwd = cpu_fused.bind([f"norm_bwd_{d}" for d in _DTYPES.values()], NormArgs, ctypes.c_int)
+    return None if fwd is None or bwd is None else fwd | bwd
 
 
 def usable(x: Tensor, *params: Tensor | None) -> bool:
@@ -79,36 +62,15 @@ def usable(x: Tensor, *params: Tensor | None) -> bool:
     library built. Anything else computes with torch ops."""
     if x.dtype not in _DTYPES or x.numel() == 0 or torch.compiler.is_compiling():
         return False
-    if not all(p is None or _plain_cpu(p, x.dtype) for p in (x, *params)):
+    if not all(p is None or guard.plain_cpu(p, x.dtype) for p in (x, *params)):
         return False
     return _functions() is not None
 
 
-def _checked(
-    where: str,
-    dtype: torch.dtype,
-    read: dict[str, tuple[Tensor | None, int]],
-    written: dict[str, tuple[Tensor | None, int]] | None = None,
-) -> None:
-    """Every operand (name -> (tensor or None, element count the kernel walks)) as the
-    kernel needs it, and nothing written overlapping another operand; RuntimeError naming
-    the first one that is not."""
-    written = written or {}
-    for name, (t, n) in (*read.items(), *written.items()):
-        if t is None:
-            continue
-        if not _plain_cpu(t, dtype):
-            raise RuntimeError(
-                f"{where}: {name} must be a plain contiguous CPU tensor of {dtype}, got "
-                f"{type(t).__name__} {t.dtype} on {t.device} (contiguous: {t.is_contiguous()})"
-            )
-        if t.numel() != n:
-            raise RuntimeError(f"{where}: {name} has {t.numel()} elements, the kernel walks {n}")
-        if t.storage_offset() * t.element_size() + t.nbytes > t.untyped_storage().nbytes():
-            raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
-    if written:
-        roles = [(name, [t]) for name, (t, _) in (*read.items(), *written.items())]
-        guard.check_disjoint(where, roles, read=range(len(read)), lone=True)
+def _checked(where: str, dtype: torch.dtype, read: dict[str, tuple[Tensor | None, int]]) -> None:
+    """Every operand from the caller (name -> (tensor or None, element count the kernel
+    walks)) contiguous, as the kernel needs it: :func:`guard.check_dense`."""
+    guard.check_dense(where, dtype, [(k, t, n, _DENSE) for k, (t, n) in read.items()])
 
 
 def forward(
@@ -142,7 +104,7 @@ def forward(
         kind=kind,
         eps=eps,
     )
-    fns[f"fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
+    fns[f"norm_fwd_{_DTYPES[x.dtype]}"](ctypes.byref(args))
     return y, mean, rstd
 
 
@@ -193,7 +155,7 @@ def backward(
         kind=kind,
         eps=0.0,
     )
-    if fns[f"bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
+    if fns[f"norm_bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
         raise MemoryError("normalization kernel (backward): no memory for the per-thread sums")
     return dx, dw, db
 

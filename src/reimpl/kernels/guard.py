@@ -19,7 +19,12 @@ block. Two levels:
   The batch builders (``cpu_fused.call``, the Triton launchers) run it on every call, so
   no kernel can be reached around it.
 
-Both cost O(number of tensors), never O(elements).
+* :func:`check_dense` -- the same contract for the layer and loss kernels (norms, batch
+  norm, the pointwise losses), whose operands are a handful of named tensors in one dtype
+  rather than lists by role: each plain, on the CPU, dense in its memory format, exactly
+  the elements the kernel walks within its storage.
+
+All cost O(number of tensors), never O(elements).
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from torch import Tensor
 __all__ = [
     "Roles",
     "ShapeOf",
+    "check_dense",
     "check_disjoint",
     "check_like_params",
     "check_operands",
     "describe",
+    "plain_cpu",
 ]
 
 #: (name, tensors) pairs: roles[0] are the params, then the grads, then the states; a
@@ -49,6 +56,8 @@ Roles = Sequence[tuple[str, Sequence[Tensor | None] | None]]
 ShapeOf = Mapping[str, Callable[[torch.Size], Sequence[int] | None]]
 
 _PLAIN = (Tensor, torch.nn.Parameter)
+#: (name, tensor or None, element count the kernel walks, the memory format it reads)
+Operand = tuple[str, Tensor | None, int, torch.memory_format]
 
 
 def describe(name: str, i: int) -> str:
@@ -225,3 +234,55 @@ def _disjoint(where: str, written: list[_Span], inputs: list[_Span]) -> None:
         if j >= 0 and written[j][1] > lo:
             w = written[j]
             raise _fail(where, w[2], w[3], f"shares memory with {describe(name, i)}")
+
+
+def plain_cpu(
+    t: Tensor, dtype: torch.dtype, fmt: torch.memory_format | None = torch.contiguous_format
+) -> bool:
+    """``t`` is a plain (not a subclass) strided CPU tensor of ``dtype``, dense in ``fmt``
+    (None: in any layout): what a CPU layer or loss kernel can take, asked beforehand."""
+    return (
+        type(t) in _PLAIN
+        and t.is_cpu
+        and t.layout == torch.strided
+        and t.dtype == dtype
+        and (fmt is None or t.is_contiguous(memory_format=fmt))
+    )
+
+
+def check_dense(
+    where: str, dtype: torch.dtype, read: Sequence[Operand], written: Sequence[Operand] = ()
+) -> None:
+    """Every operand a CPU layer or loss kernel walks from ``data_ptr()``: a plain strided
+    CPU tensor of ``dtype``, dense in its memory format, holding exactly its element count
+    within its storage; and nothing written overlapping another operand (a tensor dense in
+    any format covers one span of memory). ``RuntimeError`` naming the first that is not.
+    Outputs a binding allocates itself need not be passed: they are fresh."""
+    spans: list[list[_Span]] = [[], []]  # read, written
+    for side, operands in enumerate((read, written)):
+        for name, t, n, fmt in operands:
+            if t is None:
+                continue
+            if not (
+                type(t) in _PLAIN
+                and t.dtype == dtype
+                and t.is_cpu
+                and t.layout == torch.strided
+                and t.is_contiguous(memory_format=fmt)
+            ):
+                raise RuntimeError(
+                    f"{where}: {name} must be a plain dense CPU tensor of {dtype} in {fmt}, "
+                    f"got {type(t).__name__} {t.dtype} on {t.device} with strides {t.stride()}"
+                )
+            if t.numel() != n:
+                raise RuntimeError(
+                    f"{where}: {name} has {t.numel()} elements, the kernel walks {n}"
+                )
+            nbytes = t.nbytes
+            if t.storage_offset() * t.element_size() + nbytes > t.untyped_storage().nbytes():
+                raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
+            if written and nbytes:
+                lo = t.data_ptr()
+                spans[side].append((lo, lo + nbytes, name, -1))
+    if written:
+        _disjoint(where, spans[1], spans[0])

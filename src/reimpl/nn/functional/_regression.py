@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reimpl.kernels import cpu_fused
+from reimpl.kernels import cpu_pointwise
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import compiling as _compiling
@@ -64,9 +64,9 @@ class _Pointwise(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, t)
         ctx.kind, ctx.b, ctx.reduction = kind, b, reduction
-        ctx.kernel = not _compiling() and cpu_fused.pointwise_usable(x, t)
-        if ctx.kernel:  # one pass on CPU (reimpl.kernels.cpu_fused), same formula
-            return cpu_fused.pointwise_forward(kind, x, t, b, reduction)
+        ctx.kernel = not _compiling() and cpu_pointwise.usable(x, t)
+        if ctx.kernel:  # one pass on CPU (reimpl.kernels.cpu_pointwise), same formula
+            return cpu_pointwise.forward(kind, x, t, b, reduction)
         d = x - t
         if kind == "mse":
             loss = d.mul_(d)
@@ -90,9 +90,7 @@ class _Pointwise(torch.autograd.Function):
             per = None  # reduced: one upstream number for every element
             if ctx.reduction != "none":
                 per = float(g) / (x.numel() if ctx.reduction == "mean" else 1)
-            gx, gt = cpu_fused.pointwise_backward(
-                ctx.kind, x, t, g, b, per, ctx.needs_input_grad[1]
-            )
+            gx, gt = cpu_pointwise.backward(ctx.kind, x, t, g, b, per, ctx.needs_input_grad[1])
             return (gx if ctx.needs_input_grad[0] else None, gt, None, None, None)
         scale = _acc(g)
         if ctx.reduction == "mean":
