@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 import reimpl.optim
+from reimpl._compat import torch_at_least
 from reimpl_parity.dist_scenarios import Checks, Result, _device, _full
 
 
@@ -297,7 +298,10 @@ def _fsdp_not_per_element(checks: Checks, dev: torch.device) -> None:
             errors.append(type(e))
         calls += seen
     with checks.check("adafactor_fused/not_on_local_shards"):
-        assert errors[0] is errors[1], errors
+        if torch_at_least(2, 13):
+            assert errors[0] is errors[1], errors
+        else:  # torch 2.12's DTensor refuses another op of the two first, with another type
+            assert (errors[0] is None) == (errors[1] is None), errors
         assert not calls, f"a kernel ran on the shards: {[c[:2] for c in calls]}"
 
 
