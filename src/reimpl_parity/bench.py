@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -451,6 +452,26 @@ def _bound_rows(
     return out
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep what is freed (no heap trimming, no per-size mmap), so
+    that one side of a pair freeing its temporaries does not make the other side's next
+    allocations fault their pages in again. Without it, torch's foreach step right after
+    one of our fused steps (which allocate nothing) took 2-3x its time in its own row: the
+    big temporaries went back to the OS after every call. False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # (glibc's malloc.h)
+    return bool(mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_mmap_threshold, 2**30))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reimpl bench", description=__doc__)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -465,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("reimpl bench: no CUDA device")
         devices = ["cpu"]
     from reimpl_parity.bench_report import describe_device, write_reports
+
+    keep_freed_memory()
 
     for dev in devices:
         print(f"{describe_device(dev)} · torch {torch.__version__}")
