@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,8 +41,19 @@ def test_check_rejects_unknown_component() -> None:
         main(["check", "--components", "nope"])
 
 
-def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
+def test_bench_writes_json_markdown_and_png(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("matplotlib")
+    import reimpl_parity.bench as bench
+
+    kept: list[bool] = []
+
+    def keep() -> bool:  # (not applied here: it would change this test process's malloc)
+        kept.append(True)
+        return True
+
+    monkeypatch.setattr(bench, "keep_freed_memory", keep)
     rc = main(
         [
             "bench",
@@ -55,7 +68,7 @@ def test_bench_writes_json_markdown_and_png(tmp_path: Path) -> None:
             str(tmp_path),
         ]
     )
-    assert rc == 0
+    assert rc == 0 and kept == [True]
     data = json.loads((tmp_path / "cpu.json").read_text())
     assert data["torch"] and data["device"] and data["results"][0]["case"].startswith("mse_loss")
     assert (tmp_path / "cpu.md").read_text().startswith("Device:")
@@ -128,3 +141,12 @@ def test_torch_side_differences_fail_only_when_strict(
     out = capsys.readouterr().out
     assert "torch-side" in out and "fails only with --strict" in out
     assert main(_check("--strict")) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_bench_keeps_freed_memory_under_glibc() -> None:
+    """The benchmark's allocator setting takes (in a child: it is process-wide)."""
+    code = "from reimpl_parity.bench import keep_freed_memory as k; print(k())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
