@@ -146,16 +146,40 @@ DEFINE_FLUSH(double, f64)
 DEFINE_SUMS(float, f32)
 DEFINE_SUMS(double, f64)
 
-/* the mean (0 for RMS norm) and rstd of the d elements at xr, as T: two passes (the mean,
-   then the squares centered on it rounded to T, so no cancellation), the variance (or mean
-   square) rounded to T before rstd, as torch's kernels hold it */
+/* the mean (0 for RMS norm) and rstd of the d elements at xr, as T. One pass of sums of
+   x - c and (x - c)^2, c the mean of the row's first 64 elements (the lines the pass reads
+   first anyway; samples spread over the row cost a memory round trip each): then
+   var = E[(x - c)^2] - E[x - c]^2 loses nothing to cancellation while c is near the mean
+   (E[x - c]^2 small against var). Where it is not (E[x - c]^2 > 16 var: a row whose
+   samples missed its mass), the sums are taken again around the mean they found, so at
+   most about one digit is ever lost. The variance (or mean square) is rounded to T before
+   rstd, as torch's kernels hold it. */
+#define SHIFT_SAMPLES 64
+#define DEFINE_SHIFT(T, SFX)                                                               \
+  static T shift_##SFX(const T *x, int64_t d) {                                           \
+    const int64_t n = d < SHIFT_SAMPLES ? d : SHIFT_SAMPLES;                               \
+    double s = 0;                                                                          \
+    for (int64_t i = 0; i < n; i++) s += x[i];                                             \
+    return (T)(s / (double)n);                                                             \
+  }
+
+DEFINE_SHIFT(float, f32)
+DEFINE_SHIFT(double, f64)
+
 #define ROW_STATS(T, SFX, SQRT, xr, d, kind, eps, m_out, rs_out)                           \
   {                                                                                        \
-    const T mu = kind != NORM_RMS ? (T)(sums_##SFX(xr, d, (T)0, 0) / (double)d) : (T)0;    \
-    double sq;                                                                             \
-    const double sc = sums_##SFX(xr, d, mu, &sq) / (double)d; /* rounding of mu */         \
-    const T var = (T)(kind != NORM_RMS ? sq / (double)d - sc * sc : sq / (double)d);       \
-    m_out = (T)((double)mu + sc);                                                          \
+    T c = kind != NORM_RMS ? shift_##SFX(xr, d) : (T)0;                                    \
+    double sq, sc = sums_##SFX(xr, d, c, &sq) / (double)d, var_d = sq / (double)d;         \
+    if (kind != NORM_RMS) {                                                                \
+      var_d -= sc * sc;                                                                    \
+      if (sc * sc > 16 * var_d) { /* the samples missed: center on the mean found */       \
+        c = (T)((double)c + sc);                                                           \
+        sc = sums_##SFX(xr, d, c, &sq) / (double)d;                                        \
+        var_d = sq / (double)d - sc * sc;                                                  \
+      }                                                                                    \
+    }                                                                                      \
+    const T var = (T)(var_d < 0 ? 0 : var_d); /* (NaN stays NaN) */                         \
+    m_out = (T)((double)c + sc);                                                           \
     /* torch's group norm adds eps in double; layer norm and RMS norm in T */              \
     if (kind == NORM_GROUP) rs_out = (T)(1.0 / sqrt((double)var + (eps)));                 \
     else rs_out = (T)1 / SQRT(var + (T)(eps));                                             \
