@@ -166,6 +166,25 @@ def test_kernel_long_off_center_rows_match_torch(name: str, dtype: torch.dtype) 
         )
 
 
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_kernel_rows_whose_head_is_off_the_mean_match_torch(name: str) -> None:
+    """The statistics are summed around the mean of a row's first 64 elements; a row whose
+    head sits far from its mass (here 50 std above it) takes the second, recentered pass,
+    and must come out as close to torch's float64 result as torch's float32 does."""
+    g = torch.Generator().manual_seed(11)
+    shape = (4, 9000) if name == "layer_norm" else (2, 4, 70, 70)
+    x = torch.randn(*shape, generator=g)
+    x.view(x.shape[0] * (2 if name == "group_norm" else 1), -1)[:, :64] += 50
+    fn, _, c = _LONG_ROWS[name]
+    w, b = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    ours, theirs, exact = (
+        fn(m, x.to(dt), w.to(dt), b.to(dt))
+        for m, dt in ((F, torch.float32), (TF, torch.float32), (TF, torch.float64))
+    )
+    err_o, err_t = ((v.double() - exact).abs().max().item() for v in (ours, theirs))
+    assert err_o <= max(err_t, 1e-5 + 1.3e-6 * exact.abs().max().item()), (err_o, err_t)
+
+
 def test_group_norm_bias_without_weight_where_torch_backward_fails() -> None:
     """torch's CPU group norm backward raises with a bias and no weight; reimpl gives the
     gradients torch gives for the same call with a weight of ones."""
