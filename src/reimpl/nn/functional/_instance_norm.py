@@ -180,14 +180,14 @@ def _instance_norm(
     stat_dtype = _check_dtypes(input, running_mean, running_var, weight, bias)
 
     n, c = input.shape[:2]
-    if _plain_training(input.contiguous(), running_mean, weight, bias, use_input_stats):
+    x = _kernel_input(input, running_mean, weight, bias, use_input_stats)
+    if x is not None:
         # no running statistics to update: group norm with a group per channel, through
         # the C kernels (contiguous out, as torch's instance norm gives it)
         def composite(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
             return C.group_norm(x, c, w, b, eps, keep_format=False)
 
         layout = Layout(n * c, c, 1, input[0, 0].numel())
-        x = input.contiguous()  # (channels-last: torch's output is contiguous too)
         return Normalize.apply(x, weight, bias, Plan(layout, eps, GROUP, composite))
     # torch repeats the running statistics in the parameters' dtype, updates the copies
     # there, and averages them there before storing the result in the statistics' own
@@ -221,26 +221,31 @@ def _instance_norm(
 # ----------------------------------------------------------------- the training path
 
 
-def _plain_training(
+def _kernel_input(
     input: Tensor,
     running_mean: Tensor | None,
     weight: Tensor | None,
     bias: Tensor | None,
     use_input_stats: bool,
-) -> bool:
-    """Whether the C group-norm kernels compute this call: batch statistics and none
-    running, float32/float64 CPU tensors of one dtype, outside transforms and compile.
-    The kernels add eps and scale as torch's batch-norm kernel does here (eps in double,
-    x·(invstd·w) + (b − mean·invstd·w)); 16-bit inputs stay on :class:`_InstanceNorm`,
-    which keeps their statistics as torch's instance norm does (group norm's differ)."""
-    return (
+) -> Tensor | None:
+    """The contiguous input when the C group-norm kernels compute this call (batch
+    statistics and none running, float32/float64 CPU tensors of one dtype, outside
+    transforms and compile), else None; the copy of a channels-last input is made only
+    once the cheap conditions hold. The kernels add eps and scale as torch's batch-norm
+    kernel does here (eps in double, x·(invstd·w) + (b − mean·invstd·w)); 16-bit inputs
+    stay on :class:`_InstanceNorm`, which keeps their statistics as torch's instance norm
+    does (group norm's differ)."""
+    if not (
         use_input_stats
         and running_mean is None
         and input.numel() > 0
+        and input.dtype in (torch.float32, torch.float64)
         and not transformed()
         and not compiling()
-        and cpu_norm.usable(input, weight, bias)
-    )
+    ):
+        return None
+    x = input.contiguous()
+    return x if cpu_norm.usable(x, weight, bias) else None
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
