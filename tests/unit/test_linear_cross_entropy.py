@@ -71,12 +71,7 @@ def test_many_chunks_match_torch_reference(
 ) -> None:
     data = _inputs(dtype=dtype)
     assert lce.rows_per_chunk(9, 5, 11) < 9  # really several chunks
-    kw = {
-        "reduction": reduction,
-        "label_smoothing": smoothing,
-        "weight": data["cw"] if weighted else None,
-        "ignore_index": ignore,
-    }
+    kw = loss_kwargs(data, reduction, smoothing, weighted, ignore)
     ours = _run(F.linear_cross_entropy, data, bias=bias, **kw)
     theirs = _run(TORCH_LCE, data, bias=bias, **kw)
     torch.testing.assert_close(ours, theirs)
@@ -157,6 +152,18 @@ def test_peak_memory_stays_below_the_logits(monkeypatch: pytest.MonkeyPatch) -> 
     naive = _peak(lambda a, b, c: TF.cross_entropy(a @ b.t(), c), x, w, t)
     assert naive >= 2 * logits_mib, naive  # the measurement sees the logits
     assert ours < logits_mib / 2, (ours, naive)
+
+
+def loss_kwargs(
+    data: dict[str, Tensor], reduction: str, smoothing: float, weighted: bool, ignore: Any
+) -> dict[str, Any]:
+    """The loss options of a table case (class weights from ``data["cw"]`` when weighted)."""
+    return {
+        "reduction": reduction,
+        "label_smoothing": smoothing,
+        "weight": data["cw"] if weighted else None,
+        "ignore_index": ignore,
+    }
 
 
 def grads_after_two_backwards(

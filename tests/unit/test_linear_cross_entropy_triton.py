@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as TF
-from test_linear_cross_entropy import grads_after_two_backwards
+from test_linear_cross_entropy import grads_after_two_backwards, loss_kwargs
 from torch import Tensor
 
 import reimpl.nn.functional as F
@@ -119,12 +119,7 @@ def test_kernel_chunks_match_torch(
     assert rows < n  # really several chunks (the last one short)
     data = _inputs(n, d, v, torch.float32)
     data["t"][3] = 2  # ignore_index=2 always hits a row
-    kw = {
-        "reduction": reduction,
-        "label_smoothing": smoothing,
-        "weight": data["cw"] if weighted else None,
-        "ignore_index": ignore,
-    }
+    kw = loss_kwargs(data, reduction, smoothing, weighted, ignore)
     ours = _run(F.linear_cross_entropy, data, bias=bias, **kw)
     theirs = _run(torch_lce, data, bias=bias, **kw)
     torch.testing.assert_close(ours, theirs)
@@ -216,12 +211,7 @@ def test_cuda_kernel_chunks_match_torch(
     assert lce.rows_per_chunk(n, d, v) < n
     data = _inputs(n, d, v, torch.float32, device="cuda")
     data["t"][::7] = 2
-    kw = {
-        "reduction": reduction,
-        "label_smoothing": smoothing,
-        "weight": data["cw"] if weighted else None,
-        "ignore_index": ignore,
-    }
+    kw = loss_kwargs(data, reduction, smoothing, weighted, ignore)
     ours = _run(F.linear_cross_entropy, data, bias=True, **kw)
     theirs = _run(torch_lce, data, bias=True, **kw)
     # why: TF32 is off by default, but cuBLAS sums a chunk's rows in another order than one
