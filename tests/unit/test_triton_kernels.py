@@ -49,8 +49,11 @@ def test_cross_entropy_kernel_parity_table(interpret: None, dtype: torch.dtype) 
             return case.ours(*args, **kwargs)
 
     # CPU torch rounds the 16-bit softmax sum and its log before subtracting; the kernel (like
-    # torch on CUDA, which it is for) rounds once at the end: allow a few 16-bit ulp.
-    tol = {torch.float16: (4e-3, 1e-4), torch.bfloat16: (3.2e-2, 1e-3)}
+    # torch on CUDA, which it is for) rounds once at the end: allow a few 16-bit ulp. The
+    # gradient is softmax - target, with the softmax rounded by torch to 16 bits first: where
+    # the two nearly cancel, torch's one-ulp error at the softmax's size (up to 1: 4.9e-4 in
+    # float16, 3.9e-3 in bfloat16) is all that is left, hence atol of two such ulps.
+    tol = {torch.float16: (4e-3, 1e-3), torch.bfloat16: (3.2e-2, 8e-3)}
     check_case(dataclasses.replace(case, ours=quiet, tol=tol), dtype, "cpu", max_examples=25)
 
 
