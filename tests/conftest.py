@@ -9,7 +9,9 @@ a GPU box or a long run).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,6 +34,23 @@ if not CUDA:
     # run them on CPU tensors (they opt in with REIMPL_TRITON_CPU=1; nothing else does).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+TRITON_INTERPRETED = (
+    os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None
+)
+
+
+@pytest.fixture(autouse=True)
+def _triton_bounds() -> Iterator[None]:
+    """Wherever the interpreter runs a Triton kernel, every load and store it makes is
+    checked against the tensors it may touch (``reimpl_parity.triton_bounds``): an access
+    outside them fails the test instead of reading someone else's memory."""
+    if not TRITON_INTERPRETED:
+        yield
+        return
+    from reimpl_parity.triton_bounds import bounds_checked
+
+    with bounds_checked():
+        yield
 
 
 @pytest.fixture(params=DEVICES, scope="session")

@@ -41,6 +41,8 @@ def _child_env() -> dict[str, str]:
     env["GLOO_SOCKET_IFNAME"] = env.get("REIMPL_GLOO_IFNAME", loopback)
     env["MASTER_ADDR"] = "127.0.0.1"
     env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # A rank that dies on a signal leaves an empty log otherwise; this prints its stack.
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 
@@ -149,7 +151,9 @@ def _worker(argv: list[str]) -> None:
     scenario, rank, world_size, port, out_dir, backend = argv
     import torch.distributed as dist
 
-    from reimpl_parity import dist_scenarios
+    from reimpl_parity import dist_scenarios, triton_bounds
+
+    triton_bounds.enable_from_env()
 
     dist.init_process_group(
         backend,
@@ -159,6 +163,7 @@ def _worker(argv: list[str]) -> None:
     )
     try:
         result = dist_scenarios.SCENARIOS[scenario]()
+        result["triton_bounds_checked"] = triton_bounds.active()
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -144,7 +144,10 @@ def test_fsdp2_fused_steps_triton_interpreter(
     path: each step's Triton launch is seen on the local shards, same results as torch."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("REIMPL_TRITON_CPU", "1")
-    names = _run("fsdp", tmp_path)[0]["checks"]
+    monkeypatch.setenv("REIMPL_TRITON_BOUNDS", "1")  # every load and store checked
+    results = _run("fsdp", tmp_path)
+    assert all(r["triton_bounds_checked"] for r in results)
+    names = results[0]["checks"]
     for case in FUSED_ON_SHARDS:
         assert names.get(f"{case}/step2/kernel_on_local_shards") == "", case
 
