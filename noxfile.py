@@ -69,6 +69,7 @@ SANITIZED = [
     "tests/unit/test_normalization_modules.py",
     "tests/unit/test_bce_kernel.py",
     "tests/unit/test_batchnorm_kernel.py",
+    "tests/unit/test_batchnorm_kernel_split.py",
 ]
 
 

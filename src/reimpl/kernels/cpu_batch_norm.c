@@ -33,6 +33,11 @@
  *             dx = fma(-(x - mean), k, dy - gm) * invstd * w
  *   eval:     dx = dy * invstd * w
  *   dw = (T)(sdot * invstd), db = (T)sdy.
+ *
+ * SyncBatchNorm's local part uses the same kernels: a training forward with y NULL is
+ * the statistics alone, and a backward given `sums` (sdy for every channel, then sdot,
+ * already reduced over the ranks) and `total` (the ranks' whole count R) skips its own
+ * sums and forms dx from those.
  */
 #include <math.h>
 #include <stdint.h>
@@ -51,6 +56,8 @@ typedef struct {
   int64_t n, c, s;                     /* x as (n, c, s) */
   int32_t rows, train;                 /* rows: the channels_last layout (see the top) */
   double eps;
+  const void *sums;                    /* backward: given sdy[C], sdot[C] (NULL: its own) */
+  int64_t total;                       /* ... and the count they span */
 } batch_norm_t;
 
 #define LANES 16 /* independent accumulators: the sums vectorize and pipeline */
@@ -249,6 +256,10 @@ static double lanes_total(const double *acc) {
         return 1;                                                                          \
       }                                                                                    \
       for (int64_t ch = 0; ch < C; ch++) invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps); \
+      if (!y) { /* the statistics alone */                                                 \
+        free(alpha);                                                                       \
+        return 0;                                                                          \
+      }                                                                                    \
       LINEAR_TERMS(T, FMA)                                                                 \
     } else {                                                                               \
       /* planes: a thread's channel stays in its cache from the statistics to the output */ \
@@ -259,7 +270,7 @@ static double lanes_total(const double *acc) {
         invstd[ch] = NAME_F##_invstd(vs[ch], count, a->eps);                               \
         const T al = invstd[ch] * (w ? w[ch] : (T)1);                                      \
         const T be = FMA(-mean[ch], al, b ? b[ch] : (T)0);                                 \
-        for (int64_t n = 0; n < N; n++) {                                                  \
+        for (int64_t n = 0; y && n < N; n++) {                                             \
           const T *p = x + (n * C + ch) * S;                                               \
           T *q = y + (n * C + ch) * S;                                                     \
           _Pragma("omp simd") for (int64_t i = 0; i < S; i++) q[i] = FMA(p[i], al, be);    \
@@ -307,15 +318,17 @@ static double lanes_total(const double *acc) {
     const T *x = (const T *)a->x, *w = (const T *)a->w, *dy = (const T *)a->dy;            \
     const T *mean = (const T *)a->mean, *invstd = (const T *)a->invstd;                    \
     T *dx = (T *)a->dx, *dw = (T *)a->dw, *db = (T *)a->db;                                \
-    const int64_t N = a->n, C = a->c, S = a->s, count = N * S;                             \
+    const int64_t N = a->n, C = a->c, S = a->s;                                            \
+    const T *given = (const T *)a->sums;                                                   \
+    const int64_t count = given ? a->total : N * S;                                        \
     const int nt = bn_threads(N * C * S);                                                  \
     const int train = a->train;                                                            \
     if (!a->rows) {                                                                        \
       _Pragma("omp parallel for schedule(static) num_threads(nt)")                         \
       for (int64_t ch = 0; ch < C; ch++) {                                                 \
         const T m = mean[ch], is = invstd[ch], wc = w ? w[ch] : (T)1;                      \
-        double sdy = 0, sdot = 0;                                                          \
-        for (int64_t n = 0; n < N; n++) {                                                  \
+        double sdy = given ? (double)given[ch] : 0, sdot = given ? (double)given[C + ch] : 0; \
+        for (int64_t n = 0; !given && n < N; n++) {                                        \
           for (int64_t i0 = 0; i0 < S; i0 += CHUNK) {                                      \
             const int64_t len = S - i0 < CHUNK ? S - i0 : CHUNK;                           \
             const T *xp = x + (n * C + ch) * S + i0, *dyp = dy + (n * C + ch) * S + i0;    \
@@ -350,14 +363,16 @@ static double lanes_total(const double *acc) {
       free(kg);                                                                            \
       return 1;                                                                            \
     }                                                                                      \
-    const int64_t R = count;                                                               \
-    _Pragma("omp parallel num_threads(nt)")                                                \
-    ROW_SUMS(T, const T *xr = x + r * C; const T *dyr = dy + r * C;, dyr[ch],              \
-             (xr[ch] - mean[ch]) * dyr[ch])                                                \
+    const int64_t R = N * S;                                                               \
+    if (!given) {                                                                          \
+      _Pragma("omp parallel num_threads(nt)")                                              \
+      ROW_SUMS(T, const T *xr = x + r * C; const T *dyr = dy + r * C;, dyr[ch],            \
+               (xr[ch] - mean[ch]) * dyr[ch])                                              \
+    }                                                                                      \
     T *kc = kg, *gmc = kg + C;                                                             \
     for (int64_t ch = 0; ch < C; ch++) {                                                   \
-      double t1 = 0, t2 = 0;                                                               \
-      for (int t = 0; t < nt; t++) {                                                       \
+      double t1 = given ? (double)given[ch] : 0, t2 = given ? (double)given[C + ch] : 0;   \
+      for (int t = 0; !given && t < nt; t++) {                                             \
         t1 += acc[(size_t)t * dstride + (size_t)ch];                                       \
         t2 += acc[(size_t)t * dstride + (size_t)(C + ch)];                                 \
       }                                                                                    \

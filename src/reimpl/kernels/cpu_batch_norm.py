@@ -51,6 +51,8 @@ class BatchNormArgs(ctypes.Structure):
         ("rows", ctypes.c_int32),
         ("train", ctypes.c_int32),
         ("eps", ctypes.c_double),
+        ("sums", _P),
+        ("total", ctypes.c_int64),
     ]
 
 
@@ -119,15 +121,19 @@ def forward(
     training: bool,
     eps: float,
     keep_stats: bool = True,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    output: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """(y, mean, invstd, var_sum): ``x`` normalized per channel, scaled and shifted, with
     the statistics it used (the batch's in training, where ``var_sum`` is the sum of
     squared deviations; the running ones otherwise, ``var_sum`` None, and mean and invstd
-    None too unless ``keep_stats``: only a backward needs them)."""
+    None too unless ``keep_stats``: only a backward needs them). Without ``output``
+    (training only) y is None: the batch's statistics alone."""
     fns = _functions()
     assert fns is not None
+    if not (output or training):
+        raise ValueError("batch norm kernel: only training computes statistics alone")
     size, c = at.n * at.c * at.s, at.c
-    y = torch.empty_like(x)  # (x is dense in at.format: y has its strides)
+    y = torch.empty_like(x) if output else None  # (x is dense in at.format: y its strides)
     keep = training or keep_stats
     mean, invstd = (x.new_empty(c), x.new_empty(c)) if keep else (None, None)
     var_sum = x.new_empty(c) if training else None
@@ -148,7 +154,7 @@ def forward(
         b=_ptr(bias),
         running_mean=None if training else _ptr(running_mean),
         running_var=None if training else _ptr(running_var),
-        y=y.data_ptr(),
+        y=_ptr(y),
         mean=_ptr(mean),
         invstd=_ptr(invstd),
         var_sum=_ptr(var_sum),
@@ -173,12 +179,23 @@ def backward(
     at: Layout,
     training: bool,
     need: tuple[bool, bool, bool],
+    sums: Tensor | None = None,
+    total: int = 0,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(dx, dweight, dbias), each only where ``need`` asks, ``dx`` in ``at.format``;
-    ``mean``/``invstd``: the statistics the forward normalized with."""
+    ``mean``/``invstd``: the statistics the forward normalized with. ``sums`` (training
+    only): Σdy then Σdy·(x − mean) per channel, ``2c`` values summed over ``total``
+    elements per channel (SyncBatchNorm's, over every rank), used for dx in place of
+    the kernel's own sums over ``x``; dweight and dbias, which would be local sums, are
+    not computed then."""
     fns = _functions()
     assert fns is not None
     size, c = at.n * at.c * at.s, at.c
+    if sums is not None and (not training or need[1] or need[2] or total < 1):
+        raise ValueError(
+            "batch norm kernel (backward): given sums are for a training input gradient "
+            f"alone, over a count of at least 1 (got total={total})"
+        )
     dx = torch.empty_like(x) if need[0] else None
     dw = x.new_empty(c) if need[1] else None
     db = x.new_empty(c) if need[2] else None
@@ -192,6 +209,7 @@ def backward(
             "weight": (weight, c),
             "mean": (mean, c),
             "invstd": (invstd, c),
+            "sums": (sums, 2 * c),
         },
     )  # (what is written is allocated just above, as in forward)
     args = BatchNormArgs(
@@ -209,6 +227,8 @@ def backward(
         rows=at.rows,
         train=training,
         eps=0.0,
+        sums=_ptr(sums),
+        total=total,
     )
     if fns[f"batch_norm_bwd_{_DTYPES[x.dtype]}"](ctypes.byref(args)) != 0:
         raise MemoryError("batch norm kernel (backward): no memory for the per-thread sums")

@@ -113,6 +113,7 @@ def _forward(
         plan.eps,
         keep_stats,
     )
+    assert y is not None
     rm, rv = plan.running_mean, plan.running_var
     if plan.training and rm is not None and rv is not None:
         assert var_sum is not None and mean is not None

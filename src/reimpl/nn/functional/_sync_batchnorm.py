@@ -18,8 +18,15 @@ gradients itself); the input gradient needs the *global* sums, so ``Σ dy`` and
     grad_input = weight·invstd·(dy − Σdy/N − x̂·invstd·Σdy(x − mean)/N)
 
 Every rank must take part in both collectives, so an empty local batch still sends zeros.
-16-bit inputs are computed in float32. Only elementary tensor ops and
-``torch.distributed`` collectives are used.
+16-bit inputs are computed in float32.
+
+The local part runs on batch norm's C kernels (:mod:`reimpl.kernels.cpu_batch_norm`)
+where they take the input (float32/float64 CPU tensors, as plain batch norm's Function):
+a statistics-only training pass gives ``m_r`` and ``M2_r``; the output is the kernels'
+evaluation pass with the global mean and variance as its fixed statistics; backward takes
+the local sums from one kernel pass and forms the input gradient in another from the
+reduced ones. Elsewhere (CUDA, 16-bit, an empty local batch) it is elementary tensor
+ops; either way the collectives are the same, so ranks may differ in which they take.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from reimpl.kernels import cpu_batch_norm
+from reimpl.kernels.cpu_batch_norm import Layout
+from reimpl.nn.functional._batchnorm_function import _in_format
 
 _HALVES = (torch.float16, torch.bfloat16)
 
@@ -54,6 +65,14 @@ def _bshape(input: Tensor) -> tuple[int, ...]:
     return (1, input.size(1)) + (1,) * (input.dim() - 2)
 
 
+def _kernel_layout(input: Tensor, weight: Tensor | None, bias: Tensor | None) -> Layout | None:
+    """How the C kernels read ``input`` (a contiguous copy where they cannot read it as it
+    is), or None where they do not take it."""
+    if not cpu_batch_norm.usable(input, weight, bias):
+        return None
+    return cpu_batch_norm.layout(input) or cpu_batch_norm.layout(input.contiguous())
+
+
 def global_stats(x: Tensor, process_group: Any, world_size: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, M2 (sum of squared deviations) per channel and the total count ``N`` (0-d),
     over the concatenation of every rank's ``x`` (already in the accumulation dtype)."""
@@ -65,7 +84,16 @@ def global_stats(x: Tensor, process_group: Any, world_size: int) -> tuple[Tensor
     else:
         mean = x.new_zeros(channels)
         m2 = x.new_zeros(channels)
-    local = torch.cat([mean, m2, x.new_full((1,), float(count))])
+    return combine(mean, m2, count, process_group, world_size)
+
+
+def combine(
+    mean: Tensor, m2: Tensor, count: int, process_group: Any, world_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`global_stats` from this rank's ``mean`` and ``m2`` over ``count`` elements
+    per channel: one ``all_gather``, then the parallel-variance combination."""
+    channels = mean.numel()
+    local = torch.cat([mean, m2, mean.new_full((1,), float(count))])
     # all_gather rather than all_reduce: the combination below is not a plain sum.
     gathered = [torch.empty_like(local) for _ in range(world_size)]
     dist.all_gather(gathered, local, group=process_group)
@@ -95,26 +123,43 @@ class SyncBatchNormFunction(torch.autograd.Function):
         world_size: int,
     ) -> Tensor:
         acc = _acc_dtype(input)
-        x = input.to(acc)
-        mean, m2, total = global_stats(x, process_group, world_size)
+        at = _kernel_layout(input, weight, bias)
+        if at is not None:
+            x = _in_format(input, at)
+            _, mean_r, _, m2_r = cpu_batch_norm.forward(
+                x, None, None, None, None, at, True, eps, output=False
+            )
+            assert mean_r is not None and m2_r is not None
+            mean, m2, total = combine(mean_r, m2_r, at.n * at.s, process_group, world_size)
+        else:
+            x = input.to(acc)
+            mean, m2, total = global_stats(x, process_group, world_size)
         n = float(total.item())
         var = m2 / max(n, 1.0)
-        invstd = torch.rsqrt(var + eps)
+        if at is not None:  # the global statistics as the evaluation pass's fixed ones
+            out, _, invstd, _ = cpu_batch_norm.forward(x, weight, bias, mean, var, at, False, eps)
+            assert invstd is not None
+        else:
+            invstd = torch.rsqrt(var + eps)
         if running_mean is not None and running_var is not None and n > 0:
             unbiased = m2 / (n - 1.0) if n > 1 else m2 / 0.0
             with torch.no_grad():
                 running_mean.copy_(momentum * mean + (1 - momentum) * running_mean.to(acc))
                 running_var.copy_(momentum * unbiased + (1 - momentum) * running_var.to(acc))
+        ctx.save_for_backward(input, weight, mean, invstd)  # type: ignore[arg-type]
+        ctx.total = n  # type: ignore[attr-defined]
+        ctx.layout = at  # type: ignore[attr-defined]
+        ctx.bias_dtype = None if bias is None else bias.dtype  # type: ignore[attr-defined]
+        ctx.process_group = process_group  # type: ignore[attr-defined]
+        if at is not None:
+            assert out is not None
+            return out
         bshape = _bshape(input)
         y = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
         if weight is not None:
             y = y * weight.to(acc).reshape(bshape)
         if bias is not None:
             y = y + bias.to(acc).reshape(bshape)
-        ctx.save_for_backward(input, weight, mean, invstd)  # type: ignore[arg-type]
-        ctx.total = n  # type: ignore[attr-defined]
-        ctx.bias_dtype = None if bias is None else bias.dtype  # type: ignore[attr-defined]
-        ctx.process_group = process_group  # type: ignore[attr-defined]
         return y.to(input.dtype).contiguous(memory_format=_output_format(input))
 
     @staticmethod
@@ -122,6 +167,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, mean, invstd = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        at: Layout | None = ctx.layout
+        if at is not None:
+            dy = _in_format(grad_output, at)
+            if cpu_batch_norm.usable(dy):
+                return (*_kernel_backward(ctx, input, dy, weight, mean, invstd, at), *[None] * 6)
         acc = _acc_dtype(input)
         bshape = _bshape(input)
         dims = _reduce_dims(input)
@@ -149,3 +199,35 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if ctx.bias_dtype is not None and need_bias:
             grad_bias = sum_dy.to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _kernel_backward(
+    ctx: Any,
+    input: Tensor,
+    dy: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    invstd: Tensor,
+    at: Layout,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The module docstring's backward on the C kernels: the local sums from a pass with
+    a unit invstd (so its "dweight" is Σdy·(x − mean) itself), then, if the input needs a
+    gradient, the reduced sums into a second pass that forms it."""
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    x = _in_format(input, at)
+    _, sum_dy_xmu, sum_dy = cpu_batch_norm.backward(
+        x, dy, None, mean, torch.ones_like(invstd), at, True, (False, True, True)
+    )
+    assert sum_dy_xmu is not None and sum_dy is not None
+    grad_input = grad_weight = grad_bias = None
+    if need_input:
+        both = torch.cat([sum_dy, sum_dy_xmu])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM, group=ctx.process_group)
+        grad_input, _, _ = cpu_batch_norm.backward(
+            x, dy, weight, mean, invstd, at, True, (True, False, False), both, int(ctx.total)
+        )
+    if weight is not None and need_weight:
+        grad_weight = (sum_dy_xmu * invstd).to(weight.dtype)
+    if ctx.bias_dtype is not None and need_bias:
+        grad_bias = sum_dy.to(ctx.bias_dtype)
+    return grad_input, grad_weight, grad_bias
