@@ -278,3 +278,43 @@ def test_gate_refuses_short_statistics_and_bad_gradients() -> None:
         cpu_batch_norm.backward(t["x"], dy, t["w"], mean, invstd, _AT, True, need)
     with pytest.raises(RuntimeError, match="running_mean"):
         cpu_batch_norm.forward(t["x"], None, None, None, None, _AT, False, 1e-5)
+
+
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(_SHAPES))
+def test_eval_without_grad_takes_the_one_call_path(
+    case: str, dtype: torch.dtype, affine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation with nothing to differentiate: ``cpu_batch_norm.eval_forward`` alone (the
+    general binding is never reached), torch's result to the bit, in torch's layout."""
+    shape, fmt = _SHAPES[case]
+    x, _, w, b, rm, rv = _inputs(shape, fmt, dtype)
+    params = {"both": (w, b), "weight": (w, None), "none": (None, None)}[affine]
+    with torch.no_grad():
+        theirs = TF.batch_norm(x, rm, rv, *params, training=False, eps=1e-3)
+        monkeypatch.setattr(cpu_batch_norm, "forward", _never_called)
+        ours = F.batch_norm(x, rm, rv, *params, training=False, eps=1e-3)
+    assert ours.stride() == theirs.stride()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_eval_one_call_path_declines_what_it_cannot_read() -> None:
+    """A strided input, or a weight of another layout: the general path, same result."""
+    x, _, w, b, rm, rv = _inputs((6, 8, 5, 5), None, torch.float32)
+    cases = [(x.transpose(2, 3), w), (x, torch.randn(16)[::2])]
+    with torch.no_grad():
+        for xi, wi in cases:
+            assert cpu_batch_norm.eval_forward(xi, rm, rv, wi, b, 1e-5) is None
+            ours = F.batch_norm(xi, rm, rv, wi, b, training=False)
+            torch.testing.assert_close(ours, TF.batch_norm(xi, rm, rv, wi, b, training=False))
+
+
+@pytest.mark.usefixtures("no_c")
+@pytest.mark.parametrize("which", ["input", "running_var", "bias"])
+def test_eval_one_call_path_refuses_a_storage_too_small(which: str) -> None:
+    x, _, w, b, rm, rv = _inputs((4, 3, 2, 2), None, torch.float32)
+    t = {"input": x, "running_var": rv, "bias": b}[which]
+    t.untyped_storage().resize_(t.nbytes - 4)  # (as FSDP frees a parameter's storage)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=f"{which} has a storage smaller"):
+        F.batch_norm(x, rm, rv, w, b, training=False)

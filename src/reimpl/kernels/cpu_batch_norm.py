@@ -170,6 +170,59 @@ def forward(
     return y, mean, invstd, var_sum
 
 
+def eval_forward(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor | None:
+    """:func:`forward` in evaluation with nothing for a backward, or None where the kernels
+    do not take these operands as they are (the general path then decides). The one pass
+    over the operands asks what :func:`usable` and :func:`layout` ask and checks what the
+    gate checks (a storage too small for its elements raises ``RuntimeError``): the
+    per-call cost matters here, where the kernel is one memory-bound sweep."""
+    suffix = _DTYPES.get(x.dtype)
+    if suffix is None or x.dim() < 2 or type(x) not in guard._PLAIN or not x.is_cpu:
+        return None
+    if x.layout != torch.strided or x.numel() == 0 or torch.compiler.is_compiling():
+        return None
+    at = layout(x)
+    fns = _functions()
+    if at is None or fns is None:
+        return None
+    operands = (running_mean, running_var, weight, bias)
+    dtype, c = x.dtype, at.c
+    for t in operands:
+        if t is not None and not (
+            type(t) in guard._PLAIN
+            and t.is_cpu
+            and t.dtype == dtype
+            and t.layout == torch.strided
+            and t.is_contiguous()
+            and t.numel() == c
+        ):
+            return None
+    for name, t in zip(("input", *_STAT_NAMES), (x, *operands), strict=True):
+        if t is not None and t.storage_offset() * t.element_size() + t.nbytes > (
+            t.untyped_storage().nbytes()
+        ):
+            raise RuntimeError(f"batch norm kernel: {name} has a storage smaller than its elements")
+    y = torch.empty_like(x)
+    args = BatchNormArgs(
+        x.data_ptr(), _ptr(weight), _ptr(bias), None, running_mean.data_ptr(),
+        running_var.data_ptr(), y.data_ptr(), None, None, None, None, None, None,
+        at.n, c, at.s, at.rows, 0, eps,
+    )  # fmt: skip
+    if fns["batch_norm_fwd_" + suffix](ctypes.byref(args)) != 0:
+        raise MemoryError("batch norm kernel: no memory for the per-channel terms")
+    return y
+
+
+_STAT_NAMES = ("running_mean", "running_var", "weight", "bias")
+
+
 def backward(
     x: Tensor,
     dy: Tensor,

@@ -18,8 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from reimpl.kernels import cpu_batch_norm
 from reimpl.nn.functional import _autocast
 from reimpl.nn.functional._batchnorm_function import batch_norm_kernels, plan_for
+from reimpl.nn.functional._common import transformed
 from reimpl.nn.functional._common import vmapped as _vmapped
 
 _HALVES = (torch.float16, torch.bfloat16)
@@ -38,33 +40,34 @@ def _check_batch_size(input: Tensor) -> None:
         )
 
 
-def _check_dtypes(input: Tensor, params: dict[str, Tensor | None]) -> None:
+_PARAM_NAMES = ("running_mean", "running_var", "weight", "bias")
+
+
+def _check_params(input: Tensor, params: tuple[Tensor | None, ...]) -> None:
+    """torch's checks of the per-channel arguments (``_PARAM_NAMES``, in that order):
+    dtypes first, then sizes."""
     if not input.is_floating_point():
         raise NotImplementedError(
             f"batch_norm is only implemented for floating-point inputs, not {input.dtype}"
         )
-    given = {k: v for k, v in params.items() if v is not None}
-    if input.dtype in _HALVES and any(v.dtype == torch.float32 for v in given.values()):
-        wrong = [k for k, v in given.items() if v.dtype != torch.float32]
-        if wrong:
-            raise RuntimeError(
-                f"batch_norm: a {input.dtype} input with float32 parameters needs all of "
-                f"weight, bias, running_mean and running_var in float32; {wrong[0]} is "
-                f"{given[wrong[0]].dtype}"
-            )
-        return
-    for k, v in given.items():
-        if v.dtype != input.dtype:
-            raise RuntimeError(
-                f"batch_norm: {k} has dtype {v.dtype} but the input is {input.dtype} "
-                "(all must share a dtype; 16-bit inputs may use float32 parameters)"
-            )
-
-
-def _check_sizes(input: Tensor, params: dict[str, Tensor | None]) -> None:
+    named = [(k, v) for k, v in zip(_PARAM_NAMES, params, strict=True) if v is not None]
+    if input.dtype in _HALVES and any(v.dtype == torch.float32 for _, v in named):
+        for k, v in named:
+            if v.dtype != torch.float32:
+                raise RuntimeError(
+                    f"batch_norm: a {input.dtype} input with float32 parameters needs all of "
+                    f"weight, bias, running_mean and running_var in float32; {k} is {v.dtype}"
+                )
+    else:
+        for k, v in named:
+            if v.dtype != input.dtype:
+                raise RuntimeError(
+                    f"batch_norm: {k} has dtype {v.dtype} but the input is {input.dtype} "
+                    "(all must share a dtype; 16-bit inputs may use float32 parameters)"
+                )
     channels = input.size(1) if input.dim() > 1 else 0
-    for k, v in params.items():
-        if v is not None and v.numel() != channels:
+    for k, v in named:
+        if v.numel() != channels:
             raise RuntimeError(
                 f"{k} should contain {channels} elements not {v.numel()} "
                 "(one per input channel, dim 1)"
@@ -130,18 +133,18 @@ def _batch_norm(
         for name, t in (("running_mean", running_mean), ("running_var", running_var)):
             if t is None:
                 raise RuntimeError(f"{name} must be defined in evaluation mode")
-    params = {
-        "running_mean": running_mean,
-        "running_var": running_var,
-        "weight": weight,
-        "bias": bias,
-    }
-    _check_dtypes(input, params)
-    _check_sizes(input, params)
+    _check_params(input, (running_mean, running_var, weight, bias))
     if input.dim() < 2:
         raise IndexError(
             f"batch_norm: input needs a channel dimension (dim 1), got a {input.dim()}-D input"
         )
+
+    if not training and not _grad_wanted(input, weight, bias, running_mean, running_var):
+        assert running_mean is not None and running_var is not None
+        if not transformed():  # (evaluation is one sweep: the shortest way to it)
+            y = cpu_batch_norm.eval_forward(input, running_mean, running_var, weight, bias, eps)
+            if y is not None:
+                return y
 
     def composite(x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
         # (for double backward: the statistics are the batch's or the running ones, and
@@ -157,6 +160,10 @@ def _batch_norm(
     return normalize_channels(
         input, running_mean, running_var, weight, bias, training, momentum, eps
     )
+
+
+def _grad_wanted(*ts: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def normalize_channels(
