@@ -35,7 +35,14 @@ from reimpl.kernels.guard import Roles
 #: the C sources built into one library: optimizer kernels, pointwise losses, normalization
 _SOURCES = [
     Path(__file__).with_name(f)
-    for f in ("cpu_fused.c", "cpu_adafactor.c", "cpu_pointwise.c", "cpu_norm.c", "cpu_batch_norm.c")
+    for f in (
+        "cpu_fused.c",
+        "cpu_adafactor.c",
+        "cpu_pointwise.c",
+        "cpu_norm.c",
+        "cpu_batch_norm.c",
+        "cpu_cross_entropy.c",
+    )
 ]
 _D = ctypes.c_double
 _I32 = ctypes.c_int32
