@@ -12,9 +12,12 @@ k_n = [t_n != ignore_index] and W the 'mean' denominator (sum of k_n w_{t_n}):
     dloss_n/dx_{n,j} = k_n [p_j ((1 - eps) w_{t_n} + eps/C sum_c w_c)
                             - (1 - eps) w_{t_n} [j = t_n] - eps/C w_j]
 
-Two implementations of the per-row step share this Function: eager torch ops (CPU, and CUDA
-without Triton; float32/float64) and a Triton kernel (``reimpl.kernels``; CUDA, all float
-dtypes). Double backward (``create_graph=True``) differentiates the composite form instead.
+Three implementations of the per-row step share this Function: a C kernel
+(``reimpl.kernels.cpu_cross_entropy``; plain contiguous float32/float64 CPU logits, one
+pass per row where torch ops take one per op), a Triton kernel (``reimpl.kernels``; CUDA,
+all float dtypes) and eager torch ops (everything else of float32/float64: CUDA without
+Triton, strided logits, no C compiler, ``REIMPL_DISABLE_CPU_FUSED=1``). Double backward
+(``create_graph=True``) differentiates the composite form instead.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from reimpl.kernels import triton_available
+from reimpl.kernels import cpu_cross_entropy, triton_available
 
 Rows = Callable[..., tuple[Tensor, Tensor | None]]
 
@@ -83,10 +86,15 @@ def _rows_triton(*args: Any, in_place: bool = False) -> tuple[Tensor, Tensor | N
 
 
 def rows_impl(x: Tensor) -> Rows | None:
-    """The per-row implementation for ``x``, or None when only the composite form fits."""
+    """The per-row implementation for ``x``, or None when only the composite form fits.
+    (The callers keep to the composite under torch.compile and torch.func, so the C rows
+    are never traced; ``cpu_cross_entropy.rows`` still hands a traced call to the eager
+    rows.)"""
     if triton_available(x) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
         return _rows_triton
     if x.dtype in (torch.float32, torch.float64):
+        if cpu_cross_entropy.takes(x if x.dim() == 2 else x.unsqueeze(0), None):
+            return cpu_cross_entropy.rows
         return _rows_eager
     return None
 
