@@ -149,6 +149,22 @@ def test_one_sample_of_class_logits(spy: list[str]) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_ignore_index_that_is_a_class(smoothing: float, spy: list[str]) -> None:
+    """ignore_index = 2, a valid class: its rows are skipped, other rows still see the
+    class in their softmax and smoothing terms."""
+    x, t, w = _inputs(CASES["C=3"], torch.float32)
+    results = []
+    for fn in (F.cross_entropy, TF.cross_entropy):
+        xi = x.clone().requires_grad_()
+        out = fn(xi, t, w, ignore_index=2, label_smoothing=smoothing)
+        out.backward()
+        results.append((out.detach(), xi.grad))
+    assert spy == ["ce_rows_f32"] and (t == 2).any() and (t != 2).any()
+    torch.testing.assert_close(results[0], results[1])
+
+
+@needs_kernels
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_row_step_with_a_per_row_scale(dtype: torch.dtype, in_place: bool) -> None:
