@@ -9,13 +9,16 @@ with Triton installed; CPU tensors only when asked (``REIMPL_TRITON_CPU=1``) und
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
 import torch
 
 
+@functools.cache
 def triton_installed() -> bool:
+    # (cached: the lookup walks sys.path, tens of microseconds on every loss call)
     return importlib.util.find_spec("triton") is not None
 
 
@@ -25,8 +28,8 @@ def interpreting() -> bool:
 
 def triton_available(t: torch.Tensor) -> bool:
     """Can a Triton kernel take ``t``? (CUDA, or CPU under the interpreter.)"""
-    if not triton_installed() or os.environ.get("REIMPL_DISABLE_TRITON") == "1":
+    if not t.is_cuda and not (
+        t.device.type == "cpu" and interpreting() and os.environ.get("REIMPL_TRITON_CPU") == "1"
+    ):
         return False
-    if t.is_cuda:
-        return True
-    return t.device.type == "cpu" and interpreting() and os.environ.get("REIMPL_TRITON_CPU") == "1"
+    return triton_installed() and os.environ.get("REIMPL_DISABLE_TRITON") != "1"
