@@ -399,25 +399,42 @@ def run(
             print(line, flush=True)
     out += _bound_rows(device, n_tensors, numel, quick, reps, only)
     if not cuda:
-        out += _fsdp_rows(quick, reps, only)
+        out += _dist_rows(quick, reps, only)
     return out
 
 
-def _fsdp_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
-    """One fused step on FSDP2 shards, 2 gloo processes (:mod:`reimpl_parity.bench_dist`)."""
+def _dist_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
+    """Work timed on 2 gloo processes (:mod:`reimpl_parity.bench_dist`): SyncBatchNorm's
+    training step, and one fused optimizer step on FSDP2 shards per optimizer."""
     import torch.distributed as dist
 
-    from reimpl_parity.bench_dist import CONFIGS, bench_fsdp_fused_step
+    from reimpl_parity import bench_dist
 
     if not dist.is_available():
         return []
-    out = []
+    shape = (4, 64, 16, 16) if quick else (16, 64, 32, 32)
     width, layers = (512, 2) if quick else (1024, 4)
-    for name, (_, path) in CONFIGS.items():
-        label = f"{name} [fused] FSDP2 2 ranks {layers}x{width}x{width} (torch {path})"
+    cases: list[tuple[str, Callable[[], bench_dist.StepTimes]]] = [
+        (
+            f"SyncBatchNorm train fwd+bwd 2 ranks {shape} "
+            "(torch BatchNorm2d unsynchronized: its SyncBatchNorm has no CPU path)",
+            lambda: bench_dist.bench_sync_batchnorm(shape, reps=reps),
+        )
+    ]
+    for name, (_, path) in bench_dist.CONFIGS.items():
+        cases.append(
+            (
+                f"{name} [fused] FSDP2 2 ranks {layers}x{width}x{width} (torch {path})",
+                functools.partial(
+                    bench_dist.bench_fsdp_fused_step, name, width=width, layers=layers, reps=reps
+                ),
+            )
+        )
+    out = []
+    for label, run in cases:
         if only and only not in label:
             continue
-        t = bench_fsdp_fused_step(name, width=width, layers=layers, reps=reps)
+        t = run()
         out.append(Result(label, "cpu", t.reimpl_ms, t.torch_ms, t.ratio, reps))
         print(
             f"  {label:<62} reimpl {t.reimpl_ms:9.3f} ms  torch {t.torch_ms:9.3f} ms  "

@@ -1,4 +1,5 @@
-"""One ``fused=True`` optimizer step on FSDP2 shards, timed: reimpl against torch.
+"""Timed work on 2 gloo processes: one ``fused=True`` optimizer step on FSDP2 shards, and
+one SyncBatchNorm training step, reimpl against torch.
 
 FSDP2 holds every parameter as a DTensor sharded over the ranks, and the optimizer step is
 local to each rank (no collective). reimpl's fused step runs its C kernel (Triton on GPUs)
@@ -12,6 +13,11 @@ then times ``step()`` A B A B ... (who goes first alternates), the ranks lined u
 barrier before each call. A pair's time is the slower rank's (the step ends when both
 have); the result is the medians over pairs and the median of the per-pair ratios, as in
 :mod:`reimpl_parity.bench`. Gloo runs on the CPU, so this is a CPU row.
+
+torch's SyncBatchNorm has no CPU path (it raises for CPU tensors), so reimpl's
+SyncBatchNorm (statistics and input-gradient sums reduced over both ranks) is timed
+against torch's BatchNorm2d on each rank's own batch, unsynchronized: what the
+synchronization and reimpl's kernels cost together, against the work without it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
     "RMSprop": ({"lr": 0.01}, "foreach"),
     "NAdam": ({"lr": 2e-3}, "foreach"),
 }
-_ENV = "REIMPL_BENCH_FSDP_STEP"
+_ENV = "REIMPL_BENCH_DIST_SPEC"
 
 
 class StepTimes(NamedTuple):
@@ -58,17 +64,38 @@ def bench_fsdp_fused_step(
     """Time one fused step of ``optimizer`` on FSDP2 over 2 gloo processes: a stack of
     ``layers`` float32 ``Linear(width, width)`` (4 x 1024: 4.2M parameters, half on each
     rank). Returns (reimpl ms, torch ms, ratio); see the module docstring."""
-    from reimpl_parity.distributed import launch
-
     if optimizer not in CONFIGS:
         raise ValueError(f"no FSDP2 step benchmark for {optimizer!r}; one of {list(CONFIGS)}")
     spec = {"optimizer": optimizer, "width": width, "layers": layers}
-    spec |= {"warmup": warmup, "reps": reps}
+    return _launch_timed("fsdp_fused_step_times", spec, warmup, reps, timeout)
+
+
+def bench_sync_batchnorm(
+    shape: tuple[int, ...] = (16, 64, 32, 32),
+    *,
+    warmup: int = 3,
+    reps: int = 15,
+    timeout: float = 300.0,
+) -> StepTimes:
+    """Time one training forward + backward of reimpl's SyncBatchNorm over 2 gloo
+    processes, each with a float32 batch of ``shape``, against torch's BatchNorm2d on the
+    same batch, unsynchronized (see the module docstring)."""
+    return _launch_timed("sync_batchnorm_times", {"shape": list(shape)}, warmup, reps, timeout)
+
+
+def _launch_timed(
+    scenario: str, spec: dict[str, Any], warmup: int, reps: int, timeout: float
+) -> StepTimes:
+    """Run the timing ``scenario`` on 2 gloo processes, ``spec`` passed through the
+    environment (the workers inherit it)."""
+    from reimpl_parity.distributed import launch
+
+    spec = {**spec, "warmup": warmup, "reps": reps}
     before = os.environ.get(_ENV)
-    os.environ[_ENV] = json.dumps(spec)  # the workers inherit the environment
+    os.environ[_ENV] = json.dumps(spec)
     try:
         with tempfile.TemporaryDirectory() as out:
-            results = launch("fsdp_fused_step_times", out, world_size=2, timeout=timeout)
+            results = launch(scenario, out, world_size=2, timeout=timeout)
     finally:
         if before is None:
             del os.environ[_ENV]
@@ -106,24 +133,49 @@ def fsdp_fused_step_times() -> dict[str, Any]:
         m(x).square().mean().backward()
         steps.append(opt.step)
 
+    return {"checks": {}, "times": _interleaved(steps, spec["warmup"], spec["reps"])}
+
+
+def sync_batchnorm_times() -> dict[str, Any]:
+    """The worker side of :func:`bench_sync_batchnorm`."""
+    import reimpl.nn
+
+    spec = json.loads(os.environ[_ENV])
+    shape = spec["shape"]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(dist.get_rank()))
+    x.requires_grad_()
+    dy = torch.randn(*shape)
+    steps = []
+    for m in (reimpl.nn.SyncBatchNorm(shape[1]), torch.nn.BatchNorm2d(shape[1])):
+
+        def step(m: torch.nn.Module = m) -> None:
+            m(x).backward(dy)
+            x.grad = None
+
+        steps.append(step)
+    return {"checks": {}, "times": _interleaved(steps, spec["warmup"], spec["reps"])}
+
+
+def _interleaved(steps: list[Any], warmup: int, reps: int) -> tuple[float, float, float]:
+    """(ours ms, theirs ms, ratio): medians over pairs of calls of ``steps`` (ours,
+    theirs), who goes first alternating, each call after a barrier; a pair's time is the
+    slower rank's."""
+
     def timed(step: Any) -> float:
         dist.barrier()
         t0 = time.perf_counter_ns()
         step()
         return (time.perf_counter_ns() - t0) / 1e6
 
-    for _ in range(spec["warmup"]):
+    for _ in range(warmup):
         for step in steps:
             timed(step)
-    pairs = torch.zeros(spec["reps"], 2, dtype=torch.float64)
-    for i in range(spec["reps"]):
+    pairs = torch.zeros(reps, 2, dtype=torch.float64)
+    for i in range(reps):
         order = (0, 1) if i % 2 == 0 else (1, 0)  # neither always on the warmer cache
         for j in order:
             pairs[i, j] = timed(steps[j])
     dist.all_reduce(pairs, op=dist.ReduceOp.MAX)
     ours, theirs = pairs[:, 0].tolist(), pairs[:, 1].tolist()
     ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
-    return {
-        "checks": {},
-        "times": (statistics.median(ours), statistics.median(theirs), ratio),
-    }
+    return statistics.median(ours), statistics.median(theirs), ratio

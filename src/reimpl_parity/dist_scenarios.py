@@ -453,4 +453,5 @@ SCENARIOS: dict[str, Callable[[], Result]] = {
     "zero": lambda: _elsewhere("dist_optim", "zero"),
     "fsdp_and_zero": lambda: _elsewhere("dist_optim", "fsdp_and_zero"),
     "fsdp_fused_step_times": lambda: _elsewhere("bench_dist", "fsdp_fused_step_times"),
+    "sync_batchnorm_times": lambda: _elsewhere("bench_dist", "sync_batchnorm_times"),
 }

@@ -161,3 +161,11 @@ def test_fsdp2_fused_step_benchmark_runs() -> None:
     assert all(math.isfinite(v) and v > 0 for v in times), times
     with pytest.raises(ValueError, match="Rprop"):
         bench_fsdp_fused_step("Rprop")
+
+
+def test_sync_batchnorm_benchmark_runs() -> None:
+    """The SyncBatchNorm step benchmark (bench_dist) at a tiny size: two positive times."""
+    from reimpl_parity.bench_dist import bench_sync_batchnorm
+
+    times = bench_sync_batchnorm((2, 3, 4, 4), warmup=1, reps=3, timeout=120)
+    assert all(math.isfinite(v) and v > 0 for v in times), times
