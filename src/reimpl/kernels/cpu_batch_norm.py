@@ -76,6 +76,14 @@ def layout(x: Tensor) -> Layout | None:
     return None
 
 
+def read_layout(x: Tensor) -> Layout:
+    """:func:`layout`, or where the kernels cannot read ``x`` as it is, the layout of the
+    contiguous copy they then read (as torch's kernels do)."""
+    at = layout(x) or layout(x.contiguous())
+    assert at is not None
+    return at
+
+
 def usable(x: Tensor, *others: Tensor | None) -> bool:
     """Can the kernels take ``x`` and the per-channel tensors beside it: plain CPU tensors
     of one float32/float64 dtype (the per-channel ones contiguous), at least two
@@ -205,9 +213,7 @@ def eval_forward(
         ):
             return None
     for name, t in zip(("input", *_STAT_NAMES), (x, *operands), strict=True):
-        if t is not None and t.storage_offset() * t.element_size() + t.nbytes > (
-            t.untyped_storage().nbytes()
-        ):
+        if t is not None and not guard.storage_holds(t):
             raise RuntimeError(f"batch norm kernel: {name} has a storage smaller than its elements")
     y = torch.empty_like(x)
     args = BatchNormArgs(

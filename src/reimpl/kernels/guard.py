@@ -195,7 +195,7 @@ def check_operands(
             n = t.nbytes
             if n == 0:
                 continue
-            if t.storage_offset() * t.element_size() + n > t.untyped_storage().nbytes():
+            if not storage_holds(t):
                 raise _fail(where, name, j, "has a storage smaller than its elements")
             lo = t.data_ptr()
             spans.append((lo, lo + n, name, j))
@@ -234,6 +234,12 @@ def _disjoint(where: str, written: list[_Span], inputs: list[_Span]) -> None:
         if j >= 0 and written[j][1] > lo:
             w = written[j]
             raise _fail(where, w[2], w[3], f"shares memory with {describe(name, i)}")
+
+
+def storage_holds(t: Tensor) -> bool:
+    """``t``'s storage reaches past its last element (a kernel reads ``nbytes`` from
+    ``data_ptr()``): false for a storage resized away under it, as FSDP does."""
+    return t.storage_offset() * t.element_size() + t.nbytes <= t.untyped_storage().nbytes()
 
 
 def plain_cpu(
@@ -279,7 +285,7 @@ def check_dense(
                     f"{where}: {name} has {t.numel()} elements, the kernel walks {n}"
                 )
             nbytes = t.nbytes
-            if t.storage_offset() * t.element_size() + nbytes > t.untyped_storage().nbytes():
+            if not storage_holds(t):
                 raise RuntimeError(f"{where}: {name} has a storage smaller than its elements")
             if written and nbytes:
                 lo = t.data_ptr()

@@ -170,7 +170,7 @@ def _check_one_element(
             and s.dtype == dtype
             and s.dtype in (torch.float32, torch.float64)
             and s.layout == torch.strided
-            and (s.storage_offset() + 1) * s.element_size() <= s.untyped_storage().nbytes()
+            and guard.storage_holds(s)
         ):
             raise RuntimeError(
                 f"{where}: state '{name}' of parameter {i} must be a 1-element float32 or "

@@ -69,10 +69,7 @@ def plan_for(
     stats = (running_mean, running_var)
     if not training and any(t is not None and t.requires_grad for t in stats):
         return None
-    at = cpu_batch_norm.layout(input)
-    if at is None:  # a strided input: the kernels read a contiguous copy, as torch's do
-        at = cpu_batch_norm.layout(input.contiguous())
-        assert at is not None
+    at = cpu_batch_norm.read_layout(input)
     return BatchNormPlan(at, training, running_mean, running_var, momentum, eps, composite)
 
 

@@ -70,7 +70,7 @@ def _kernel_layout(input: Tensor, weight: Tensor | None, bias: Tensor | None) ->
     is), or None where they do not take it."""
     if not cpu_batch_norm.usable(input, weight, bias):
         return None
-    return cpu_batch_norm.layout(input) or cpu_batch_norm.layout(input.contiguous())
+    return cpu_batch_norm.read_layout(input)
 
 
 def global_stats(x: Tensor, process_group: Any, world_size: int) -> tuple[Tensor, Tensor, Tensor]:
