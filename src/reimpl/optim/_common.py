@@ -184,13 +184,13 @@ def foreach_ready(t: Any, hp: Any, *, empty_first: bool = True) -> bool:
     autograd (``differentiable``: AssertionError, as torch), capturable params and counters
     sit on one accelerator. False when no param has a gradient; ``empty_first``: that is
     seen before the autograd check (most of torch's optimizers), else after."""
-    if empty_first and not t.param:
+    if empty_first and len(t.param) == 0:
         return False
     if getattr(hp, "differentiable", False):
         raise AssertionError("the multi-tensor path cannot carry autograd (differentiable=True)")
     if getattr(hp, "capturable", False):
         check_capturable_devices(t.param, t.step)
-    return bool(t.param)
+    return len(t.param) > 0  # (torch 2.11's dynamo cannot trace bool() of a list)
 
 
 def foreach_batches(t: Any, hp: Any, scalars: tuple[str, ...] = ("step",)) -> Iterator[Any]:

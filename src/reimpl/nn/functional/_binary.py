@@ -19,6 +19,7 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import vmapped as _vmapped
 
@@ -43,7 +44,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
             _LOG_FLOOR
         )
         if w is not None:
-            loss = (loss * w).to(x.dtype)  # torch scales its result in place
+            loss = _to_dtype(loss * w, x.dtype)  # torch scales its result in place
         return loss
 
     @staticmethod
@@ -173,7 +174,7 @@ class _BinaryCrossEntropyWithLogits(torch.autograd.Function):
         loss = ((1 - t) * x).to(t.dtype) - log_sig
         if w is not None:
             loss = loss.to(t.dtype) * w
-        return loss.to(t.dtype)
+        return _to_dtype(loss, t.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

@@ -19,6 +19,7 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import vmapped as _vmapped
 from reimpl.nn.functional._cross_entropy_lean import CrossEntropyIndex, Rows, rows_impl
@@ -51,7 +52,7 @@ class _LogSoftmax(torch.autograd.Function):
             lse = total.to(x.dtype).float().log().to(x.dtype).float()
         else:
             lse = total.log()
-        return (shifted - lse).to(x.dtype)
+        return _to_dtype(shifted - lse, x.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

@@ -81,6 +81,13 @@ def acc(x: Tensor) -> Tensor:
     return x.float() if x.dtype in LOW_PRECISION else x
 
 
+def to_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, converting only when it differs. For what a custom Function's
+    forward returns: torch 2.11's torch.compile gives zero gradients through a Function whose
+    output comes from a conversion to the dtype it already has (``.to``, ``.float()``)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def check_not_differentiable(fn: str, **tensors: Tensor | None) -> None:
     # torch refuses gradients for class/positive weights; so do we, rather than
     # silently returning a gradient torch would never give.

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from reimpl.kernels import cpu_cross_entropy, triton_available
+from reimpl.nn.functional._common import to_dtype
 
 Rows = Callable[..., tuple[Tensor, Tensor | None]]
 
@@ -133,7 +134,7 @@ class CrossEntropyIndex(torch.autograd.Function):
         ctx.save_for_backward(x, target, weight, grad)
         ctx.args = (ignore_index, smoothing, reduction, composite)
         ctx.scale = 1.0  # the factor already applied to `grad` in place
-        return out.to(x.dtype)
+        return to_dtype(out, x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]

@@ -37,7 +37,7 @@ from reimpl.kernels.cpu_norm import GROUP, Layout
 from reimpl.nn.functional import _autocast
 from reimpl.nn.functional import _norm_composite as C
 from reimpl.nn.functional._batchnorm import normalize_channels
-from reimpl.nn.functional._common import compiling, transformed
+from reimpl.nn.functional._common import compiling, to_dtype, transformed
 from reimpl.nn.functional._normalize import Normalize, Plan
 
 _HALVES = (torch.float16, torch.bfloat16)
@@ -313,7 +313,7 @@ class _InstanceNorm(torch.autograd.Function):
         shift = -used_mean * scale
         if b is not None:
             shift = shift + b.to(xa.dtype)
-        out = torch.addcmul(shift.unsqueeze(1), xa, scale.unsqueeze(1)).to(x.dtype)
+        out = to_dtype(torch.addcmul(shift.unsqueeze(1), xa, scale.unsqueeze(1)), x.dtype)
         ctx.save_for_backward(x, w, b, used_mean, invstd)
         ctx.eps, ctx.stat_dtype = eps, stat_dtype
         ctx.mark_non_differentiable(mean, var)

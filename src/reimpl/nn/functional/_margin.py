@@ -28,6 +28,7 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._binary import _log_sigmoid
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
+from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._distance import pairwise_distance
 from reimpl.nn.functional._regression import _kind
@@ -166,7 +167,7 @@ class _LogSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor) -> Tensor:  # type: ignore[override]
-        return _log_sigmoid(_acc(x)).to(x.dtype)
+        return _to_dtype(_log_sigmoid(_acc(x)), x.dtype)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:

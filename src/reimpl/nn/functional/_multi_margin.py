@@ -23,6 +23,7 @@ from torch import Tensor
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import vmapped as _vmapped
 
@@ -67,7 +68,7 @@ def _reduce(
     total = per_sample.to(acc).sum()
     if reduction == "mean":
         total = total / n
-    return total.to(dtype)
+    return _to_dtype(total, dtype)
 
 
 # --------------------------------------------------------------------------- multi margin
@@ -260,12 +261,12 @@ class _MultilabelMargin(torch.autograd.Function):
 def _multilabel_reduce(per: Tensor, x: Tensor, reduction: str, scalar_out: bool) -> Tensor:
     c = x.size(1)
     if reduction == "none" and not scalar_out:
-        return per.to(x.dtype) / c
+        return _to_dtype(per, x.dtype) / c
     # reduced, or one sample (a 0-D/1-D input): torch divides in the accumulation type
     total = per.sum() / c
     if reduction == "mean":
         total = total / x.size(0)
-    return total.to(x.dtype)
+    return _to_dtype(total, x.dtype)
 
 
 def multilabel_margin_loss(

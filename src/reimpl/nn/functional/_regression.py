@@ -19,6 +19,7 @@ from reimpl.kernels import cpu_pointwise
 from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import compiling as _compiling
+from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._common import warn_size_mismatch as _warn_size_mismatch
 
@@ -152,7 +153,7 @@ class _MixedDtypeHuber(torch.autograd.Function):
         common = torch.promote_types(x.dtype, t.dtype)
         d = (x.to(common) - t.to(common)).abs()
         loss = torch.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
-        return loss.to(x.dtype)
+        return _to_dtype(loss, x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[None, ...]:  # type: ignore[override]
