@@ -13,6 +13,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import reimpl.nn as RN
 import reimpl.nn.functional as F
+from reimpl._compat import NORM_BIAS
 
 SHAPES = {"BatchNorm1d": (6, 3, 4), "BatchNorm2d": (4, 3, 3, 2), "BatchNorm3d": (2, 3, 2, 2, 3)}
 CONFIGS = [
@@ -20,9 +21,10 @@ CONFIGS = [
     {"momentum": None},
     {"affine": False},
     {"track_running_stats": False},
-    {"bias": False},
     {"eps": 1e-3, "momentum": 0.5},
 ]
+if NORM_BIAS:  # (torch's batch norms take bias= from 2.12 on)
+    CONFIGS.append({"bias": False})
 
 
 def _pair(name: str, **kw: object) -> tuple[torch.nn.Module, torch.nn.Module]:

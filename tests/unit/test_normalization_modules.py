@@ -77,7 +77,13 @@ def test_reset_parameters_and_factory_kwargs() -> None:
             torch.testing.assert_close(m.bias, torch.zeros(3, dtype=torch.float64))
     assert RN.LayerNorm(4, elementwise_affine=False).weight is None
     assert RN.RMSNorm([2, 3]).normalized_shape == (2, 3)
-    assert RN.GroupNorm(2, 4, affine=True, bias=False).bias is None  # (on every torch)
+    if GROUP_NORM_BIAS:
+        assert RN.GroupNorm(2, 4, affine=True, bias=False).bias is None
+    else:  # refused, as the installed torch refuses it
+        with pytest.raises(TypeError, match="bias"):
+            torch.nn.GroupNorm(2, 4, bias=False)
+        with pytest.raises(TypeError, match="bias"):
+            RN.GroupNorm(2, 4, bias=False)
 
 
 def _ln(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

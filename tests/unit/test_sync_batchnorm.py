@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import reimpl.nn
+from reimpl._compat import NORM_BIAS
 from reimpl_parity.compare import TOLERANCES, compare
 
 
@@ -39,7 +40,8 @@ def test_input_checks_match_torch(shape: tuple[int, ...], channels: int) -> None
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}, {"bias": False}],
+    [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}]
+    + [{"bias": False}] * NORM_BIAS,  # (torch's batch norms take bias= from 2.12 on)
     ids=str,
 )
 @pytest.mark.parametrize("shape", [(5, 3), (4, 3, 6), (2, 3, 4, 4), (2, 3, 2, 2, 3)], ids=str)
@@ -75,13 +77,16 @@ def test_undistributed_is_plain_batch_norm(kwargs: dict, shape: tuple[int, ...])
     compare(ours(x), theirs(x), rtol=rtol, atol=atol, what="eval")
 
 
+NO_BIAS = {"bias": False} if NORM_BIAS else {}
+
+
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     inner = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=None))
     return torch.nn.Sequential(
         torch.nn.Linear(2, 3),
         reimpl.nn.BatchNorm1d(3, eps=1e-3, affine=True),
-        torch.nn.ModuleDict({"inner": inner, "bn3": reimpl.nn.BatchNorm3d(2, bias=False)}),
+        torch.nn.ModuleDict({"inner": inner, "bn3": reimpl.nn.BatchNorm3d(2, **NO_BIAS)}),
         torch.nn.SyncBatchNorm(5, track_running_stats=False),
         reimpl.nn.BatchNorm1d(6, affine=False),
     )
@@ -117,7 +122,7 @@ def test_convert_sync_batchnorm_ours_and_torchs() -> None:
     # Same structure as torch's conversion of the same model (all-torch copy).
     torch_model = _model()
     torch_model[1] = torch.nn.BatchNorm1d(3, eps=1e-3)
-    torch_model[2]["bn3"] = torch.nn.BatchNorm3d(2, bias=False)
+    torch_model[2]["bn3"] = torch.nn.BatchNorm3d(2, **NO_BIAS)
     torch_model[4] = torch.nn.BatchNorm1d(6, affine=False)
     theirs = torch.nn.SyncBatchNorm.convert_sync_batchnorm(torch_model)
     assert converted.state_dict().keys() == theirs.state_dict().keys()

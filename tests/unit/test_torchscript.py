@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import reimpl.nn as R
+from reimpl._compat import NORM_BIAS
 
 g = torch.Generator().manual_seed(0)
 X = torch.randn(4, 3, generator=g)
@@ -118,7 +119,6 @@ BATCHNORMS: list[Row] = [
     ("bn1d_no_affine", lambda nn: nn.BatchNorm1d(3, affine=False), {}, (X3,)),
     ("bn1d_untracked", lambda nn: nn.BatchNorm1d(3, track_running_stats=False), {}, (X,)),
     ("bn2d", lambda nn: nn.BatchNorm2d(3, momentum=0.3), {}, (X4,)),
-    ("bn2d_no_bias", lambda nn: nn.BatchNorm2d(3, bias=False), {}, (X4,)),
     ("bn3d", lambda nn: nn.BatchNorm3d(3, eps=1e-3), {}, (X5,)),
     ("in1d", lambda nn: nn.InstanceNorm1d(3), {}, (X3,)),
     (
@@ -144,6 +144,8 @@ BATCHNORMS: list[Row] = [
     ("gn_2d_no_affine", lambda nn: nn.GroupNorm(3, 3, affine=False), {}, (X,)),
     ("gn_3d", lambda nn: nn.GroupNorm(3, 3, eps=1e-3), {}, (X5,)),
 ]
+if NORM_BIAS:  # (torch's batch norms take bias= from 2.12 on)
+    BATCHNORMS.append(("bn2d_no_bias", lambda nn: nn.BatchNorm2d(3, bias=False), {}, (X4,)))
 
 DROPOUTS: list[Row] = [
     ("dropout", lambda nn: nn.Dropout(0.3), {}, (X,)),

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Parameter, init
 
+from reimpl._compat import NORM_BIAS, drop_keyword
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _autocast
 from reimpl.nn.functional import _scripted as S
@@ -102,8 +103,9 @@ class _NormBase(torch.nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"affine={self.affine}, "
+            + (f"bias={self.bias is not None}, " if NORM_BIAS else "")
+            + f"track_running_stats={self.track_running_stats}"
         )
 
     def _load_from_state_dict(
@@ -312,7 +314,7 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
                 bn.affine,
                 bn.track_running_stats,
                 process_group,
-                bias=bn.bias is not None,
+                **({"bias": bn.bias is not None} if NORM_BIAS else {}),  # type: ignore[arg-type]
             )
             if bn.affine:
                 with torch.no_grad():
@@ -327,3 +329,8 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
         for name, child in module.named_children():
             out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return out
+
+
+if not NORM_BIAS:  # (the base classes keep it: the instance and lazy norms pass it on)
+    for _cls in (BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm):
+        drop_keyword(_cls, "bias")

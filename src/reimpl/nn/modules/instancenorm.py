@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from reimpl._compat import NORM_BIAS, drop_keyword
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _scripted as S
 from reimpl.nn.modules.batchnorm import _NormBase
@@ -221,3 +222,8 @@ class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
             raise ValueError(
                 f"InstanceNorm3d takes (C, D, H, W) or (N, C, D, H, W) inputs, not {input.dim()}-D"
             )
+
+
+if not NORM_BIAS:
+    for _cls in (InstanceNorm1d, InstanceNorm2d, InstanceNorm3d):
+        drop_keyword(_cls, "bias")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
+from reimpl._compat import NORM_BIAS, drop_keyword
 from reimpl.nn.modules.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, _NormBase
 from reimpl.nn.modules.instancenorm import (
     InstanceNorm1d,
@@ -134,3 +135,11 @@ class LazyInstanceNorm3d(_LazyNormBase, _InstanceNorm, torch.nn.LazyInstanceNorm
     cls_to_become = InstanceNorm3d
     _check_input_dim = InstanceNorm3d._check_input_dim
     _get_no_batch_dim = InstanceNorm3d._get_no_batch_dim
+
+
+if not NORM_BIAS:
+    for _cls in (
+        LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d,
+        LazyInstanceNorm1d, LazyInstanceNorm2d, LazyInstanceNorm3d,
+    ):  # fmt: skip
+        drop_keyword(_cls, "bias")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter, init
 
+from reimpl._compat import NORM_BIAS, drop_keyword
 from reimpl.nn import functional as F
 from reimpl.nn.functional import _norm_composite as C
 
@@ -80,7 +81,8 @@ class LayerNorm(torch.nn.LayerNorm):
     def extra_repr(self) -> str:
         return (
             f"{self.normalized_shape}, eps={self.eps}, "
-            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+            f"elementwise_affine={self.elementwise_affine}"
+            + (f", bias={self.bias is not None}" if NORM_BIAS else "")
         )
 
 
@@ -161,5 +163,7 @@ class GroupNorm(torch.nn.GroupNorm):
 
 
 #: whether the installed torch's GroupNorm (our base class) takes ``bias`` and shows it in
-#: its repr (torch 2.13 on); ours always takes it, and reprs as the installed torch's does
+#: its repr (torch 2.13 on); ours takes it and shows it where the installed torch does
 GROUP_NORM_BIAS = "bias" in inspect.signature(GroupNorm.__bases__[0]).parameters
+if not GROUP_NORM_BIAS:
+    drop_keyword(GroupNorm, "bias")
