@@ -87,7 +87,13 @@ def _compare(name: str, kwargs: dict[str, Any], torch_fused: bool) -> None:
 @pytest.mark.parametrize(("name", "kwargs", "torch_fused"), ROWS, ids=[r[0] for r in ROWS])
 def test_grad_scaler_run_equals_torch_fused_run(name: str, kwargs: dict, torch_fused: bool) -> None:
     opt = getattr(ours, name)([torch.nn.Parameter(torch.zeros(2))], fused=True)
-    assert opt._step_supports_amp_scaling
+    # as torch's fused optimizer, where torch has one (its Adagrad: from 2.12 on)
+    expected = not torch_fused or getattr(
+        getattr(torch.optim, name)([torch.nn.Parameter(torch.zeros(2))], fused=True),
+        "_step_supports_amp_scaling",
+        False,
+    )
+    assert opt._step_supports_amp_scaling == expected
     _compare(name, kwargs, torch_fused)
 
 
@@ -113,7 +119,11 @@ def test_grad_scaler_run_on_the_triton_kernels(
 
     monkeypatch.setattr(triton_optim, kernel.__name__, spy)
     _compare(name, kwargs, torch_fused)
-    assert seen and all(s is not None and f is not None for s, f in seen), "not handed over"
+    probe = getattr(ours, name)([torch.nn.Parameter(torch.zeros(2))], fused=True)
+    if probe._step_supports_amp_scaling:
+        assert seen and all(s is not None and f is not None for s, f in seen), "not handed over"
+    else:  # (torch 2.11's Adagrad: GradScaler unscales itself, the kernel sees no scale)
+        assert seen and all(s is None and f is None for s, f in seen), "handed over"
 
 
 @pytest.mark.parametrize(("name", "kwargs", "torch_fused"), ROWS, ids=[r[0] for r in ROWS])

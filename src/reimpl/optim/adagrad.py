@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl._compat import torch_at_least
 from reimpl.kernels import cpu_fused
 from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
@@ -99,6 +100,10 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
             "maximize": maximize, "differentiable": differentiable, "fused": fused,
         }  # fmt: skip
         self._setup(params, defaults)
+        if not torch_at_least(2, 12):
+            # torch's fused Adagrad takes GradScaler's fused protocol from 2.12 on; before,
+            # GradScaler unscales the grads itself and skips the step on an overflow
+            self._step_supports_amp_scaling = False
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
             for p in group["params"]:
