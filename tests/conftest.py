@@ -65,3 +65,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With ``REIMPL_FAILURE_LOG`` set, each failure's report is appended to that file as it
+    happens (also from xdist workers' reports): a run cut off by a time limit (the GPU
+    session's) still leaves every failure seen so far."""
+    path = os.environ.get("REIMPL_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")

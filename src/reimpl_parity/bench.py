@@ -360,8 +360,16 @@ def _optimizer_cases(device: str, n_tensors: int, numel: int) -> Iterator[tuple[
 
 
 def run(
-    device: str, *, quick: bool = False, reps: int | None = None, only: str | None = None
+    device: str,
+    *,
+    quick: bool = False,
+    reps: int | None = None,
+    only: str | None = None,
+    failures: list[str] | None = None,
 ) -> list[Result]:
+    """Every case's timing (and peak memory). ``failures``: where a case that raises is
+    named with its error and skipped, so one broken case (a kernel's first run on a new
+    GPU) does not cost the others' figures; without it, the error propagates."""
     cuda = device.startswith("cuda")
     scale = 1 if quick else 4 if cuda else 2
     n_tensors = (10 if quick else 100) if cuda else (2 if quick else 10)
@@ -380,7 +388,14 @@ def run(
             if only and only not in name:
                 continue
             warmup = 1 if memory else 2 if quick else 3  # the memory cases are the slow ones
-            t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+            try:
+                t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+            except Exception as e:
+                if failures is None:
+                    raise
+                failures.append(f"{name}: {type(e).__name__}: {e}")
+                print(f"  {name:<62} FAILED {type(e).__name__}: {e}", flush=True)
+                continue
             res = Result(name, device, t.ours_ms, t.theirs_ms, t.ratio, reps)
             res.reimpl_min_ms, res.torch_min_ms = t.ours_min_ms, t.theirs_min_ms
             line = (
@@ -505,10 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     from reimpl_parity.bench_report import describe_device, write_reports
 
     keep_freed_memory()
+    failures: list[str] = []
 
     for dev in devices:
         print(f"{describe_device(dev)} · torch {torch.__version__}")
-        results = run(dev, quick=args.quick, reps=args.reps, only=args.only)
+        results = run(dev, quick=args.quick, reps=args.reps, only=args.only, failures=failures)
         for kind, path in write_reports(results, dev, Path(args.out)).items():
             print(f"wrote {kind}: {path}")
-    return 0
+    for line in failures:
+        print(f"FAILED {line}")
+    return 1 if failures else 0

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,35 @@ def test_bench_writes_json_markdown_and_png(
     assert data["torch"] and data["device"] and data["results"][0]["case"].startswith("mse_loss")
     assert (tmp_path / "cpu.md").read_text().startswith("Device:")
     assert (tmp_path / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_names_a_failing_case_and_times_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    import reimpl_parity.bench as bench
+
+    timed = bench.time_pair
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: True)
+    failures: list[str] = []
+    cases = [(f"mse_loss {i}", lambda: None, lambda: None) for i in range(2)]
+    monkeypatch.setattr(bench, "_loss_cases", lambda device, scale: iter(cases))
+    calls = iter([RuntimeError("kernel launch failed"), None])
+
+    def time_pair(ours: Any, theirs: Any, device: str, **kw: Any) -> Any:
+        err = next(calls)
+        if err is not None:
+            raise err
+        return timed(ours, theirs, device, **kw)
+
+    monkeypatch.setattr(bench, "time_pair", time_pair)
+    out = bench.run("cpu", quick=True, reps=1, only="mse_loss", failures=failures)
+    assert [r.case for r in out] == ["mse_loss 1"]
+    assert failures == ["mse_loss 0: RuntimeError: kernel launch failed"]
+    assert "mse_loss 0" in capsys.readouterr().out
+    with pytest.raises(RuntimeError, match="kernel launch failed"):  # no list: it propagates
+        calls = iter([RuntimeError("kernel launch failed")])
+        bench.run("cpu", quick=True, reps=1, only="mse_loss")
 
 
 # --------------------------------------------------- `reimpl check` never crashes

@@ -82,27 +82,38 @@ def test_cuda_amp_rules(spec: Spec, found: float) -> None:
 
 
 @pytest.mark.cuda
-def test_cuda_adam_bandwidth() -> None:
-    """100 x 1M float32 params: one Adam step should stay near one pass over memory."""
+def test_cuda_adam_100_tensors_of_1m() -> None:
+    """100 x 1M float32 params (the benchmark's size, where the kernel's grid spans many
+    tensors): one Adam step equals torch's fused one. The time is printed for the log; the
+    benchmark (``reimpl bench --device cuda``) measures it, with torch interleaved."""
     from reimpl.kernels.triton_optim import adam_
 
     n, size = 100, 1 << 20
-    ts = [[torch.randn(size, device="cuda") for _ in range(n)] for _ in range(4)]
-    steps = [torch.zeros(1, device="cuda") for _ in range(n)]
-
-    def step() -> None:
-        kw: dict[str, Any] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
-        adam_(ts[0], ts[1], ts[2], ts[3], [], steps, lr=1e-3, amsgrad=False, maximize=False,
-              decoupled_weight_decay=False, **kw)  # fmt: skip
-
-    ms = _cuda_time(step)
-    refs = [p.clone().requires_grad_() for p in ts[0]]
-    for r, g in zip(refs, ts[1], strict=True):
-        r.grad = g
-    ref_ms = _cuda_time(torch.optim.Adam(refs, lr=1e-3, fused=True).step)
-    print(f"adam_ 100 x 1M fp32: {ms:.3f} ms/step ({28 * n * size / ms / 1e9:.0f} GB/s); "
-          f"torch fused: {ref_ms:.3f} ms")  # fmt: skip
-    assert ms < 2.0  # the design goal is <= 1.10 ms on an H100; this only catches disasters
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    p, g, m, v = (
+        [torch.randn(size, generator=gen, device="cuda") for _ in range(n)] for _ in "pgmv"
+    )
+    v = [x.abs() for x in v]
+    steps = [torch.full((1,), 3.0, device="cuda") for _ in range(n)]
+    refs = [x.clone().requires_grad_() for x in p]
+    ref_opt = torch.optim.Adam(refs, lr=1e-3, fused=True)
+    for r, gr, mr, vr in zip(refs, g, m, v, strict=True):
+        r.grad = gr.clone()
+        ref_opt.state[r] = {
+            "step": torch.tensor(3.0, device="cuda"),  # (fused: on the param's device)
+            "exp_avg": mr.clone(),
+            "exp_avg_sq": vr.clone(),
+        }
+    kw: dict[str, Any] = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    adam_(p, g, m, v, [], steps, lr=1e-3, amsgrad=False, maximize=False,
+          decoupled_weight_decay=False, **kw)  # fmt: skip
+    ref_opt.step()
+    for i in (0, 57, 99):
+        torch.testing.assert_close(p[i], refs[i].detach(), msg=f"param {i}")
+        torch.testing.assert_close(v[i], ref_opt.state[refs[i]]["exp_avg_sq"], msg=f"v {i}")
+    ms = _cuda_time(lambda: adam_(p, g, m, v, [], steps, lr=1e-3, amsgrad=False, maximize=False,
+                                  decoupled_weight_decay=False, **kw))  # fmt: skip
+    print(f"adam_ 100 x 1M fp32: {ms:.3f} ms/step ({28 * n * size / ms / 1e9:.0f} GB/s)")
 
 
 def _cuda_time(fn: Callable[[], None], reps: int = 20) -> float:
