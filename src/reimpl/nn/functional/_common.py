@@ -83,8 +83,10 @@ def acc(x: Tensor) -> Tensor:
 
 def to_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t`` in ``dtype``, converting only when it differs. For what a custom Function's
-    forward returns: torch 2.11's torch.compile gives zero gradients through a Function whose
-    output comes from a conversion to the dtype it already has (``.to``, ``.float()``)."""
+    forward returns. torch 2.11's torch.compile gives zero gradients through a Function
+    whose output is a tensor its last op handed back as itself: a conversion to the dtype
+    it already has (``.to``, ``.float()``), ``.contiguous()`` of a contiguous tensor, an
+    in-place op (``mul_``, ``out=``). So those outputs come from a fresh op, or from this."""
     return t if t.dtype == dtype else t.to(dtype)
 
 

@@ -66,7 +66,7 @@ from reimpl.nn.functional._classification import (
     _class_weight,
     cross_entropy,
 )
-from reimpl.nn.functional._common import LOW_PRECISION, aliases
+from reimpl.nn.functional._common import LOW_PRECISION, aliases, to_dtype
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
 from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import transformed as _transformed
@@ -233,11 +233,11 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.inv = inv
         ctx.grads = (gx, gw, gb) if precompute else None
         if reduction == "none":
-            return loss.to(out_dtype)
+            return to_dtype(loss, out_dtype)
         # torch's CPU nll_loss sums float32 terms in float64
         wide = torch.float64 if acc == torch.float32 and x.device.type == "cpu" else acc
         total = loss.sum(dtype=wide)
-        return (total / denom if reduction == "mean" else total).to(out_dtype)
+        return to_dtype(total / denom if reduction == "mean" else total, out_dtype)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]

@@ -28,6 +28,7 @@ from reimpl.nn.functional import _autocast, _reduction
 from reimpl.nn.functional._binary import _log_sigmoid
 from reimpl.nn.functional._common import acc as _acc
 from reimpl.nn.functional._common import check_not_differentiable as _check_not_differentiable
+from reimpl.nn.functional._common import compiling as _compiling
 from reimpl.nn.functional._common import to_dtype as _to_dtype
 from reimpl.nn.functional._common import transformed as _transformed
 from reimpl.nn.functional._distance import pairwise_distance
@@ -103,7 +104,8 @@ class _SoftMargin(torch.autograd.Function):
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
         loss = torch.neg(x).mul_(y)
-        return _reduction.apply(loss.exp_().log1p_(), reduction)
+        loss = loss.exp_()  # (then log1p out of place for torch.compile: see _common.to_dtype)
+        return _reduction.apply(torch.log1p(loss) if _compiling() else loss.log1p_(), reduction)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, None, None]:  # type: ignore[override]

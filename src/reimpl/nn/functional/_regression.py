@@ -69,8 +69,8 @@ class _Pointwise(torch.autograd.Function):
         if ctx.kernel:  # one pass on CPU (reimpl.kernels.cpu_pointwise), same formula
             return cpu_pointwise.forward(kind, x, t, b, reduction)
         d = x - t
-        if kind == "mse":
-            loss = d.mul_(d)
+        if kind == "mse":  # (in place, except for torch.compile: see _common.to_dtype)
+            loss = d * d if _compiling() else d.mul_(d)
         else:
             ad = d.abs_()
             small = ad < b

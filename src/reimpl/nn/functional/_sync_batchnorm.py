@@ -41,6 +41,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from reimpl.kernels import cpu_batch_norm
 from reimpl.kernels.cpu_batch_norm import Layout
 from reimpl.nn.functional._batchnorm_function import _in_format
+from reimpl.nn.functional._common import to_dtype
 
 _HALVES = (torch.float16, torch.bfloat16)
 
@@ -160,7 +161,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
             y = y * weight.to(acc).reshape(bshape)
         if bias is not None:
             y = y + bias.to(acc).reshape(bshape)
-        return y.to(input.dtype).contiguous(memory_format=_output_format(input))
+        y, fmt = to_dtype(y, input.dtype), _output_format(input)
+        return y if y.is_contiguous(memory_format=fmt) else y.contiguous(memory_format=fmt)
 
     @staticmethod
     @once_differentiable
