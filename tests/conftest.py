@@ -72,6 +72,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     happens (also from xdist workers' reports): a run cut off by a time limit (the GPU
     session's) still leaves every failure seen so far."""
     path = os.environ.get("REIMPL_FAILURE_LOG")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # (the controller gets each worker's report too: one writer, one entry)
     if path and report.failed:
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"===== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
