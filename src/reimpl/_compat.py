@@ -50,4 +50,6 @@ def drop_keyword(cls: type, name: str) -> None:
     refusing.__signature__ = sig.replace(  # type: ignore[attr-defined]
         parameters=[p for p in sig.parameters.values() if p.name != name]
     )
+    refusing.__annotations__ = {k: v for k, v in init.__annotations__.items() if k != name}
+    refusing.__qualname__ = f"{cls.__qualname__}.__init__"
     setattr(cls, "__init__", refusing)  # noqa: B010

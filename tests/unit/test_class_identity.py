@@ -117,3 +117,50 @@ def test_no_torch_method_is_inherited(ours: type, theirs: type) -> None:
         pytest.fail(f"{ours.__name__} does not subclass {theirs} yet")
     leaks = _inherited_torch_methods(ours, theirs)
     assert not leaks, f"reimpl's {ours.__name__} inherits torch code: " + ", ".join(leaks)
+
+
+#: constructor keywords a reimpl class has beyond torch's -> why
+EXTRA_KEYWORDS = {
+    "fused": "every reimpl optimizer has a fused path; torch has none for some (Adadelta, "
+    "Adamax, NAdam, RAdam, RMSprop, Rprop, Adafactor)",
+}
+
+
+def _params(cls: type, drop: set[str]) -> list[tuple[str, object, str]]:
+    sig = inspect.signature(cls)
+    return [
+        (p.name, p.kind, repr(p.default)) for p in sig.parameters.values() if p.name not in drop
+    ]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS, ids=[o.__name__ for o, _ in PAIRS])
+def test_constructor_is_torchs(ours: type, theirs: type) -> None:
+    """The installed torch's constructor parameters, in order, with its kinds and defaults:
+    what that torch takes, reimpl takes; a keyword only a later torch has (the norms' bias=
+    before 2.12) is not in the signature here either."""
+    extra = set(EXTRA_KEYWORDS) - set(inspect.signature(theirs).parameters)
+    assert _params(ours, extra) == _params(theirs, set())
+
+
+NORM_ARGS = {
+    **{f"{k}{d}d": (3,) for k in ("BatchNorm", "InstanceNorm") for d in (1, 2, 3)},
+    **{f"Lazy{k}{d}d": () for k in ("BatchNorm", "InstanceNorm") for d in (1, 2, 3)},
+    "SyncBatchNorm": (3,),
+    "GroupNorm": (1, 3),
+}
+
+
+@pytest.mark.parametrize("name", NORM_ARGS)
+def test_norm_bias_keyword_as_torchs(name: str) -> None:
+    """bias= (torch 2.12 on; GroupNorm's 2.13): taken where the installed torch takes it,
+    refused with torch's TypeError where it does not."""
+    args = NORM_ARGS[name]
+    ours, theirs = getattr(reimpl.nn, name), getattr(torch.nn, name)
+    if "bias" in inspect.signature(theirs).parameters:
+        assert ours(*args, bias=False).bias is None
+        return
+    with pytest.raises(TypeError):
+        theirs(*args, bias=False)
+    with pytest.raises(TypeError, match="bias"):
+        ours(*args, bias=False)
+    assert ours(*args).state_dict().keys() == theirs(*args).state_dict().keys()  # (bias kept)
