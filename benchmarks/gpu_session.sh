@@ -2,8 +2,11 @@
 # Everything CUDA in one call on a lent GPU machine (its own torch and triton; nothing can be
 # installed there: no package registry), results in $OUT. Usage, through the device tool:
 #   run(command="OUT=$OUT bash benchmarks/gpu_session.sh", timeout_s=480)
-# It keeps to ~420 s (each step has its own limit) so a session's 15 device minutes leave
-# room for a rerun, and to the 8 files the tool brings back (the logs go in one tarball):
+# It keeps to ~420 s (each step has its own limit): with the machine's start (a minute or
+# two) that is ~9-10 of a session's 15 device minutes, leaving room for a shorter second
+# call (the failing tests alone), not a full rerun. It keeps to the 8 files the tool brings
+# back (the logs go in one tarball). It needs what that machine's image has: torch, triton,
+# numpy, pytest, pytest-xdist, hypothesis, matplotlib (pytest-timeout if there):
 #   summary.txt            versions, GPU, each step's exit code and last lines
 #   bench/cuda.{json,md,png}  the CUDA benchmark (`reimpl bench --device cuda`)
 #   failures.txt           every failing test's report, written as it fails
@@ -26,11 +29,12 @@ tail -1 "$OUT/logs/env.txt" >> "$OUT/summary.txt"
 step() {  # step NAME LIMIT_S COMMAND...: run with a limit, log its exit code
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
-  timeout "$limit" "$@"
+  timeout -k 10 "$limit" "$@"  # (-k: a process stuck in a CUDA call may ignore SIGTERM)
   echo "$name rc=$? in $((SECONDS - t0)) s (limit $limit)" >> "$OUT/summary.txt"
 }
 
-# 1. the benchmark first: the figures issue 17 asks for (a failing case is named, not fatal)
+# 1. the benchmark first: the figures issue 17 asks for (a failing case is named, not fatal;
+#    stopped at its limit, it still writes the reports of the cases done)
 step bench 190 $PY -m reimpl bench --device cuda --out "$OUT/bench" > "$OUT/logs/bench.log" 2>&1
 # 2. the cuda-marked tests, 8 processes on the one GPU; a hung test is stopped at 90 s
 TO=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout=90")

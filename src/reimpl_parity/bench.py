@@ -13,6 +13,7 @@ import argparse
 import copy
 import functools
 import platform
+import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -366,10 +367,12 @@ def run(
     reps: int | None = None,
     only: str | None = None,
     failures: list[str] | None = None,
+    into: list[Result] | None = None,
 ) -> list[Result]:
     """Every case's timing (and peak memory). ``failures``: where a case that raises is
     named with its error and skipped, so one broken case (a kernel's first run on a new
-    GPU) does not cost the others' figures; without it, the error propagates."""
+    GPU) does not cost the others' figures; without it, the error propagates. ``into``:
+    the list the results are appended to as they come (what a stopped run has done)."""
     cuda = device.startswith("cuda")
     scale = 1 if quick else 4 if cuda else 2
     n_tensors = (10 if quick else 100) if cuda else (2 if quick else 10)
@@ -382,7 +385,7 @@ def run(
         (_normalization_cases(device, quick), False),
         (_optimizer_cases(device, n_tensors, numel), False),
     ]
-    out = []
+    out = [] if into is None else into
     for gen, memory in gens:
         for name, ours, theirs in gen:
             if only and only not in name:
@@ -390,6 +393,7 @@ def run(
             warmup = 1 if memory else 2 if quick else 3  # the memory cases are the slow ones
             try:
                 t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+                peaks = (peak_memory_mib(ours, device), peak_memory_mib(theirs, device))
             except Exception as e:
                 if failures is None:
                     raise
@@ -403,8 +407,7 @@ def run(
                 f"ratio {t.ratio:5.2f}"
             )
             if memory:
-                res.reimpl_peak_mib = peak_memory_mib(ours, device)
-                res.torch_peak_mib = peak_memory_mib(theirs, device)
+                res.reimpl_peak_mib, res.torch_peak_mib = peaks
                 mib = [
                     f"{m:.1f}" if m is not None else "?"
                     for m in (res.reimpl_peak_mib, res.torch_peak_mib)
@@ -412,75 +415,13 @@ def run(
                 line += f"  peak MiB reimpl {mib[0]} torch {mib[1]}"
             out.append(res)
             print(line, flush=True)
-    out += _bound_rows(device, n_tensors, numel, quick, reps, only)
+    from reimpl_parity.bench_bound import bound_rows
+
+    out.extend(bound_rows(device, n_tensors, numel, quick, reps, only))
     if not cuda:
-        out += _dist_rows(quick, reps, only)
-    return out
+        from reimpl_parity.bench_dist import dist_rows
 
-
-def _dist_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
-    """Work timed on 2 gloo processes (:mod:`reimpl_parity.bench_dist`): SyncBatchNorm's
-    training step, and one fused optimizer step on FSDP2 shards per optimizer."""
-    import torch.distributed as dist
-
-    from reimpl_parity import bench_dist
-
-    if not dist.is_available():
-        return []
-    shape = (4, 64, 16, 16) if quick else (16, 64, 32, 32)
-    width, layers = (512, 2) if quick else (1024, 4)
-    cases: list[tuple[str, Callable[[], bench_dist.StepTimes]]] = [
-        (
-            f"SyncBatchNorm train fwd+bwd 2 ranks {shape} "
-            "(torch BatchNorm2d unsynchronized: its SyncBatchNorm has no CPU path)",
-            lambda: bench_dist.bench_sync_batchnorm(shape, reps=reps),
-        )
-    ]
-    for name, (_, path) in bench_dist.CONFIGS.items():
-        cases.append(
-            (
-                f"{name} [fused] FSDP2 2 ranks {layers}x{width}x{width} (torch {path})",
-                functools.partial(
-                    bench_dist.bench_fsdp_fused_step, name, width=width, layers=layers, reps=reps
-                ),
-            )
-        )
-    out = []
-    for label, run in cases:
-        if only and only not in label:
-            continue
-        t = run()
-        out.append(Result(label, "cpu", t.reimpl_ms, t.torch_ms, t.ratio, reps))
-        print(
-            f"  {label:<62} reimpl {t.reimpl_ms:9.3f} ms  torch {t.torch_ms:9.3f} ms  "
-            f"ratio {t.ratio:5.2f}",
-            flush=True,
-        )
-    return out
-
-
-def _bound_rows(
-    device: str, n_tensors: int, numel: int, quick: bool, reps: int, only: str | None
-) -> list[Result]:
-    """The fused steps against the memory bound (:mod:`reimpl_parity.bench_bound`)."""
-    from reimpl_parity.bench_bound import ADD_BYTES, bound_cases
-
-    out = []
-    for name, step, add, factor in bound_cases(device, n_tensors, numel):
-        label = f"{name} vs memory bound"
-        if only and only not in label:
-            continue
-        t = time_pair(step, add, device, warmup=2 if quick else 3, reps=reps)  # type: ignore[arg-type]
-        bound_ms = t.theirs_ms * factor
-        gbs = ADD_BYTES * n_tensors * numel / (t.theirs_ms / 1e3) / 1e9
-        res = Result(label, device, t.ours_ms, bound_ms, t.ratio / factor, reps, kind="bound")
-        res.bandwidth_gbs = gbs
-        out.append(res)
-        print(
-            f"  {label:<62} step {t.ours_ms:9.3f} ms  bound {bound_ms:9.3f} ms  "
-            f"ratio {res.ratio:5.2f}  ({gbs:.1f} GB/s)",
-            flush=True,
-        )
+        out.extend(dist_rows(quick, reps, only))
     return out
 
 
@@ -504,6 +445,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_mmap_threshold, 2**30))
 
 
+class _Stopped(Exception):
+    """SIGTERM arrived: the results so far are reported."""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="reimpl bench", description=__doc__)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
@@ -522,11 +467,28 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     failures: list[str] = []
 
-    for dev in devices:
-        print(f"{describe_device(dev)} · torch {torch.__version__}")
-        results = run(dev, quick=args.quick, reps=args.reps, only=args.only, failures=failures)
-        for kind, path in write_reports(results, dev, Path(args.out)).items():
-            print(f"wrote {kind}: {path}")
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    # a time limit's SIGTERM (the GPU session's): report the cases done, then stop
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        for dev in devices:
+            print(f"{describe_device(dev)} · torch {torch.__version__}")
+            results: list[Result] = []
+            stopped = False
+            try:
+                run(dev, quick=args.quick, reps=args.reps, only=args.only, failures=failures,
+                    into=results)  # fmt: skip
+            except _Stopped:
+                stopped = True
+                failures.append(f"{dev}: stopped (SIGTERM) after {len(results)} results")
+            for kind, path in write_reports(results, dev, Path(args.out)).items():
+                print(f"wrote {kind}: {path}")
+            if stopped:
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for line in failures:
         print(f"FAILED {line}")
     return 1 if failures else 0

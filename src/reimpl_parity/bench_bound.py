@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
+from reimpl_parity.bench import Result, time_pair
+
 #: (label, optimizer, kwargs, bytes moved per fp32 element in one step)
 STEPS = [
     ("Adam", "Adam", {"lr": 1e-3}, 28),
@@ -59,3 +61,26 @@ def bound_cases(
             add,
             nbytes / ADD_BYTES,
         )
+
+
+def bound_rows(
+    device: str, n_tensors: int, numel: int, quick: bool, reps: int, only: str | None
+) -> list[Result]:
+    """The fused steps against the memory bound (:mod:`reimpl_parity.bench_bound`)."""
+    out = []
+    for name, step, add, factor in bound_cases(device, n_tensors, numel):
+        label = f"{name} vs memory bound"
+        if only and only not in label:
+            continue
+        t = time_pair(step, add, device, warmup=2 if quick else 3, reps=reps)  # type: ignore[arg-type]
+        bound_ms = t.theirs_ms * factor
+        gbs = ADD_BYTES * n_tensors * numel / (t.theirs_ms / 1e3) / 1e9
+        res = Result(label, device, t.ours_ms, bound_ms, t.ratio / factor, reps, kind="bound")
+        res.bandwidth_gbs = gbs
+        out.append(res)
+        print(
+            f"  {label:<62} step {t.ours_ms:9.3f} ms  bound {bound_ms:9.3f} ms  "
+            f"ratio {res.ratio:5.2f}  ({gbs:.1f} GB/s)",
+            flush=True,
+        )
+    return out

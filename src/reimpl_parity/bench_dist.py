@@ -22,15 +22,19 @@ synchronization and reimpl's kernels cost together, against the work without it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+
+from reimpl_parity.bench import Result
 
 #: per optimizer: its hyperparameters and torch's path on DTensors
 CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
@@ -179,3 +183,40 @@ def _interleaved(steps: list[Any], warmup: int, reps: int) -> tuple[float, float
     ours, theirs = pairs[:, 0].tolist(), pairs[:, 1].tolist()
     ratio = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
     return statistics.median(ours), statistics.median(theirs), ratio
+
+
+def dist_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
+    """Work timed on 2 gloo processes (:mod:`reimpl_parity.bench_dist`): SyncBatchNorm's
+    training step, and one fused optimizer step on FSDP2 shards per optimizer."""
+    if not dist.is_available():
+        return []
+    shape = (4, 64, 16, 16) if quick else (16, 64, 32, 32)
+    width, layers = (512, 2) if quick else (1024, 4)
+    cases: list[tuple[str, Callable[[], StepTimes]]] = [
+        (
+            f"SyncBatchNorm train fwd+bwd 2 ranks {shape} "
+            "(torch BatchNorm2d unsynchronized: its SyncBatchNorm has no CPU path)",
+            lambda: bench_sync_batchnorm(shape, reps=reps),
+        )
+    ]
+    for name, (_, path) in CONFIGS.items():
+        cases.append(
+            (
+                f"{name} [fused] FSDP2 2 ranks {layers}x{width}x{width} (torch {path})",
+                functools.partial(
+                    bench_fsdp_fused_step, name, width=width, layers=layers, reps=reps
+                ),
+            )
+        )
+    out = []
+    for label, run in cases:
+        if only and only not in label:
+            continue
+        t = run()
+        out.append(Result(label, "cpu", t.reimpl_ms, t.torch_ms, t.ratio, reps))
+        print(
+            f"  {label:<62} reimpl {t.reimpl_ms:9.3f} ms  torch {t.torch_ms:9.3f} ms  "
+            f"ratio {t.ratio:5.2f}",
+            flush=True,
+        )
+    return out

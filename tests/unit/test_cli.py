@@ -79,7 +79,6 @@ def test_bench_writes_json_markdown_and_png(
 def test_bench_names_a_failing_case_and_times_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    pytest.importorskip("matplotlib")
     import reimpl_parity.bench as bench
 
     timed = bench.time_pair
@@ -103,6 +102,29 @@ def test_bench_names_a_failing_case_and_times_the_rest(
     with pytest.raises(RuntimeError, match="kernel launch failed"):  # no list: it propagates
         calls = iter([RuntimeError("kernel launch failed")])
         bench.run("cpu", quick=True, reps=1, only="mse_loss")
+
+
+def test_bench_stopped_by_sigterm_reports_the_cases_done(tmp_path: Path) -> None:
+    """A time limit's SIGTERM (the GPU session's) leaves the JSON/Markdown of what ran."""
+    pytest.importorskip("matplotlib")
+    import signal
+
+    cmd = [sys.executable, "-m", "reimpl", "bench", "--device", "cpu", "--quick"]
+    cmd += ["--reps", "1", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # the first timed case, then the signal
+        lines.append(line)
+        if "ratio" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    text = "".join(lines) + rest
+    assert proc.returncode == 1, text
+    assert "stopped (SIGTERM)" in text, text
+    results = json.loads((tmp_path / "cpu.json").read_text())["results"]
+    assert results and results[0]["case"] in text
 
 
 # --------------------------------------------------- `reimpl check` never crashes

@@ -61,9 +61,10 @@ def _gpu_blocks(specs: list[dict]) -> list[dict]:
             block, options = wide[spec["kernel"]]
             warps = {"num_warps": triton_norm._warps(block)} if options is None else options
             consts = dict(spec["constexprs"], BLOCK=block)
-            if "ONE_BLOCK" in consts:
-                consts["ONE_BLOCK"] = True
-            out.append(dict(spec, constexprs=consts, options={**spec["options"], **warps}))
+            for one in (True, False) if "ONE_BLOCK" in consts else (None,):
+                if one is not None:  # (a row within the block, or a longer one in blocks)
+                    consts = dict(consts, ONE_BLOCK=one)
+                out.append(dict(spec, constexprs=consts, options={**spec["options"], **warps}))
     return out
 
 

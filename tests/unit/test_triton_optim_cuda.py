@@ -110,6 +110,7 @@ def test_cuda_adam_100_tensors_of_1m() -> None:
     ref_opt.step()
     for i in (0, 57, 99):
         torch.testing.assert_close(p[i], refs[i].detach(), msg=f"param {i}")
+        torch.testing.assert_close(m[i], ref_opt.state[refs[i]]["exp_avg"], msg=f"m {i}")
         torch.testing.assert_close(v[i], ref_opt.state[refs[i]]["exp_avg_sq"], msg=f"v {i}")
     ms = _cuda_time(lambda: adam_(p, g, m, v, [], steps, lr=1e-3, amsgrad=False, maximize=False,
                                   decoupled_weight_decay=False, **kw))  # fmt: skip
