@@ -59,7 +59,9 @@ def _unconst(value: Any) -> Any:
     return tl.dtype(value["tl.dtype"]) if isinstance(value, dict) else value
 
 
-def spec_of(fn: Any, constexprs: list[str], args: tuple, kwargs: dict[str, Any]) -> dict:
+def spec_of(
+    fn: Any, constexprs: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """One launch as JSON-able data: kernel, per-argument types, constexpr values, options."""
     params = inspect.signature(fn).parameters
     bound = dict(zip(params, args, strict=False))  # (defaults fill the rest)
@@ -91,11 +93,11 @@ def spec_of(fn: Any, constexprs: list[str], args: tuple, kwargs: dict[str, Any])
 
 
 @contextlib.contextmanager
-def recording() -> Iterator[list[dict]]:
+def recording() -> Iterator[list[dict[str, Any]]]:
     """Record the spec of every interpreted launch while open (deduplicated, in order)."""
     from triton.runtime import interpreter
 
-    seen: list[dict] = []
+    seen: list[dict[str, Any]] = []
     old = interpreter.GridExecutor.__call__
 
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -111,7 +113,7 @@ def recording() -> Iterator[list[dict]]:
         interpreter.GridExecutor.__call__ = old
 
 
-def compile_spec(spec: dict, arch: int = 90) -> Any:
+def compile_spec(spec: dict[str, Any], arch: int = 90) -> Any:
     """Compile one recorded launch for ``cuda`` sm_``arch`` (Triton's JIT, no device)."""
     import triton
     from triton.backends.compiler import GPUTarget
