@@ -35,7 +35,7 @@ def drop_keyword(cls: type, name: str) -> None:
     """Make ``cls(...)`` refuse keyword ``name`` and leave it out of the signature: for a
     keyword reimpl's class takes that the installed torch's class does not have yet, so
     what that torch rejects is rejected here too (TypeError, as Python raises for torch)."""
-    init: Any = vars(cls).get("__init__") or getattr(cls, "__init__")  # noqa: B009
+    init: Any = cls.__init__  # type: ignore[misc]
     sig = inspect.signature(init)
 
     @functools.wraps(init)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from reimpl._compat import drop_keyword, torch_at_least
 from reimpl.optim._checks import check_hparams
 from reimpl.optim._common import (
     TensorList,
@@ -92,8 +93,10 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
 
     Args: as :class:`torch.optim.LBFGS` -- ``lr`` (float or one-element Tensor),
     ``max_iter``, ``max_eval`` (default ``max_iter * 5 // 4``), ``tolerance_grad``,
-    ``tolerance_change``, ``history_size``, ``line_search_fn`` (None or "strong_wolfe").
-    One param group only; ``step(closure)`` needs the closure.
+    ``tolerance_change``, ``history_size``, ``line_search_fn`` (None or "strong_wolfe"),
+    and, where the installed torch has it (2.14 on), keyword-only ``maximize``: :math:`-f`
+    is minimized (its loss and gradient negated as read). One param group only;
+    ``step(closure)`` needs the closure.
     """
 
     _Tensors = LBFGSTensors
@@ -107,7 +110,7 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
         self, params: ParamsT, lr: float | Tensor = 1, max_iter: int = 20,
         max_eval: int | None = None, tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-9, history_size: int = 100,
-        line_search_fn: str | None = None,
+        line_search_fn: str | None = None, *, maximize: bool = False,
     ) -> None:  # fmt: skip
         check_hparams(lr=lr)
         if max_eval is None:
@@ -116,6 +119,7 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
             "lr": lr, "max_iter": max_iter, "max_eval": max_eval,
             "tolerance_grad": tolerance_grad, "tolerance_change": tolerance_change,
             "history_size": history_size, "line_search_fn": line_search_fn,
+            **({"maximize": maximize} if MAXIMIZE else {}),  # (a group key from torch 2.14)
         }  # fmt: skip
         # torch's base set-up alone: no foreach / differentiable / fused keys in the group
         Optimizer.__init__(self, params, defaults)  # type: ignore[arg-type]
@@ -150,7 +154,16 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
             g = p.new_zeros(p.numel()) if g is None else (g.to_dense() if g.is_sparse else g)
             g = g.view(-1)
             parts.append(torch.view_as_real(g).view(-1) if g.is_complex() else g)
-        return torch.cat(parts, 0)
+        flat = torch.cat(parts, 0)
+        return flat.neg_() if self._maximize() else flat
+
+    def _maximize(self) -> bool:
+        return bool(self.param_groups[0].get("maximize", False))
+
+    def _f(self, loss: Any) -> float:
+        """The closure's loss as the float minimized: negated when maximizing."""
+        f = float(loss)
+        return -f if self._maximize() else f
 
     def _add_grad(self, step_size: Any, update: Tensor) -> None:
         """x += step_size * update, ``update`` a flat vector cut to the params' shapes."""
@@ -181,7 +194,7 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
     ) -> tuple[float, Tensor]:
         """f and g at x + t d; the params are put back to x afterwards."""
         self._add_grad(t, d)
-        f = float(closure())
+        f = self._f(closure())
         g = self._gather_flat_grad()
         self._set_param(x)
         return f, g
@@ -212,7 +225,7 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
         state.setdefault("n_iter", 0)
 
         first_loss = closure()
-        loss = float(first_loss)
+        loss = self._f(first_loss)
         evals = 1
         state["func_evals"] += 1
         g = self._gather_flat_grad()
@@ -274,7 +287,7 @@ class LBFGS(ReimplOptimizer, torch.optim.LBFGS):
                 self._add_grad(t, d)
                 stationary = False
                 if it != hp.max_iter:  # the last move is not evaluated (torch's choice)
-                    loss = float(closure())
+                    loss = self._f(closure())
                     g = self._gather_flat_grad()
                     stationary = g.abs().max() <= hp.tolerance_grad
                     used = 1
@@ -400,3 +413,9 @@ def _strong_wolfe(evaluate: Callable[[Any], Any], t: Any, d: Tensor, f: float, g
                 ts[high], fs[high], gs[high], gtds[high] = ts[low], fs[low], gs[low], gtds[low]
             ts[low], fs[low], gs[low], gtds[low] = t, f_new, g_new, gtd_new
     return fs[low], gs[low], ts[low], n_evals
+
+
+#: torch's LBFGS takes ``maximize`` (and keeps it in its param group) from 2.14 on
+MAXIMIZE = torch_at_least(2, 14)
+if not MAXIMIZE:
+    drop_keyword(LBFGS, "maximize")

@@ -14,16 +14,18 @@ loss ``step`` returned, the params and the whole state (every history list, ``t`
 ``H_diag``... with their Python types), optionally swapping implementations mid-run
 through a ``torch.save`` / ``torch.load(weights_only=True)`` checkpoint.
 
-torch's LBFGS has no foreach, fused, capturable, differentiable or maximize option, so
-there is one row: every option torch has (``lr`` also as a Tensor, ``max_iter``,
-``max_eval``, both tolerances, ``history_size``, ``line_search_fn`` None or
-"strong_wolfe"). Ours repeats torch's operations in torch's order, scalar types
+torch's LBFGS has no foreach, fused, capturable or differentiable option, so there is one
+row: every option torch has (``lr`` also as a Tensor, ``max_iter``, ``max_eval``, both
+tolerances, ``history_size``, ``line_search_fn`` None or "strong_wolfe", and ``maximize``
+where the installed torch has it, 2.14 on: then the closure returns -f, so that maximizing
+it is the same well-posed problem). Ours repeats torch's operations in torch's order, scalar types
 included, so the trajectories agree bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +78,7 @@ def _flat(params: list[Tensor]) -> Tensor:
     return torch.cat([p.reshape(-1) for p in parts])
 
 
-def _objective(problem: LBFGSProblem, params: list[Tensor]) -> Any:
+def _objective(problem: LBFGSProblem, params: list[Tensor], sign: float = 1.0) -> Any:
     """The closure: f at the params (grads reset to None first), gradients by backward."""
     used = [p for i, p in enumerate(params) if i not in problem.unused]
     n = sum(2 * p.numel() if p.is_complex() else p.numel() for p in used)
@@ -94,6 +96,7 @@ def _objective(problem: LBFGSProblem, params: list[Tensor]) -> Any:
         x = _flat(used) if used else torch.zeros(0, dtype=real, device=device)
         r = a @ x - b
         loss = 0.5 * (r * r).sum() + problem.mu * (x**4).sum()
+        loss = loss if sign == 1.0 else -loss
         loss.backward()
         return loss
 
@@ -121,7 +124,7 @@ def run_lbfgs(
     if problem.tensor_lr and "lr" in kwargs:
         kwargs = {**kwargs, "lr": torch.tensor(kwargs["lr"])}
     params = [v.detach().requires_grad_() for v in views]  # leaves, the drawn layouts kept
-    closure = _objective(problem, params)
+    closure = _objective(problem, params, -1.0 if kwargs.get("maximize") else 1.0)
     opt: Any = first(params, **kwargs)
     out: dict[str, Any] = {}
     for step in range(1, problem.steps + 1):
@@ -173,8 +176,13 @@ def _lbfgs_kwargs(dtype: torch.dtype) -> st.SearchStrategy[dict[str, Any]]:
             "history_size": st.sampled_from([1, 2, 5, 100]),
             # "cubic": refused (RuntimeError), once the first direction is a descent one
             "line_search_fn": st.sampled_from([None, "strong_wolfe", "cubic"]),
+            **({"maximize": st.booleans()} if _TORCH_MAXIMIZE else {}),
         }
     )
+
+
+#: torch's LBFGS takes maximize= from 2.14 on
+_TORCH_MAXIMIZE = "maximize" in inspect.signature(torch.optim.LBFGS).parameters
 
 
 @dataclass(frozen=True)
