@@ -39,7 +39,7 @@ step bench 190 $PY -m reimpl bench --device cuda --out "$OUT/bench" > "$OUT/logs
 # 2. the cuda-marked tests, 8 processes on the one GPU; a hung test is stopped at 90 s
 TO=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout=90")
 REIMPL_HYPOTHESIS_PROFILE=quick REIMPL_FAILURE_LOG="$OUT/failures.txt" \
-  step pytest 160 $PY -m pytest -q -m cuda -n 8 $TO -p no:cacheprovider -rfE \
+  step pytest 160 $PY -m pytest -q -m cuda -n "${REIMPL_GPU_WORKERS:-8}" $TO -p no:cacheprovider -rfE \
   > "$OUT/pytest_cuda.log" 2>&1
 # 3. the parity report on cuda
 REIMPL_HYPOTHESIS_PROFILE=quick step check 70 $PY -m reimpl check --device cuda --quick \
