@@ -476,14 +476,14 @@ def main(argv: list[str] | None = None) -> int:
         for dev in devices:
             print(f"{describe_device(dev)} · torch {torch.__version__}")
             results: list[Result] = []
-            stopped = False
+            stopped, first = False, len(failures)
             try:
                 run(dev, quick=args.quick, reps=args.reps, only=args.only, failures=failures,
                     into=results)  # fmt: skip
             except _Stopped:
                 stopped = True
                 failures.append(f"{dev}: stopped (SIGTERM) after {len(results)} results")
-            for kind, path in write_reports(results, dev, Path(args.out)).items():
+            for kind, path in write_reports(results, dev, Path(args.out), failures[first:]).items():
                 print(f"wrote {kind}: {path}")
             if stopped:
                 break

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +22,11 @@ def describe_device(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str, Path]:
+def write_reports(
+    results: list[Result], device: str, outdir: Path, failed: Sequence[str] = ()
+) -> dict[str, Path]:
+    """``{device}.json`` / ``.md`` / ``.png`` in ``outdir``; ``failed``: the cases that raised
+    (named in the JSON and the Markdown, so a published run says what it lacks)."""
     outdir.mkdir(parents=True, exist_ok=True)
     stamp = {
         "device": describe_device(device),
@@ -31,7 +36,9 @@ def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str,
     tag = "cuda" if device.startswith("cuda") else "cpu"
     paths = {"json": outdir / f"{tag}.json", "md": outdir / f"{tag}.md"}
     paths["json"].write_text(
-        json.dumps({**stamp, "results": [asdict(r) for r in results]}, indent=1)
+        json.dumps(
+            {**stamp, "results": [asdict(r) for r in results], "failed": list(failed)}, indent=1
+        )
     )
     pairs = [r for r in results if r.kind == "pair"]
     lines = [f"Device: {stamp['device']} · torch {stamp['torch']} · {stamp['date']}", ""]
@@ -72,6 +79,8 @@ def write_reports(results: list[Result], device: str, outdir: Path) -> dict[str,
             "|---|---:|---:|",
             *(f"| {r.case} | {r.reimpl_peak_mib:.1f} | {r.torch_peak_mib:.1f} |" for r in peaks),
         ]
+    if failed:
+        lines += ["", "Cases that failed (not timed):", "", *(f"- {f}" for f in failed)]
     paths["md"].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib

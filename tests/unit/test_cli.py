@@ -123,8 +123,10 @@ def test_bench_stopped_by_sigterm_reports_the_cases_done(tmp_path: Path) -> None
     text = "".join(lines) + rest
     assert proc.returncode == 1, text
     assert "stopped (SIGTERM)" in text, text
-    results = json.loads((tmp_path / "cpu.json").read_text())["results"]
-    assert results and results[0]["case"] in text
+    data = json.loads((tmp_path / "cpu.json").read_text())
+    assert data["results"] and data["results"][0]["case"] in text
+    assert [f for f in data["failed"] if "stopped (SIGTERM)" in f], data["failed"]
+    assert "stopped (SIGTERM)" in (tmp_path / "cpu.md").read_text()
 
 
 # --------------------------------------------------- `reimpl check` never crashes
