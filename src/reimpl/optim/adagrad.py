@@ -77,6 +77,9 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
     _HP = AdagradHP
     _group_defaults = (("fused", None),)
     _sparse_ok = True
+    # torch's fused Adagrad takes GradScaler's fused protocol from 2.12 on; before, GradScaler
+    # unscales the grads itself and skips the step on an overflow
+    _fused_amp_scaling = torch_at_least(2, 12)
 
     def _forms(self) -> Forms:
         return Forms(_single_tensor_adagrad, _multi_tensor_adagrad, _c_args, "adagrad")
@@ -100,10 +103,6 @@ class Adagrad(ReimplOptimizer, torch.optim.Adagrad):
             "maximize": maximize, "differentiable": differentiable, "fused": fused,
         }  # fmt: skip
         self._setup(params, defaults)
-        if not torch_at_least(2, 12):
-            # torch's fused Adagrad takes GradScaler's fused protocol from 2.12 on; before,
-            # GradScaler unscales the grads itself and skips the step on an overflow
-            self._step_supports_amp_scaling = False
         # torch fills the state eagerly, from the constructor's accumulator value
         for group in self.param_groups:
             for p in group["params"]:

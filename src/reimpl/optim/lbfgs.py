@@ -33,6 +33,9 @@ from reimpl.optim._common import (
 from reimpl.optim._fused import Forms
 from reimpl.optim.optimizer import Optimizer, ParamsT, ReimplOptimizer
 
+#: torch's LBFGS takes ``maximize`` (and keeps it in its param group) from 2.14 on
+MAXIMIZE = torch_at_least(2, 14)
+
 __all__ = ["LBFGS"]
 
 
@@ -415,7 +418,5 @@ def _strong_wolfe(evaluate: Callable[[Any], Any], t: Any, d: Tensor, f: float, g
     return fs[low], gs[low], ts[low], n_evals
 
 
-#: torch's LBFGS takes ``maximize`` (and keeps it in its param group) from 2.14 on
-MAXIMIZE = torch_at_least(2, 14)
 if not MAXIMIZE:
     drop_keyword(LBFGS, "maximize")

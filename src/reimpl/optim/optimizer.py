@@ -72,6 +72,8 @@ class ReimplOptimizer:
     _lazy: ClassVar[tuple[str, ...]] = ()
     #: sparse gradients are accepted (on the per-tensor and multi-tensor paths)
     _sparse_ok: ClassVar[bool] = False
+    #: ``fused=True`` takes GradScaler's fused protocol (see :meth:`_setup`)
+    _fused_amp_scaling: ClassVar[bool] = True
 
     # the torch base class provides these
     defaults: dict[str, Any]
@@ -95,7 +97,7 @@ class ReimplOptimizer:
         fused = defaults.get("fused")
         check_fused_flags(fused, defaults.get("foreach"), defaults.get("differentiable", False))
         if fused:  # GradScaler hands the scale and found_inf to step (see amp_scaling)
-            self._step_supports_amp_scaling = True
+            self._step_supports_amp_scaling = self._fused_amp_scaling
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         Optimizer.__setstate__(self, state)  # type: ignore[arg-type]
