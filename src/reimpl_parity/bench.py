@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 Fn = Callable[[], object]
+R = TypeVar("R")
 
 
 @dataclass
@@ -369,9 +370,7 @@ def run(
     failures: list[str] | None = None,
     into: list[Result] | None = None,
 ) -> list[Result]:
-    """Every case's timing (and peak memory). ``failures``: where a case that raises is
-    named with its error and skipped, so one broken case (a kernel's first run on a new
-    GPU) does not cost the others' figures; without it, the error propagates. ``into``:
+    """Every case's timing (and peak memory). ``failures``: see :func:`attempt`. ``into``:
     the list the results are appended to as they come (what a stopped run has done)."""
     cuda = device.startswith("cuda")
     scale = 1 if quick else 4 if cuda else 2
@@ -391,33 +390,22 @@ def run(
             if only and only not in name:
                 continue
             warmup = 1 if memory else 2 if quick else 3  # the memory cases are the slow ones
-            try:
-                t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
-                peaks = (peak_memory_mib(ours, device), peak_memory_mib(theirs, device))
-            except Exception as e:
-                if failures is None:
-                    raise
-                failures.append(f"{name}: {type(e).__name__}: {e}")
-                print(f"  {name:<62} FAILED {type(e).__name__}: {e}", flush=True)
+            got = attempt(name, failures, _measure, ours, theirs, device, warmup, reps, memory)
+            if got is None:
                 continue
+            t, peaks = got
             res = Result(name, device, t.ours_ms, t.theirs_ms, t.ratio, reps)
             res.reimpl_min_ms, res.torch_min_ms = t.ours_min_ms, t.theirs_min_ms
-            line = (
-                f"  {name:<62} reimpl {t.ours_ms:9.3f} ms  torch {t.theirs_ms:9.3f} ms  "
-                f"ratio {t.ratio:5.2f}"
-            )
+            res.reimpl_peak_mib, res.torch_peak_mib = peaks
+            line = row_line(name, t.ours_ms, t.theirs_ms, t.ratio)
             if memory:
-                res.reimpl_peak_mib, res.torch_peak_mib = peaks
-                mib = [
-                    f"{m:.1f}" if m is not None else "?"
-                    for m in (res.reimpl_peak_mib, res.torch_peak_mib)
-                ]
+                mib = [f"{m:.1f}" if m is not None else "?" for m in peaks]
                 line += f"  peak MiB reimpl {mib[0]} torch {mib[1]}"
             out.append(res)
             print(line, flush=True)
     from reimpl_parity.bench_bound import bound_rows
 
-    out.extend(bound_rows(device, n_tensors, numel, quick, reps, only))
+    out.extend(bound_rows(device, n_tensors, numel, quick, reps, only, failures))
     if not cuda:
         from reimpl_parity.bench_dist import dist_rows
 
@@ -445,8 +433,40 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_mmap_threshold, 2**30))
 
 
-class _Stopped(Exception):
-    """SIGTERM arrived: the results so far are reported."""
+def attempt(
+    name: str, failures: list[str] | None, fn: Callable[..., R], *args: Any, **kw: Any
+) -> R | None:
+    """``fn(*args, **kw)``; where it raises and ``failures`` is given, None, with the case
+    named and its error in ``failures`` and printed (one broken case, say a kernel's first
+    run on a new GPU, does not cost the others' figures). Else the error propagates."""
+    try:
+        return fn(*args, **kw)
+    except Exception as e:
+        if failures is None:
+            raise
+        failures.append(f"{name}: {type(e).__name__}: {e}")
+        print(f"  {name:<62} FAILED {type(e).__name__}: {e}", flush=True)
+        return None
+
+
+def _measure(
+    ours: Fn, theirs: Fn, device: str, warmup: int, reps: int, memory: bool
+) -> tuple[Timing, tuple[float | None, float | None]]:
+    """The pair's timing, and its peak memory where asked (a separate run of each)."""
+    t = time_pair(ours, theirs, device, warmup=warmup, reps=reps)
+    if not memory:
+        return t, (None, None)
+    return t, (peak_memory_mib(ours, device), peak_memory_mib(theirs, device))
+
+
+def row_line(name: str, ours_ms: float, theirs_ms: float, ratio: float) -> str:
+    """A timed pair as the bench prints it."""
+    return f"  {name:<62} reimpl {ours_ms:9.3f} ms  torch {theirs_ms:9.3f} ms  ratio {ratio:5.2f}"
+
+
+class _Stopped(BaseException):
+    """SIGTERM arrived: the results so far are reported. (A BaseException, as
+    KeyboardInterrupt: the per-case ``except Exception`` of :func:`attempt` lets it by.)"""
 
 
 def main(argv: list[str] | None = None) -> int:

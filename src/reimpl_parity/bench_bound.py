@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from reimpl_parity.bench import Result, time_pair
+from reimpl_parity.bench import Result, attempt, time_pair
 
 #: (label, optimizer, kwargs, bytes moved per fp32 element in one step)
 STEPS = [
@@ -64,15 +64,24 @@ def bound_cases(
 
 
 def bound_rows(
-    device: str, n_tensors: int, numel: int, quick: bool, reps: int, only: str | None
+    device: str,
+    n_tensors: int,
+    numel: int,
+    quick: bool,
+    reps: int,
+    only: str | None,
+    failures: list[str] | None = None,
 ) -> list[Result]:
-    """The fused steps against the memory bound (:mod:`reimpl_parity.bench_bound`)."""
+    """The fused steps against the memory bound; ``failures``: see :func:`bench.attempt`."""
     out = []
     for name, step, add, factor in bound_cases(device, n_tensors, numel):
         label = f"{name} vs memory bound"
         if only and only not in label:
             continue
-        t = time_pair(step, add, device, warmup=2 if quick else 3, reps=reps)  # type: ignore[arg-type]
+        warmup = 2 if quick else 3
+        t = attempt(label, failures, time_pair, step, add, device, warmup=warmup, reps=reps)
+        if t is None:
+            continue
         bound_ms = t.theirs_ms * factor
         gbs = ADD_BYTES * n_tensors * numel / (t.theirs_ms / 1e3) / 1e9
         res = Result(label, device, t.ours_ms, bound_ms, t.ratio / factor, reps, kind="bound")

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from reimpl_parity.bench import Result
+from reimpl_parity.bench import Result, row_line
 
 #: per optimizer: its hyperparameters and torch's path on DTensors
 CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
@@ -214,9 +214,5 @@ def dist_rows(quick: bool, reps: int, only: str | None) -> list[Result]:
             continue
         t = run()
         out.append(Result(label, "cpu", t.reimpl_ms, t.torch_ms, t.ratio, reps))
-        print(
-            f"  {label:<62} reimpl {t.reimpl_ms:9.3f} ms  torch {t.torch_ms:9.3f} ms  "
-            f"ratio {t.ratio:5.2f}",
-            flush=True,
-        )
+        print(row_line(label, t.reimpl_ms, t.torch_ms, t.ratio), flush=True)
     return out

@@ -63,21 +63,13 @@ def spec_of(
     fn: Any, constexprs: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """One launch as JSON-able data: kernel, per-argument types, constexpr values, options."""
-    params = inspect.signature(fn).parameters
-    bound = dict(zip(params, args, strict=False))  # (defaults fill the rest)
-    options = {}
-    for k, v in kwargs.items():
-        if k in params:
-            bound[k] = v
-        else:
-            options[k] = v  # num_warps, num_stages
-    for name, p in params.items():
-        if name not in bound and p.default is not inspect.Parameter.empty:
-            bound[name] = p.default
+    params = inspect.signature(fn)
+    options = {k: v for k, v in kwargs.items() if k not in params.parameters}  # num_warps...
+    call = params.bind(*args, **{k: v for k, v in kwargs.items() if k not in options})
+    call.apply_defaults()
     sig: dict[str, str] = {}
     consts: dict[str, Any] = {}
-    for name in params:
-        value = bound[name]
+    for name, value in call.arguments.items():
         value = getattr(value, "value", value)  # a tl.constexpr default
         if name in constexprs or value is None:
             sig[name], consts[name] = "constexpr", _const(value)
